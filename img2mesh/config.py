@@ -1,0 +1,181 @@
+"""Typed configuration of every stage, loaded from YAML presets in ``configs/``.
+
+Each stage owns one dataclass, defined next to the code it configures (nerfstudio style) with a docstring under
+every field; :class:`Img2MeshConfig` gathers them into the sections of a config file. The dataclass defaults are
+the truth and ``configs/default.yaml`` spells them out; a preset (``fast``, ``quality``, ``cpu``, ``lowpoly``) or a
+user file only overrides what it names. Unknown keys and wrong types fail at start-up, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from img2mesh.errors import InputError
+from img2mesh.preprocess import PreprocessConfig
+from img2mesh.viewer import PreviewConfig
+from img2mesh.zero123pp.config import MultiviewConfig
+from recon.export import ExportConfig
+from recon.meshing import MeshConfig
+from recon.reconstruct import ReconConfig
+from recon.texture import TextureConfig
+from recon.views import ViewsConfig
+
+#: Folder of the shipped presets; ``--config NAME`` looks here when NAME is not a path.
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how reproducibly the GPU stages run."""
+
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    """Compute device; "auto" takes CUDA, then MPS, then the CPU."""
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    """Weight and activation precision of the diffusion model; "auto" is fp16 on CUDA/MPS and fp32 on the CPU."""
+    seed: int = 42
+    """Seed of every random draw; the same seed and config reproduce the same views."""
+
+
+@dataclass
+class Img2MeshConfig:
+    """The whole job, one section per stage (the sections of a config file)."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Device, precision and seed."""
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """Photo → square cut-out."""
+    multiview: MultiviewConfig = field(default_factory=MultiviewConfig)
+    """Zero123++ sampling."""
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    """Grid → posed views (masks, cameras)."""
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    """Posed views → signed-distance and colour fields."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """Field → clean triangle mesh."""
+    texture: TextureConfig = field(default_factory=TextureConfig)
+    """Mesh → UV unwrap and baked base-colour texture."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Mesh files written."""
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    """Off-screen preview image."""
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A preset name (``fast``) or a path to a YAML file, as a path that exists."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    raise InputError(
+        f"Config {str(name_or_path)!r} is neither a file nor a preset; use a YAML path or one of: {presets}."
+    )
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Img2MeshConfig:
+    """Defaults, then the file or preset ``name_or_path``, then ``overrides`` (``{"recon.steps": 500, ...}``)."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"Config {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
+        if not isinstance(data, dict):
+            raise InputError(
+                f"Config {path} must be a mapping of sections (runtime:, recon:, ...), not a {type(data).__name__}."
+            )
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise InputError(f"Config section {section!r} in {source} must be a mapping.")
+        data[section][key] = value
+    return build_dataclass(Img2MeshConfig, data, source, prefix="")
+
+
+def build_dataclass(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    """Instantiate ``cls`` from a mapping, checking every key and value against the field types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise InputError(f"Unknown config key {key!r} in {source}; valid keys here are: {', '.join(sorted(fields))}.")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InputError(f"Config key {key!r} in {source} must be a mapping of its fields.")
+        return build_dataclass(hint, value, source, prefix=f"{key}.")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise InputError(
+                f"Config key {key!r} in {source} is {value!r}; choose one of {', '.join(map(str, choices))}."
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        last_error: InputError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except InputError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise InputError(f"Config key {key!r} in {source} must be a list.")
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        item = args[0] if args else Any
+        items = [_coerce(item, v, key, source) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if hint is Path and isinstance(value, str):
+        return Path(value)
+    raise InputError(
+        f"Config key {key!r} in {source} is {value!r}; it must be of type {getattr(hint, '__name__', hint)}."
+    )
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain YAML/JSON-ready data (for ``run.json`` and ``img2mesh config``)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,24 @@
+"""Configuration of the Zero123++ multi-view stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class MultiviewConfig:
+    """How the six views are sampled."""
+
+    model: str = "sudo-ai/zero123plus-v1.2"
+    """Hugging Face hub id or local folder with the zero123plus repository layout."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of ``model``; None takes the default branch."""
+    steps: int = 75
+    """Denoising steps (the official examples use 75; ~28 is enough for simple objects)."""
+    guidance: float = 4.0
+    """Classifier-free guidance scale; 1.0 disables guidance (one UNet batch instead of two)."""
+    scheduler: Literal["euler_ancestral", "euler", "ddim", "dpm_solver"] = "euler_ancestral"
+    """Sampler; the reference uses Euler ancestral with trailing timestep spacing."""
+    offload: bool = False
+    """Model CPU offload: keep only the running component on the GPU (fits small cards, slower)."""
