@@ -1,0 +1,281 @@
+"""The whole job from a photo: preprocess → Zero123++ views → posed views → reconstruction → export → preview.
+
+:class:`Img2Mesh` holds what is expensive to set up — the diffusion model on its device — and exposes every stage
+as its own method taking and returning plain objects, so that one loaded model serves any number of inputs and a
+batch runner (``img2mesh batch``) can schedule the stages itself, e.g. fit the next object on the GPU while the CPU
+finishes this one (:meth:`fit` is the GPU half of reconstruction, :meth:`finish` the CPU half). :meth:`run` chains
+them for one input and writes the output folder of ``../shared/DESIGN.md``::
+
+    <out>/<stem>/input.png          the square RGBA cut-out the model was conditioned on
+                 views.png          the raw 960x640 grid of six views
+                 views/00..05.png   each view, RGBA with its mask (plus posed_views.npz, full precision)
+                 transforms.json    the nerfstudio / instant-ngp dataset of the six posed views
+                 mesh.glb           the textured mesh (or mesh.obj + .mtl + .png, or mesh.ply)
+                 preview.png        an off-screen render of the mesh
+                 run.json           versions, model and commit, config, seed, seconds per stage, files (last)
+
+The folder is built under a temporary name and appears only when complete (:mod:`img2mesh.outputs`), with
+``run.json`` written last, so an interrupted or failed input leaves nothing that looks finished.
+
+Heavy imports (torch, diffusers, pyvista) happen in the methods that need them: ``import img2mesh`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from img2mesh.config import Img2MeshConfig, config_to_dict, load_config
+from img2mesh.errors import InputError
+from img2mesh.run_record import ModelInfo, RunRecord, cache_commit, now
+
+if TYPE_CHECKING:
+    import torch
+    import trimesh
+    from PIL import Image
+
+    from recon.reconstruct import Fields
+    from recon.views import PosedViews
+
+log = logging.getLogger(__name__)
+
+#: The stages of one input, in the order :meth:`Img2Mesh.run` runs them (the keys of ``run.json``'s timings).
+STAGES = ("prepare_input", "generate_views", "pose_views", "fit", "finish", "export", "preview")
+
+#: Base name of the mesh file(s) in an output folder.
+MESH_NAME = "mesh"
+
+
+class Img2Mesh:
+    """The end-to-end pipeline: load the model once with :meth:`load`, then :meth:`run` it on any number of photos.
+
+    ``progress`` shows a bar per stage (and the diffusion and fitting bars inside them); ``False`` runs silently.
+    """
+
+    def __init__(self, config: Img2MeshConfig | None = None, progress: bool = True) -> None:
+        self.config = config or Img2MeshConfig()
+        self.progress = progress
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self.model: ModelInfo | None = None
+        self.load_seconds: float | None = None
+        self._pipe: Any = None
+
+    # ------------------------------------------------------------------------------------------------ set-up
+
+    def load(self) -> Img2Mesh:
+        """Resolve device and precision, find the weights (no download offline) and load the diffusion model once."""
+        if self._pipe is not None:
+            return self
+        from img2mesh.devices import resolve_device, resolve_dtype
+        from img2mesh.zero123pp import Zero123PlusPipeline
+        from img2mesh.zero123pp.weights import resolve_model
+
+        start = time.perf_counter()
+        multiview = self.config.multiview
+        self.device = resolve_device(self.config.runtime.device)
+        self.dtype = resolve_dtype(self.config.runtime.dtype, self.device)
+        folder = resolve_model(multiview.model, multiview.revision)
+        pipe = Zero123PlusPipeline.from_pretrained(str(folder), torch_dtype=self.dtype, scheduler=multiview.scheduler)
+        if multiview.offload and self.device.type == "cuda":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="diffusion")
+        self._pipe = pipe
+        self.model = ModelInfo(
+            id=multiview.model, revision=multiview.revision, commit=cache_commit(folder), path=str(folder)
+        )
+        self.load_seconds = time.perf_counter() - start
+        log.info("loaded %s on %s (%s) in %.1f s", multiview.model, self.device, self.dtype, self.load_seconds)
+        return self
+
+    # ---------------------------------------------------------------------------------------------- stages
+
+    def prepare_input(self, image: str | Path | Image.Image) -> Image.Image:
+        """A photo (path or PIL image) → the square RGBA cut-out the model is conditioned on."""
+        from img2mesh.preprocess import load_image, preprocess
+
+        if not hasattr(image, "size"):
+            image = load_image(image)
+        return preprocess(image, self.config.preprocess)
+
+    def generate_views(self, cutout: Image.Image, seed: int | None = None) -> Image.Image:
+        """The cut-out → Zero123++'s 960x640 grid of six views (the same seed gives the same views)."""
+        import torch
+
+        self.load()
+        multiview = self.config.multiview
+        # A CPU generator draws the same noise on every device, so a seed means the same views on CPU and GPU.
+        generator = torch.Generator("cpu").manual_seed(self.config.runtime.seed if seed is None else seed)
+        output = self._pipe(
+            cutout,
+            num_inference_steps=multiview.steps,
+            guidance_scale=multiview.guidance,
+            generator=generator,
+            output_type="pil",
+        )
+        return output.images[0]
+
+    def pose_views(self, grid: Image.Image) -> PosedViews:
+        """The grid → six posed views with masks and cameras."""
+        from recon.views import PosedViews
+
+        return PosedViews.from_grid(grid, self.config.views)
+
+    def fit(self, views: PosedViews) -> Fields:
+        """Posed views → fitted signed-distance and colour fields (the GPU half of reconstruction)."""
+        from recon.reconstruct import fit_fields
+
+        return fit_fields(views, self.config.recon, device=self._recon_device(), progress=self.progress)
+
+    def finish(self, fields: Fields, views: PosedViews) -> trimesh.Trimesh:
+        """Fields → clean, decimated, UV-textured mesh in world z-up (the CPU half of reconstruction)."""
+        from recon.reconstruct import finish_mesh
+
+        return finish_mesh(fields, views, self.config.mesh, self.config.texture)
+
+    def export(self, mesh: trimesh.Trimesh, path: str | Path, format: str | None = None) -> list[Path]:
+        """Write the mesh (glTF axes) to ``path``; ``format`` defaults to the path's suffix, else the config's."""
+        from recon.export import export_mesh
+
+        path = Path(path)
+        if format is None and not path.suffix:
+            format = self.config.export.format
+        return export_mesh(mesh, path, format=format)
+
+    def preview(self, mesh_path: str | Path, out: str | Path) -> Path:
+        """An off-screen render of the exported mesh file into the PNG ``out`` (the same code as ``img2mesh view``)."""
+        from img2mesh.viewer import save_screenshot
+
+        return save_screenshot(mesh_path, out, self.config.preview)
+
+    # --------------------------------------------------------------------------------------------- the job
+
+    def run(self, image: str | Path | Image.Image, out_dir: str | Path, export: str | Path | None = None) -> RunRecord:
+        """Every stage for one photo, written into the folder ``out_dir`` (replaced whole when it already exists).
+
+        ``export`` also writes the mesh to that path (format from its suffix). Returns the record saved as
+        ``run.json``; an :class:`InputError` leaves no folder behind.
+        """
+        from img2mesh.outputs import atomic_output_dir
+
+        out_dir = Path(out_dir)
+        self.load()
+        record = RunRecord(
+            input=str(image) if isinstance(image, str | Path) else "<image>",
+            model=self.model,
+            config=config_to_dict(self.config),
+            seed=self.config.runtime.seed,
+            device=str(self.device),
+        )
+        fmt = self.config.export.format
+        with atomic_output_dir(out_dir) as work, self._stage_bar(out_dir.name) as bar:
+            with self._timed("prepare_input", record, bar):
+                cutout = self.prepare_input(image)
+                cutout.save(work / "input.png")
+            with self._timed("generate_views", record, bar):
+                grid = self.generate_views(cutout)
+                grid.save(work / "views.png")
+            with self._timed("pose_views", record, bar):
+                views = self.pose_views(grid)
+                views.save(work / "views")
+                dataset = self._write_dataset(views, work)
+            with self._timed("fit", record, bar):
+                fields = self.fit(views)
+            with self._timed("finish", record, bar):
+                mesh = self.finish(fields, views)
+            with self._timed("export", record, bar):
+                mesh_files = self.export(mesh, work / f"{MESH_NAME}.{fmt}", format=fmt)
+            record.outputs = {
+                "input": "input.png",
+                "views_grid": "views.png",
+                "views": [f"views/{i:02d}.png" for i in range(len(views))],
+                "dataset": dataset.relative_to(work).as_posix(),
+                "mesh": [p.relative_to(work).as_posix() for p in mesh_files],
+            }
+            if self.config.preview.enabled:
+                with self._timed("preview", record, bar):
+                    self.preview(mesh_files[0], work / "preview.png")
+                record.outputs["preview"] = "preview.png"
+            if export is not None:
+                self._export_copy(mesh, Path(export))
+                record.outputs["export"] = str(Path(export).resolve())
+            record.finished = now()
+            record.save(work)  # last: a folder with run.json is complete
+        log.info("%s: done in %.1f s", out_dir, record.total_seconds)
+        return record
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _recon_device(self) -> str:
+        """The reconstruction's device: its own config when set, else the device the model runs on."""
+        if self.config.recon.device != "auto":
+            return self.config.recon.device
+        return "auto" if self.device is None else str(self.device)
+
+    def _write_dataset(self, views: PosedViews, folder: Path) -> Path:
+        from recon.dataset import write_dataset
+
+        return write_dataset(views, folder)
+
+    def _export_copy(self, mesh: trimesh.Trimesh, path: Path) -> None:
+        """Write the extra ``--export`` copy whole or not at all: into a temporary folder beside it, then renamed."""
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        except OSError as exc:
+            raise InputError(f"Cannot write {path} ({exc.strerror}); choose another --export path.") from None
+        try:
+            for file in self.export(mesh, staging / path.name):
+                file.replace(path.parent / file.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _stage_bar(self, name: str) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(STAGES), desc=name, unit="stage", disable=not self.progress, leave=False)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str, record: RunRecord, bar: Any) -> Iterator[None]:
+        bar.set_postfix_str(stage)
+        start = time.perf_counter()
+        yield
+        record.timings[stage] = time.perf_counter() - start
+        bar.update(1)
+        log.info("%-15s %7.2f s", stage, record.timings[stage])
+
+
+def run(
+    image: str | Path,
+    out_dir: str | Path = "out",
+    config: str | Path | Img2MeshConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    export: str | Path | None = None,
+    progress: bool = True,
+) -> RunRecord:
+    """The whole job for one photo into ``out_dir/<stem>/``, like ``img2mesh run IMAGE -o OUT [--export PATH]``.
+
+    ``config`` is a preset name, a YAML path or an :class:`Img2MeshConfig`; ``overrides`` sets dotted keys on top
+    (``{"multiview.steps": 28, "mesh.faces": 5000}``). For many photos build one :class:`Img2Mesh` and call
+    :meth:`Img2Mesh.run` on each, so the model loads once.
+    """
+    if isinstance(config, Img2MeshConfig):
+        if overrides:
+            raise InputError("Pass overrides with a config name or path, not with an Img2MeshConfig object.")
+        cfg = config
+    else:
+        cfg = load_config(config, overrides)
+    image = Path(image)
+    return Img2Mesh(cfg, progress=progress).run(image, Path(out_dir) / image.stem, export=export)
