@@ -8,7 +8,11 @@ user file only overrides what it names. Unknown keys and wrong types fail at sta
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,3 +183,43 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (they are not kept at run time, so read the source)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def default_yaml() -> str:
+    """``configs/default.yaml``: every section and key at its default, each under its field docstring as a comment."""
+    config = Img2MeshConfig()
+    values = config_to_dict(config)
+    section_docs = field_docstrings(Img2MeshConfig)
+    lines = [
+        "# img2mesh defaults: every key of every section, generated from the config dataclasses by",
+        "# `python -m img2mesh.config > configs/default.yaml` (a test keeps them equal). A preset or your own",
+        "# file only needs the keys it changes.",
+    ]
+    for section in values:
+        docs = field_docstrings(type(getattr(config, section)))
+        lines += ["", f"# {section_docs[section]}", f"{section}:"]
+        for key, value in values[section].items():
+            lines += [f"  # {line}" for line in docs.get(key, "").splitlines()]
+            dumped = yaml.safe_dump({key: value}, default_flow_style=False, sort_keys=False, width=1000)
+            lines += [f"  {line}" for line in dumped.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")
