@@ -57,6 +57,8 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
         ConfigOption("--faces", "mesh.faces", "Target face count of the mesh."),
         ConfigOption("--texture-size", "texture.size", "Side of the square base-colour texture in pixels."),
         ConfigOption("--format", "export.format", "File format of the exported mesh."),
+        ConfigOption("--remove-bg", "preprocess.remove_bg", "Background removal: auto keeps an existing alpha."),
+        ConfigOption("--poses", "views.poses", "Zero123++ pose table of the views (match the model version)."),
     )
 }
 
