@@ -1,0 +1,60 @@
+"""``img2mesh views``: a photo in, Zero123++'s six posed views and their dataset out, no reconstruction.
+
+This is the first half of ``img2mesh run``, for people who reconstruct with other tools (nerfstudio, instant-ngp)
+or want to look at the views before spending time on a mesh. It uses the same pipeline object as ``run``, so the
+same seed and config give the same views in both. Cheap checks come first (config, image, then device and
+weights before the model loads) and the output folder appears only when every file is in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from img2mesh.commands.options import MODEL_OPTIONS, config_from_options, shared_options, verbosity_options
+
+
+@click.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Folder that receives OUT/<image name>/.",
+)
+@shared_options(*MODEL_OPTIONS, "remove_bg", "poses")
+@verbosity_options
+def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None:
+    """Photo → square cut-out → Zero123++ 3x2 views → posed views and a nerfstudio / instant-ngp dataset.
+
+    Writes OUT/<name>/: input.png (the cut-out), views.png (the raw 960x640 grid), views/00.png ... 05.png
+    (RGBA, masked, with posed_views.npz) and transforms.json with images/ and masks/.
+    """
+    from img2mesh.outputs import atomic_output_dir
+    from img2mesh.pipeline import Img2Mesh
+    from img2mesh.preprocess import load_image
+    from recon.dataset import write_dataset
+
+    logger = logging.getLogger("img2mesh")
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    if verbose and not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+    config = config_from_options(options)
+    photo = load_image(image)
+    folder = out / image.stem
+    with atomic_output_dir(folder) as work:
+        # Device and weights are checked inside load() before the model is read; a failure removes the folder.
+        pipeline = Img2Mesh(config, progress=not quiet).load()
+        cutout = pipeline.prepare_input(photo)
+        cutout.save(work / "input.png")
+        grid = pipeline.generate_views(cutout)
+        grid.save(work / "views.png")
+        posed = pipeline.pose_views(grid)
+        posed.save(work / "views")
+        write_dataset(posed, work)
+    if not quiet:
+        click.echo(f"Views of {image} written to {folder}/ (seed {config.runtime.seed}).")
