@@ -74,6 +74,8 @@ def load_image(path: str | Path) -> Image.Image:
             image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise InputError(f"Input {path} is not a readable image; pass a PNG, JPEG or WebP file.") from None
+    except PermissionError:
+        raise InputError(f"Input image {path} cannot be opened (permission denied); check its permissions.") from None
     except Image.DecompressionBombError:
         raise InputError(f"Input image {path} is too large to decode safely; downscale it first.") from None
     except (OSError, SyntaxError, ValueError) as exc:

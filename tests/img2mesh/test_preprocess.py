@@ -13,6 +13,7 @@ from img2mesh.preprocess import (
     OBJECT_ALPHA,
     PreprocessConfig,
     composite_on_gray,
+    has_cutout_alpha,
     load_image,
     preprocess,
     remove_background,
@@ -134,6 +135,18 @@ def test_object_larger_than_the_frame_is_padded() -> None:
     gray = np.asarray(composite_on_gray(out))
     assert tuple(gray[2, 100]) == (127, 127, 127)
     np.testing.assert_allclose(gray[100, 100], (10, 200, 30), atol=2)
+
+
+def test_only_a_real_cutout_alpha_counts() -> None:
+    photo = cutout_photo()
+    assert has_cutout_alpha(photo)
+    assert not has_cutout_alpha(photo.convert("RGB"))
+    opaque = photo.copy()
+    opaque.putalpha(255)
+    assert not has_cutout_alpha(opaque)  # an RGBA export of a plain photo still needs its background removed
+    empty = photo.copy()
+    empty.putalpha(0)
+    assert not has_cutout_alpha(empty)
 
 
 def test_empty_alpha_gets_a_sentence() -> None:
