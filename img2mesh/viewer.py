@@ -137,7 +137,10 @@ def build_plotter(
     plotter = pv.Plotter(off_screen=off_screen, window_size=(side, side))
     try:
         add_mesh_file(plotter, path)
-        plotter.set_background(config.background)
+        try:
+            plotter.set_background(config.background)
+        except ValueError:
+            raise InputError(f"Background {config.background!r} is not a colour; use a name or a hex code.") from None
         frame_camera(plotter, config.azimuth, config.elevation)
     except BaseException:
         plotter.close()

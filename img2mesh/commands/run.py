@@ -1,0 +1,189 @@
+"""``img2mesh run``: photos in, one finished output folder per photo out.
+
+Everything that can be checked without the model is checked before it loads (inputs exist, the output folder is
+writable, the config is valid, the device exists, the weights are there), so a typo costs a second, not a model
+load. After that, one photo failing — an unreadable file, views that give no object — is reported in one line and
+the others go on; the exit status is 0 only when every photo produced its folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import traceback
+from pathlib import Path
+
+import click
+
+from img2mesh.commands.options import MODEL_OPTIONS, RECON_OPTIONS, config_from_options, shared_options
+from img2mesh.commands.options import verbosity_options as verbosity
+from img2mesh.errors import InputError
+
+#: Image files picked up from an input folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+#: Short column headers of the stage-timings table.
+STAGE_HEADERS = {
+    "prepare_input": "prep",
+    "generate_views": "views",
+    "pose_views": "pose",
+    "fit": "fit",
+    "finish": "finish",
+    "export": "export",
+    "preview": "preview",
+}
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Folder that receives one sub-folder per input photo.",
+)
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(path_type=Path),
+    help="Also write the mesh to this path (one input only; format from its suffix: .glb, .obj, .ply).",
+)
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output folder already holds a finished run.")
+@shared_options(*MODEL_OPTIONS, *RECON_OPTIONS)
+@verbosity
+def run(
+    inputs: tuple[Path, ...],
+    out: Path,
+    export_path: Path | None,
+    skip_existing: bool,
+    quiet: bool,
+    verbose: bool,
+    **options,
+) -> None:
+    """Photo(s) → textured mesh: cut-out, Zero123++ views, posed views, reconstruction, export, preview.
+
+    INPUTS are image files (PNG, JPEG, WebP) or folders of them. Each photo gets OUT/<name>/ with input.png,
+    views.png, views/, transforms.json, the mesh, preview.png and run.json (written last).
+    """
+    from img2mesh.pipeline import Img2Mesh
+    from img2mesh.run_record import is_complete
+
+    _configure_logging(quiet, verbose)
+    config = config_from_options(options)
+    images = collect_inputs(inputs)
+    if export_path is not None:
+        if len(images) > 1:
+            raise InputError(f"--export takes one input but {len(images)} were given; use -o for several.")
+        check_writable(export_path.parent if str(export_path.parent) else Path("."), "--export")
+    check_writable(out, "output")
+
+    todo = []
+    for image in images:
+        if skip_existing and is_complete(out / image.stem):
+            _say(quiet, f"{image}: skipped, {out / image.stem} is already finished.")
+        else:
+            todo.append(image)
+    if not todo:
+        _say(quiet, "Nothing to do: every input is already finished.")
+        return
+
+    pipeline = Img2Mesh(config, progress=not quiet).load()
+    records, failures = [], []
+    from tqdm.auto import tqdm
+
+    def fail(image: Path, message: str) -> None:
+        failures.append((image, message))
+        if len(todo) > 1:
+            click.echo(f"{image}: {message}", err=True)
+
+    for image in tqdm(todo, desc="inputs", unit="photo", disable=quiet or len(todo) < 2):
+        try:
+            records.append(pipeline.run(image, out / image.stem, export=export_path))
+        except InputError as exc:
+            fail(image, str(exc))
+        except Exception as exc:  # a bug in one input's run must not cost the others their results
+            fail(image, f"unexpected {type(exc).__name__}: {exc}")
+            if verbose:
+                traceback.print_exc()
+
+    if not quiet and records:
+        click.echo(timings_table(records, pipeline.load_seconds))
+        click.echo(f"{len(records)} of {len(todo)} finished in {out}/.")
+    if failures:
+        if len(todo) == 1:
+            raise InputError(f"{todo[0]}: {failures[0][1]}")
+        click.echo(f"{len(failures)} of {len(todo)} inputs failed.", err=True)
+        raise SystemExit(1)
+
+
+def collect_inputs(inputs: tuple[Path, ...]) -> list[Path]:
+    """The image files named by ``inputs`` (files as given, folders expanded to their images, sorted)."""
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                raise InputError(
+                    f"Folder {path} holds no PNG, JPEG or WebP images; pass image files or another folder."
+                )
+            images += found
+        elif path.exists():
+            images.append(path)
+        else:
+            raise InputError(f"Input {path} does not exist; check the path.")
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems and stems[image.stem] != image:
+            raise InputError(
+                f"Inputs {stems[image.stem]} and {image} would share the output folder {image.stem!r}; rename one."
+            )
+        stems[image.stem] = image
+    return list(stems.values())
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse an output folder that cannot be created or written, leaving nothing behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"The {what} location {folder} is inside a file ({existing}); choose another folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(f"Cannot write to {existing} ({exc.strerror}); choose a writable {what} folder.") from None
+
+
+def timings_table(records, load_seconds: float | None = None) -> str:
+    """Seconds per stage, one row per input, and the model load once above them."""
+    stages = [s for s in STAGE_HEADERS if any(s in r.timings for r in records)]
+    names = [Path(r.input).stem for r in records]
+    width = max(len("input"), *(len(n) for n in names))
+    header = f"{'input':<{width}} " + " ".join(f"{STAGE_HEADERS[s]:>7}" for s in stages) + f" {'total':>7}"
+    lines = []
+    if load_seconds is not None:
+        lines.append(f"model loaded in {load_seconds:.1f} s")
+    lines += [header, "-" * len(header)]
+    for name, record in zip(names, records, strict=True):
+        cells = " ".join(f"{record.timings.get(s, 0.0):7.2f}" for s in stages)
+        lines.append(f"{name:<{width}} {cells} {record.total_seconds:7.2f}")
+    return "\n".join(lines)
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    logger = logging.getLogger("img2mesh")
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        click.echo(message)
