@@ -23,6 +23,7 @@ Heavy imports (torch, diffusers, pyvista) happen in the methods that need them: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -82,7 +83,13 @@ class Img2Mesh:
         self.device = resolve_device(self.config.runtime.device)
         self.dtype = resolve_dtype(self.config.runtime.dtype, self.device)
         folder = resolve_model(multiview.model, multiview.revision)
-        pipe = Zero123PlusPipeline.from_pretrained(str(folder), torch_dtype=self.dtype, scheduler=multiview.scheduler)
+        with _library_progress_bars(enabled=self.progress):
+            pipe = Zero123PlusPipeline.from_pretrained(folder, torch_dtype=self.dtype, scheduler=multiview.scheduler)
+        if pipe.config.version != self.config.views.poses:
+            # The weights decide where the views' cameras are; posing them with the other table would be wrong.
+            version = pipe.config.version
+            log.warning("%s draws %s views; posing them with the %s table.", multiview.model, version, version)
+            self.config.views = dataclasses.replace(self.config.views, poses=version)
         if multiview.offload and self.device.type == "cuda":
             pipe.enable_model_cpu_offload(device=self.device)
         else:
@@ -165,8 +172,10 @@ class Img2Mesh:
         ``run.json``; an :class:`InputError` leaves no folder behind.
         """
         from img2mesh.outputs import atomic_output_dir
+        from img2mesh.preprocess import load_image
 
         out_dir = Path(out_dir)
+        photo = image if hasattr(image, "size") else load_image(image)  # a bad file costs no model load
         self.load()
         record = RunRecord(
             input=str(image) if isinstance(image, str | Path) else "<image>",
@@ -178,7 +187,7 @@ class Img2Mesh:
         fmt = self.config.export.format
         with atomic_output_dir(out_dir) as work, self._stage_bar(out_dir.name) as bar:
             with self._timed("prepare_input", record, bar):
-                cutout = self.prepare_input(image)
+                cutout = self.prepare_input(photo)
                 cutout.save(work / "input.png")
             with self._timed("generate_views", record, bar):
                 grid = self.generate_views(cutout)
@@ -255,6 +264,25 @@ class Img2Mesh:
         record.timings[stage] = time.perf_counter() - start
         bar.update(1)
         log.info("%-15s %7.2f s", stage, record.timings[stage])
+
+
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence the weight-loading bars of transformers and diffusers while ``enabled`` is False, then restore them."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()
 
 
 def run(

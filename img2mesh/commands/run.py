@@ -104,6 +104,8 @@ def run(
         except InputError as exc:
             fail(image, str(exc))
         except Exception as exc:  # a bug in one input's run must not cost the others their results
+            if len(todo) == 1:
+                raise  # alone, a bug keeps its traceback
             fail(image, f"unexpected {type(exc).__name__}: {exc}")
             if verbose:
                 traceback.print_exc()
@@ -113,7 +115,7 @@ def run(
         click.echo(f"{len(records)} of {len(todo)} finished in {out}/.")
     if failures:
         if len(todo) == 1:
-            raise InputError(f"{todo[0]}: {failures[0][1]}")
+            raise InputError(failures[0][1])
         click.echo(f"{len(failures)} of {len(todo)} inputs failed.", err=True)
         raise SystemExit(1)
 
