@@ -94,7 +94,7 @@ def config_option(function: Callable) -> Callable:
         "set_values",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Override any config key, e.g. --set recon.steps=500 (repeatable; VALUE is YAML).",
+        help="Override any config key, e.g. --set recon.rays=4096 (repeatable; VALUE is YAML).",
     )(function)
     return click.option(
         "--config",
@@ -129,12 +129,12 @@ def verbosity_options(function: Callable) -> Callable:
 
 
 def parse_set_values(values: typing.Iterable[str]) -> dict[str, Any]:
-    """``["recon.steps=500", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists)."""
+    """``["mesh.faces=5000", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists)."""
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
-            raise InputError(f"--set {item!r} must look like SECTION.KEY=VALUE, e.g. --set recon.steps=500.")
+            raise InputError(f"--set {item!r} must look like SECTION.KEY=VALUE, e.g. --set mesh.faces=5000.")
         try:
             overrides[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
