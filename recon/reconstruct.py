@@ -1,13 +1,291 @@
-"""Posed views → signed-distance and colour fields → textured mesh: the reconstruction entry point."""
+"""Posed views → signed-distance and colour fields → textured mesh: the reconstruction entry point.
+
+Two halves, so that a batch runner can keep the GPU busy on the next object while the CPU finishes this one:
+
+- :func:`fit_fields` (GPU-bound): carve the visual hull of the masks, start a signed-distance grid from its distance
+  transform, then fit SDF and colour grids to the views by volume rendering, coarse to fine. Losses: robust
+  (Charbonnier) photometric error against the views composited on a random background (so the background colour
+  cannot be explained by geometry), binary cross-entropy of the rendered opacity against the masks, and eikonal and
+  Laplacian terms that keep the SDF a smooth distance (the generated views are never perfectly consistent, and six
+  views under-constrain the surface; smoothness is the prior that fills the gaps). The surface may not leave the
+  hull: the masks bound it, and this forbids floaters in space no ray ever checks.
+- :func:`finish_mesh` (CPU-friendly): marching cubes, clean-up and decimation (:mod:`recon.meshing`), then UV unwrap
+  and a texture baked from the views, with the colour field filling what no view sees (:mod:`recon.texture`).
+
+Everything is seeded, so the same views and config give the same mesh.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from recon.errors import InputError
+from recon.meshing import MeshConfig, extract_mesh
+from recon.sdf_grid import (
+    Box,
+    SdfGrid,
+    carve_hull,
+    hull_box,
+    initial_colour,
+    occupancy_to_sdf,
+    sample_grid,
+)
+from recon.texture import TextureConfig, bake_texture
+from recon.views import PosedViews
+from recon.volume_render import clip_to_hull, pixel_rays, render_rays
 
 
 @dataclass
 class ReconConfig:
     """Field optimisation."""
 
+    seed: int = 0
+    """Seed of ray sampling and background colours; the same seed and views give the same mesh."""
+    image_size: int = 320
+    """Side in pixels at which the views are fitted (they are area-resampled to it)."""
+    bound: float = 1.1
+    """Half-side of the world cube searched for the object (the views frame [-1, 1]³ at distance 4)."""
+    hull_resolution: int = 128
+    """Points per side of the visual-hull grid over the cube."""
+    hull_min_views: int = 5
+    """A point belongs to the hull when this many views see it inside their masks (5 of 6 forgives one bad mask)."""
+    resolutions: tuple[int, ...] = (64, 128)
+    """SDF grid points along the longest side of the hull's box, one entry per coarse-to-fine stage."""
+    iterations: tuple[int, ...] = (250, 350)
+    """Optimisation steps of each stage."""
+    colour_resolution: int = 96
+    """Colour grid points along the longest side (capped by the stage's SDF resolution): low, to average views."""
+    rays: int = 8192
+    """Rays per step."""
+    samples: int = 96
+    """Samples per ray within its hull interval."""
+    learning_rate: float = 0.01
+    """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
+    colour_learning_rate: float = 0.05
+    """Adam step of the colour logits."""
+    sharpness: tuple[float, float] = (20.0, 0.6)
+    """NeuS inverse width s: start value (1/world units), and end value as a multiple of 1/voxel of the last stage."""
+    mask_weight: float = 0.5
+    """Weight of the opacity-vs-mask binary cross-entropy."""
+    eikonal_weight: float = 0.05
+    """Weight of the eikonal term (|∇f| = 1) near the surface."""
+    smoothness_weight: float = 0.02
+    """Weight of the squared-Laplacian term near the surface (falls to a tenth over each stage)."""
+    colour_smoothness_weight: float = 0.01
+    """Weight of the colour grid's total variation."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
+
+
+@dataclass
+class Fields:
+    """The fitted fields, on the CPU, ready to be meshed and textured."""
+
+    grid: SdfGrid
+    """Signed-distance and colour grids."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step of :func:`fit_fields`."""
+    losses: dict[str, float] = field(default_factory=dict)
+    """Final value of each loss term."""
+
+
+@dataclass
+class ReconResult:
+    """A reconstructed, textured mesh and where the time went."""
+
+    mesh: trimesh.Trimesh
+    """World z-up, UV-textured (PBR base colour)."""
+    timings: dict[str, float]
+    """Seconds per stage."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" → CUDA when present, else the CPU; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"Device {name!r} was asked for but no CUDA GPU is visible; use --device cpu.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise InputError(f"Device {name!r} is not supported for reconstruction; use auto, cuda or cpu.")
+    return torch.device(name)
+
+
+def check_views(views: PosedViews) -> None:
+    """Refuse views that cannot give a mesh, with one sentence each."""
+    if len(views) < 2:
+        raise InputError(
+            f"Reconstruction needs at least 2 posed views, got {len(views)}; pass all six Zero123++ views."
+        )
+    covered = (views.masks > 0.5).reshape(len(views), -1).mean(1)
+    if (covered < 1e-4).any():
+        empty = int(np.argmax(covered < 1e-4))
+        raise InputError(
+            f"View {empty} has an empty object mask, so there is nothing to reconstruct; check the views' background."
+        )
+    if (covered > 0.98).any():
+        full = int(np.argmax(covered > 0.98))
+        raise InputError(
+            f"View {full}'s mask covers the whole image, so the object cannot be told from its background; "
+            "give views with a plain background or an alpha channel."
+        )
+
+
+def fit_fields(
+    views: PosedViews, recon: ReconConfig | None = None, device: str = "auto", progress: bool = True
+) -> Fields:
+    """Fit SDF and colour grids to posed views (the GPU half of :func:`reconstruct`)."""
+    recon = recon or ReconConfig()
+    if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
+        raise InputError("recon.resolutions and recon.iterations must be lists of the same, non-zero length.")
+    check_views(views)
+    dev = resolve_device(device if device != "auto" else recon.device)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    generator = torch.Generator(device=dev).manual_seed(recon.seed)
+
+    occupied = carve_hull(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev)
+    if not occupied.any():
+        raise InputError("The views' masks share no common volume, so their cameras do not match; check --poses.")
+    cube = Box(torch.full((3,), -recon.bound, device=dev), torch.full((3,), recon.bound, device=dev))
+    cube_voxel = 2 * recon.bound / (recon.hull_resolution - 1)
+    hull_sdf = occupancy_to_sdf(occupied, cube_voxel)[None, None]
+    # Dilated by two voxels: the surface may move a little outside a hull carved from area-resampled masks.
+    allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
+    box = hull_box(occupied, recon.bound, margin=3 * cube_voxel)
+    rays = clip_to_hull(pixel_rays(views, recon.image_size, dev), allowed, cube, recon.hull_resolution, 2 * cube_voxel)
+    timings["hull"] = time.perf_counter() - start
+
+    grid: SdfGrid | None = None
+    total = sum(recon.iterations)
+    final_voxel = float((box.hi - box.lo).max()) / (recon.resolutions[-1] - 1)
+    s_start, s_end = recon.sharpness[0], recon.sharpness[1] / final_voxel
+    bar = _progress(total, progress)
+    done = 0
+    losses: dict[str, float] = {}
+    for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
+        stage_start = time.perf_counter()
+        colour_res = min(resolution, recon.colour_resolution)
+        if grid is None:
+            points = box.grid_points(box.shape(resolution))
+            sdf = sample_grid(hull_sdf, cube, points)[..., 0]
+            colour_points = box.grid_points(box.shape(colour_res))
+            colour = initial_colour(views, colour_points.reshape(-1, 3), dev)
+            colour = colour.T.reshape(3, *colour_points.shape[:3])
+            grid = SdfGrid(sdf, colour, box)
+        else:
+            grid = grid.resample(resolution, colour_res)
+        band = 4 * grid.voxel
+        lr = recon.learning_rate * 0.5**stage
+        optimiser = torch.optim.Adam(
+            [
+                {"params": [grid.sdf], "lr": lr},
+                {"params": [grid.colour], "lr": recon.colour_learning_rate},
+            ],
+            betas=(0.9, 0.99),
+        )
+        for it in range(iterations):
+            frac = it / max(1, iterations - 1)
+            global_frac = (done + it) / max(1, total - 1)
+            inv_s = s_start * (s_end / s_start) ** global_frac
+            for group, base in zip(optimiser.param_groups, (lr, recon.colour_learning_rate), strict=True):
+                group["lr"] = base * (0.1**frac)
+            index = torch.randint(len(rays), (min(recon.rays, len(rays)),), device=dev, generator=generator)
+            batch = rays[index]
+            background = torch.rand(len(batch), 3, device=dev, generator=generator)
+            out = render_rays(grid, batch, recon.samples, inv_s, background, generator)
+            target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
+            photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
+            opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
+            mask = F.binary_cross_entropy(opacity, batch.mask)
+            eikonal, smooth = grid.eikonal_and_smoothness(band)
+            smooth_weight = recon.smoothness_weight * (0.1**frac)
+            loss = (
+                photometric
+                + recon.mask_weight * mask
+                + recon.eikonal_weight * eikonal
+                + smooth_weight * smooth
+                + recon.colour_smoothness_weight * grid.colour_tv()
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            bar.update(1)
+        done += iterations
+        losses = {
+            "photometric": photometric.item(),
+            "mask": mask.item(),
+            "eikonal": eikonal.item(),
+            "smoothness": smooth.item(),
+        }
+        bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in losses.items()})
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timings[f"fit_{resolution}"] = time.perf_counter() - stage_start
+    bar.close()
+    assert grid is not None
+    with torch.no_grad():
+        # The masks bound the object: outside the (dilated) hull the SDF is made positive, which removes floaters
+        # that no ray constrains.
+        points = box.grid_points(tuple(grid.sdf.shape[-3:]))
+        outside = sample_grid(allowed, cube, points)[..., 0] < 0.5
+        grid.sdf[0, 0][outside] = grid.sdf[0, 0][outside].clamp_min(grid.voxel)
+    cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu"))).requires_grad_(
+        False
+    )
+    timings["fit"] = time.perf_counter() - start
+    return Fields(cpu_grid, timings, losses)
+
+
+def finish_mesh(
+    fields: Fields,
+    views: PosedViews,
+    mesh: MeshConfig | None = None,
+    texture: TextureConfig | None = None,
+    timings: dict[str, float] | None = None,
+) -> trimesh.Trimesh:
+    """Mesh, clean, decimate, unwrap and texture the fitted fields (the CPU half of :func:`reconstruct`)."""
+    mesh = mesh or MeshConfig()
+    texture = texture or TextureConfig()
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    grid = fields.grid
+    sdf_xyz = grid.sdf.detach()[0, 0].permute(2, 1, 0).numpy()
+    surface = extract_mesh(sdf_xyz, grid.box.lo.numpy(), grid.box.hi.numpy(), mesh)
+    timings["mesh"] = time.perf_counter() - start
+
+    def colour_field(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return grid.rgb(torch.as_tensor(points, dtype=torch.float32)).numpy()
+
+    textured = bake_texture(surface, views, colour_field, texture, timings=timings)
+    return textured
+
+
+def reconstruct(
+    views: PosedViews,
+    recon: ReconConfig | None = None,
+    mesh: MeshConfig | None = None,
+    texture: TextureConfig | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> ReconResult:
+    """Six posed views → UV-textured triangle mesh in world z-up coordinates."""
+    fields = fit_fields(views, recon, device=device, progress=progress)
+    timings = dict(fields.timings)
+    start = time.perf_counter()
+    result = finish_mesh(fields, views, mesh, texture, timings=timings)
+    timings["finish"] = time.perf_counter() - start
+    timings["total"] = timings["fit"] + timings["finish"]
+    return ReconResult(result, timings)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fitting fields", unit="step", disable=not enabled, leave=False)

@@ -1,8 +1,34 @@
-"""Mesh → UV unwrap (xatlas) and base-colour texture baked from the posed views."""
+"""Mesh → UV unwrap (xatlas) and base-colour texture baked from the posed views.
+
+The views hold far more colour detail than any field fitted to them, so the texture is *projected* from them, not
+read from the colour grid: each texel's surface point is projected into every view, kept where that view sees it
+(its depth agrees with the mesh's own depth map from :func:`recon.render.rasterize`) and inside the view's eroded
+mask (silhouette pixels mix in background), and weighted by ``cos(angle to the camera) ** angle_power`` so the most
+frontal views dominate and grazing, stretched pixels barely count. Texels no view sees (a cavity, the underside)
+take the fitted colour field's value. Finally every texel outside the charts takes the colour of its nearest
+texel inside, so bilinear filtering and mip-maps never pull background colour across a seam.
+
+Texel ↔ surface: the unwrapped mesh is rasterised in UV space (one texel per pixel centre, deterministic
+``scatter_reduce`` to settle shared edges), giving each texel a face and barycentrics, hence a position and normal.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from PIL import Image
+from scipy import ndimage
+
+from recon.views import PosedViews
+
+#: Texel candidates per chunk of the UV rasteriser (bounds its memory, ~40 bytes each).
+UV_CHUNK = 1 << 22
 
 
 @dataclass
@@ -11,3 +37,172 @@ class TextureConfig:
 
     size: int = 1024
     """Side of the square base-colour texture in pixels."""
+    padding: int = 4
+    """Texels between UV charts (xatlas packing), so seams survive bilinear filtering and mip-mapping."""
+    angle_power: float = 4.0
+    """Exponent of the cosine view-angle weight: higher favours the most frontal view (sharper, more seams)."""
+    depth_tolerance: float = 0.02
+    """A texel counts as visible in a view when its depth is within this (world units) of the mesh's depth map."""
+    mask_erosion: int = 2
+    """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
+
+
+def bake_texture(
+    mesh: trimesh.Trimesh,
+    views: PosedViews,
+    colour_field: Callable[[np.ndarray], np.ndarray],
+    config: TextureConfig | None = None,
+    device: str | torch.device = "cpu",
+    timings: dict[str, float] | None = None,
+) -> trimesh.Trimesh:
+    """UV-unwrap ``mesh`` and bake a base-colour texture from ``views``; unseen texels from ``colour_field``.
+
+    ``colour_field`` maps world points (N, 3) to RGB (N, 3) in [0, 1]. Returns a new mesh whose vertices are split
+    along UV seams, with ``TextureVisuals`` holding the UVs and a PBR material with the texture.
+    """
+    config = config or TextureConfig()
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    vmapping, faces, uv = unwrap(mesh, config.size, config.padding)
+    timings["unwrap"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    device = torch.device(device)
+    vertices = torch.as_tensor(mesh.vertices[vmapping], dtype=torch.float32, device=device)
+    normals = torch.as_tensor(mesh.vertex_normals[vmapping], dtype=torch.float32, device=device)
+    faces_t = torch.as_tensor(faces, dtype=torch.int64, device=device)
+    face_id, bary = rasterize_uv(torch.as_tensor(uv, dtype=torch.float32, device=device), faces_t, config.size)
+    covered = face_id >= 0
+    corners = faces_t[face_id[covered]]
+    b = bary[covered]
+    points = (vertices[corners] * b[..., None]).sum(1)
+    texel_normals = F.normalize((normals[corners] * b[..., None]).sum(1), dim=-1)
+    colour, seen = project_views(mesh, views, points, texel_normals, config, device)
+    unseen = ~seen
+    if unseen.any():
+        colour[unseen] = torch.as_tensor(colour_field(points[unseen].cpu().numpy()), dtype=torch.float32, device=device)
+    image = torch.zeros(config.size, config.size, 3, device=device)
+    image[covered] = colour
+    texture = fill_outside(image.cpu().numpy(), covered.cpu().numpy())
+    timings["bake"] = time.perf_counter() - start
+
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray((texture * 255 + 0.5).astype(np.uint8)),
+        metallicFactor=0.0,
+        roughnessFactor=1.0,
+        doubleSided=False,
+    )
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return trimesh.Trimesh(mesh.vertices[vmapping], faces, visual=visual, process=False)
+
+
+def unwrap(mesh: trimesh.Trimesh, size: int, padding: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts packed into a ``size``² atlas: (vertex mapping, faces, UVs in [0, 1] with v up)."""
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = size
+    pack.padding = padding
+    pack.bilinear = True
+    atlas.generate(pack_options=pack)
+    vmapping, faces, uv = atlas[0]
+    return vmapping.astype(np.int64), faces.astype(np.int64), uv.astype(np.float32)
+
+
+def rasterize_uv(uv: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Face id (size, size) (-1 where empty) and barycentrics (size, size, 3) of every texel centre.
+
+    Image row 0 is v = 1 (the top of the texture, as glTF and trimesh store it).
+    """
+    device = uv.device
+    pixel = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], dim=-1)
+    tri = pixel[faces]  # (F, 3, 2)
+    lo = torch.ceil(tri.amin(1) - 0.5).clamp(0, size - 1).long()
+    hi = torch.floor(tri.amax(1) - 0.5).clamp(0, size - 1).long()
+    span = (hi - lo + 1).clamp_min(0)
+    counts = span[:, 0] * span[:, 1]
+    owner = torch.full((size * size,), -1, dtype=torch.int64, device=device)
+    order = torch.arange(len(faces), device=device)
+    ends = torch.cumsum(counts, 0)
+    start = 0
+    while start < len(faces):
+        stop = int(torch.searchsorted(ends, ends[start] - counts[start] + UV_CHUNK, right=True))
+        stop = max(stop, start + 1)
+        ids = order[start:stop]
+        n = counts[ids]
+        face = torch.repeat_interleave(ids, n)
+        offset = torch.arange(int(n.sum()), device=device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        width = span[face, 0].clamp_min(1)
+        x = lo[face, 0] + offset % width
+        y = lo[face, 1] + offset // width
+        b = _barycentrics(tri[face], x.float() + 0.5, y.float() + 0.5)
+        inside = (b >= -1e-5).all(-1)
+        owner.scatter_reduce_(0, (y * size + x)[inside], face[inside], reduce="amax")
+        start = stop
+    owner = owner.reshape(size, size)
+    ys, xs = torch.nonzero(owner >= 0, as_tuple=True)
+    bary = torch.zeros(size, size, 3, device=device)
+    b = _barycentrics(tri[owner[ys, xs]], xs.float() + 0.5, ys.float() + 0.5).clamp_min(0)
+    bary[ys, xs] = b / b.sum(-1, keepdim=True).clamp_min(1e-12)
+    return owner, bary
+
+
+def _barycentrics(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """Barycentrics (N, 3) of points in triangles ``tri`` (N, 3, 2); degenerate triangles give -1s (never inside)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    w0 = (b[:, 0] - px) * (c[:, 1] - py) - (b[:, 1] - py) * (c[:, 0] - px)
+    w1 = (c[:, 0] - px) * (a[:, 1] - py) - (c[:, 1] - py) * (a[:, 0] - px)
+    ok = area.abs() > 1e-12
+    safe = torch.where(ok, area, torch.ones_like(area))
+    l0, l1 = w0 / safe, w1 / safe
+    out = torch.stack([l0, l1, 1 - l0 - l1], dim=-1)
+    return torch.where(ok[:, None], out, torch.full_like(out, -1.0))
+
+
+def project_views(
+    mesh: trimesh.Trimesh,
+    views: PosedViews,
+    points: torch.Tensor,
+    normals: torch.Tensor,
+    config: TextureConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visibility- and angle-weighted mean colour (N, 3) of surface points over the views, and which were seen (N,)."""
+    from recon.render import prepare_mesh, rasterize
+    from recon.sdf_grid import project_points, sample_image
+
+    h, w = views.size
+    fragments = rasterize(prepare_mesh(mesh, device), views.intrinsics, views.cam_to_world, w, h)
+    masks = torch.as_tensor(views.masks, dtype=torch.float32, device=device)
+    if config.mask_erosion > 0:
+        k = 2 * config.mask_erosion + 1
+        masks = -F.max_pool2d(-masks[:, None], k, stride=1, padding=config.mask_erosion)[:, 0]
+    total = torch.zeros_like(points)
+    weight = torch.zeros(points.shape[0], device=device)
+    for i in range(len(views)):
+        uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
+        seen_depth = sample_image(fragments.depth[i][None], uv, mode="nearest")[:, 0]
+        visible = (seen_depth > 0) & (depth <= seen_depth + config.depth_tolerance)
+        to_camera = F.normalize(
+            torch.as_tensor(views.cam_to_world[i][:3, 3], dtype=torch.float32, device=device) - points, dim=-1
+        )
+        cosine = (normals * to_camera).sum(-1).clamp_min(0)
+        m = sample_image(masks[i][None], uv)[:, 0]
+        wgt = visible.float() * m * cosine**config.angle_power
+        image = torch.as_tensor(views.images[i], dtype=torch.float32, device=device).permute(2, 0, 1)
+        total += sample_image(image, uv) * wgt[:, None]
+        weight += wgt
+    seen = weight > 1e-4
+    colour = torch.where(seen[:, None], total / weight.clamp_min(1e-8)[:, None], torch.zeros_like(total))
+    return colour.clamp(0, 1), seen
+
+
+def fill_outside(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Every texel outside the charts takes its nearest covered texel's colour (seam-proof, mip-map-proof)."""
+    if covered.all() or not covered.any():
+        return image
+    _, (iy, ix) = ndimage.distance_transform_edt(~covered, return_indices=True)
+    return image[iy, ix]

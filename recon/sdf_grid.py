@@ -1,0 +1,212 @@
+"""Dense signed-distance and colour grids over the object's box: the fields the reconstruction optimises.
+
+One bounded object needs no hashing: a dense 128³ SDF grid plus a coarser colour grid is a few tens of megabytes,
+and ``F.grid_sample`` interpolates it with one fused native kernel on the CPU and the GPU alike, forward and
+backward, so the whole optimiser stays pure PyTorch. The grid spans the visual hull's bounding box (padded) with
+cubic voxels, so flat or elongated objects spend the resolution where they are.
+
+The hull is carved here in torch (on the optimisation device) rather than meshed: the optimiser needs an occupancy
+volume for its initial signed distance, for the ray intervals it samples in, and as a bound that no surface may leave.
+Grid tensors are laid out ``(1, C, Z, Y, X)`` as ``grid_sample`` wants; :meth:`SdfGrid.sdf_xyz` gives ``[x, y, z]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from recon.views import PosedViews
+
+
+@dataclass
+class Box:
+    """An axis-aligned box in world space, and the cubic-voxel grid over it."""
+
+    lo: torch.Tensor
+    """Minimum corner (3,), world units."""
+    hi: torch.Tensor
+    """Maximum corner (3,), world units."""
+
+    def shape(self, resolution: int) -> tuple[int, int, int]:
+        """Grid points (Z, Y, X) along each axis for ``resolution`` points along the longest side (cubic voxels)."""
+        extent = (self.hi - self.lo).tolist()
+        longest = max(extent)
+        nx, ny, nz = (max(4, round((resolution - 1) * e / longest) + 1) for e in extent)
+        return nz, ny, nx
+
+    def normalise(self, points: torch.Tensor) -> torch.Tensor:
+        """World points (..., 3) to ``grid_sample`` coordinates in [-1, 1] (x, y, z order)."""
+        return (points - self.lo) / (self.hi - self.lo) * 2 - 1
+
+    def grid_points(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """World positions (Z, Y, X, 3) of a grid's points (corners included, as ``align_corners=True`` reads)."""
+        axes = [
+            torch.linspace(float(self.lo[i]), float(self.hi[i]), n, device=self.lo.device)
+            for i, n in zip((2, 1, 0), shape, strict=True)
+        ]
+        z, y, x = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack([x, y, z], dim=-1)
+
+    def to(self, device: torch.device) -> Box:
+        return Box(self.lo.to(device), self.hi.to(device))
+
+
+def sample_grid(grid: torch.Tensor, box: Box, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear values (..., C) of a ``(1, C, Z, Y, X)`` grid at world points (..., 3); outside: border value."""
+    lead = points.shape[:-1]
+    coords = box.normalise(points).reshape(1, -1, 1, 1, 3)
+    values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
+    return values.reshape(grid.shape[1], -1).T.reshape(*lead, grid.shape[1])
+
+
+def carve_hull(views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> torch.Tensor:
+    """Visual-hull occupancy (R, R, R) bool, laid out (Z, Y, X), over the cube [-bound, bound]³.
+
+    A point is occupied when it projects inside the mask of at least ``min_views`` views; a point outside a view's
+    frame counts as empty there, since the object is always framed. Voting tolerates one bad mask of a generated view.
+    """
+    box = Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
+    points = box.grid_points((resolution,) * 3).reshape(-1, 3)
+    masks = torch.as_tensor(views.masks, dtype=torch.float32, device=device)
+    votes = torch.zeros(points.shape[0], device=device)
+    for i in range(len(views)):
+        uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
+        inside = sample_image(masks[i][None], uv)[:, 0] > 0.5
+        votes += (inside & (depth > 0)).float()
+    return (votes >= min_views).reshape((resolution,) * 3)
+
+
+def occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:
+    """Signed Euclidean distance (world units, negative inside) of a boolean volume, exact at voxel precision."""
+    occ = occupied.cpu().numpy()
+    inside = ndimage.distance_transform_edt(occ)
+    outside = ndimage.distance_transform_edt(~occ)
+    sdf = (outside - inside + np.where(occ, 0.5, -0.5)) * voxel
+    return torch.as_tensor(sdf, dtype=torch.float32, device=occupied.device)
+
+
+def project_points(points: torch.Tensor, k: np.ndarray, cam_to_world: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (N, 2) and depths along the viewing axis (N,) of world points (as recon.cameras.project)."""
+    c2w = torch.as_tensor(cam_to_world, dtype=torch.float32, device=points.device)
+    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
+    depth = -cam[:, 2]
+    safe = depth.clamp_min(1e-6)
+    u = float(k[0, 2]) + float(k[0, 0]) * cam[:, 0] / safe
+    v = float(k[1, 2]) - float(k[1, 1]) * cam[:, 1] / safe
+    return torch.stack([u, v], dim=-1), depth
+
+
+def sample_image(image: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Values (N, C) of a ``(C, H, W)`` image at pixel coordinates (N, 2); zero outside the frame."""
+    _, h, w = image.shape
+    grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], dim=-1).reshape(1, -1, 1, 2)
+    values = F.grid_sample(image[None], grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return values.reshape(image.shape[0], -1).T
+
+
+class SdfGrid(torch.nn.Module):
+    """A signed-distance grid and a colour grid (logits) over one box: the reconstruction's two fields."""
+
+    def __init__(self, sdf: torch.Tensor, colour_logits: torch.Tensor, box: Box) -> None:
+        super().__init__()
+        self.sdf = torch.nn.Parameter(sdf.reshape(1, 1, *sdf.shape[-3:]).contiguous())
+        self.colour = torch.nn.Parameter(colour_logits.reshape(1, 3, *colour_logits.shape[-3:]).contiguous())
+        self.box = box
+
+    @property
+    def voxel(self) -> float:
+        """Edge of one SDF voxel in world units."""
+        nx = self.sdf.shape[-1]
+        return float(self.box.hi[0] - self.box.lo[0]) / (nx - 1)
+
+    def signed_distance(self, points: torch.Tensor) -> torch.Tensor:
+        """SDF (...,) at world points (..., 3)."""
+        return sample_grid(self.sdf, self.box, points)[..., 0]
+
+    def rgb(self, points: torch.Tensor) -> torch.Tensor:
+        """Colour (..., 3) in [0, 1] at world points (..., 3)."""
+        return torch.sigmoid(sample_grid(self.colour, self.box, points))
+
+    def resample(self, resolution: int, colour_resolution: int) -> SdfGrid:
+        """The same fields on finer (or coarser) grids, for coarse-to-fine optimisation."""
+        with torch.no_grad():
+            sdf = resize(self.sdf, self.box.shape(resolution))
+            colour = resize(self.colour, self.box.shape(colour_resolution))
+        return SdfGrid(sdf, colour, self.box)
+
+    def eikonal_and_smoothness(self, band: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eikonal residual ``(|∇f| - 1)²`` and squared Laplacian ``(Δf · h)²``, averaged over voxels near the surface.
+
+        Finite differences on the whole grid cost one pass over it and reach every voxel, which random point samples
+        would not; restricting both to a band around the surface leaves the far field free (it is never rendered).
+        """
+        f = self.sdf[0, 0]
+        h = self.voxel
+        gx = (f[1:-1, 1:-1, 2:] - f[1:-1, 1:-1, :-2]) / (2 * h)
+        gy = (f[1:-1, 2:, 1:-1] - f[1:-1, :-2, 1:-1]) / (2 * h)
+        gz = (f[2:, 1:-1, 1:-1] - f[:-2, 1:-1, 1:-1]) / (2 * h)
+        centre = f[1:-1, 1:-1, 1:-1]
+        laplacian = (
+            f[1:-1, 1:-1, 2:]
+            + f[1:-1, 1:-1, :-2]
+            + f[1:-1, 2:, 1:-1]
+            + f[1:-1, :-2, 1:-1]
+            + f[2:, 1:-1, 1:-1]
+            + f[:-2, 1:-1, 1:-1]
+            - 6 * centre
+        ) / h
+        near = (centre.detach().abs() < band).float()
+        count = near.sum().clamp_min(1.0)
+        grad_norm = torch.sqrt(gx**2 + gy**2 + gz**2 + 1e-10)
+        eikonal = ((grad_norm - 1) ** 2 * near).sum() / count
+        smooth = (laplacian**2 * near).sum() / count
+        return eikonal, smooth
+
+    def colour_tv(self) -> torch.Tensor:
+        """Total variation of the colour logits (keeps unseen colour smooth and views' disagreements averaged)."""
+        c = self.colour
+        return (
+            (c[..., 1:] - c[..., :-1]).abs().mean()
+            + (c[..., 1:, :] - c[..., :-1, :]).abs().mean()
+            + (c[..., 1:, :, :] - c[..., :-1, :, :]).abs().mean()
+        )
+
+
+def resize(grid: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resampling of a ``(1, C, Z, Y, X)`` grid to ``shape`` with corners kept in place."""
+    return F.interpolate(grid, size=shape, mode="trilinear", align_corners=True)
+
+
+def hull_box(occupied: torch.Tensor, bound: float, margin: float) -> Box:
+    """Bounding box (world) of an occupancy cube over [-bound, bound]³, grown by ``margin``; the whole cube if empty."""
+    device = occupied.device
+    n = occupied.shape[0]
+    idx = torch.nonzero(occupied)
+    if idx.numel() == 0:
+        return Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
+    step = 2 * bound / (n - 1)
+    lo_zyx, hi_zyx = idx.min(0).values.float(), idx.max(0).values.float()
+    lo = (lo_zyx.flip(0) * step - bound - margin).clamp(min=-bound - margin)
+    hi = (hi_zyx.flip(0) * step - bound + margin).clamp(max=bound + margin)
+    return Box(lo, hi)
+
+
+def initial_colour(views: PosedViews, points: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Mean colour of the views' masked pixels onto which each point (N, 3) projects: a blurry but useful start."""
+    total = torch.zeros(points.shape[0], 3, device=device)
+    weight = torch.zeros(points.shape[0], 1, device=device)
+    for i in range(len(views)):
+        image = torch.as_tensor(views.images[i], dtype=torch.float32, device=device).permute(2, 0, 1)
+        mask = torch.as_tensor(views.masks[i], dtype=torch.float32, device=device)[None]
+        uv, _ = project_points(points, views.intrinsics[i], views.cam_to_world[i])
+        m = sample_image(mask, uv)
+        total += sample_image(image, uv) * m
+        weight += m
+    mean = total / weight.clamp_min(1e-3)
+    fallback = torch.full_like(mean, 0.5)
+    colour = torch.where(weight > 1e-3, mean, fallback).clamp(0.02, 0.98)
+    return torch.logit(colour)

@@ -1,0 +1,154 @@
+"""Volume rendering of a signed-distance grid: the views' pixel rays, their hull intervals, and NeuS compositing.
+
+Each pixel ray is sampled only where the visual hull says the object can be (first to last occupied point along
+the ray, padded by a voxel), so a fixed, small number of stratified samples covers the object densely without an
+occupancy-grid sampler or custom CUDA. Rays that never meet the hull are left out of training: they are empty in
+every consistent answer. Opacity between consecutive samples follows NeuS's discrete formula on the logistic CDF
+of the SDF, ``alpha = max(Φ(f_i) - Φ(f_{i+1}), 0) / Φ(f_i)``, which stays correct for coarse sample spacings because
+it integrates the density exactly for a locally planar surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from recon.sdf_grid import Box, SdfGrid, sample_grid
+from recon.views import PosedViews
+
+
+@dataclass
+class RayBatch:
+    """Rays with their hull intervals and their targets."""
+
+    origins: torch.Tensor
+    """(R, 3) world."""
+    directions: torch.Tensor
+    """(R, 3) unit."""
+    near: torch.Tensor
+    """(R,) ray parameter where sampling starts."""
+    far: torch.Tensor
+    """(R,) ray parameter where sampling ends."""
+    rgb: torch.Tensor
+    """(R, 3) target colour in [0, 1] (straight, not premultiplied)."""
+    mask: torch.Tensor
+    """(R,) target opacity in [0, 1]."""
+    view: torch.Tensor
+    """(R,) index of the view each ray comes from."""
+
+    def __getitem__(self, index: torch.Tensor) -> RayBatch:
+        return RayBatch(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+
+def resized_views(views: PosedViews, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (N, 3, s, s), masks (N, s, s) and intrinsics (N, 3, 3) at side ``size`` (area-averaged)."""
+    h, w = views.size
+    images = torch.as_tensor(views.images, dtype=torch.float32).permute(0, 3, 1, 2)
+    masks = torch.as_tensor(views.masks, dtype=torch.float32)[:, None]
+    k = torch.as_tensor(views.intrinsics, dtype=torch.float32).clone()
+    if (h, w) != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="area")
+        masks = F.interpolate(masks, size=(size, size), mode="area")
+        k[:, 0] *= size / w
+        k[:, 1] *= size / h
+    return images.clamp(0, 1), masks[:, 0].clamp(0, 1), k
+
+
+def pixel_rays(views: PosedViews, size: int, device: torch.device) -> RayBatch:
+    """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now."""
+    images, masks, k = resized_views(views, size)
+    c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
+    j, i = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    origins, directions, view = [], [], []
+    for n in range(len(views)):
+        x = (i - k[n, 0, 2]) / k[n, 0, 0]
+        y = -(j - k[n, 1, 2]) / k[n, 1, 1]
+        cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1).reshape(-1, 3)
+        d = F.normalize(cam @ c2w[n, :3, :3].T, dim=-1)
+        directions.append(d)
+        origins.append(c2w[n, :3, 3].expand_as(d))
+        view.append(torch.full((d.shape[0],), n))
+    zeros = torch.zeros(len(views) * size * size)
+    rays = RayBatch(
+        torch.cat(origins),
+        torch.cat(directions),
+        zeros,
+        zeros.clone(),
+        images.permute(0, 2, 3, 1).reshape(-1, 3),
+        masks.reshape(-1),
+        torch.cat(view),
+    )
+    return RayBatch(*(getattr(rays, name).to(device) for name in rays.__dataclass_fields__))
+
+
+def clip_to_hull(rays: RayBatch, occupancy: torch.Tensor, box: Box, steps: int, pad: float) -> RayBatch:
+    """The rays that meet the occupied volume, with near/far set to its first and last hit along them (± ``pad``).
+
+    ``occupancy`` is a ``(1, 1, Z, Y, X)`` float volume over ``box``. The march is coarse (``steps`` points across
+    the box's diagonal), so the occupancy should already be dilated by about one step.
+    """
+    diag = float(torch.linalg.norm(box.hi - box.lo))
+    centre = (box.hi + box.lo) / 2
+    keep_near, keep_far, hit = [], [], []
+    for start in range(0, len(rays), 65536):
+        o, d = rays.origins[start : start + 65536], rays.directions[start : start + 65536]
+        t_centre = ((centre - o) * d).sum(-1, keepdim=True)
+        t = t_centre + torch.linspace(-diag / 2, diag / 2, steps, device=o.device)
+        points = o[:, None] + t[..., None] * d[:, None]
+        occ = sample_grid(occupancy, box, points)[..., 0] > 0.5
+        inside = ((points >= box.lo) & (points <= box.hi)).all(-1)
+        occ &= inside
+        any_hit = occ.any(-1)
+        first = torch.argmax(occ.int(), dim=-1)
+        last = steps - 1 - torch.argmax(occ.flip(-1).int(), dim=-1)
+        keep_near.append(t.gather(1, first[:, None])[:, 0] - pad)
+        keep_far.append(t.gather(1, last[:, None])[:, 0] + pad)
+        hit.append(any_hit)
+    rays.near, rays.far = torch.cat(keep_near), torch.cat(keep_far)
+    return rays[torch.cat(hit)]
+
+
+@dataclass
+class Rendered:
+    """What a batch of rays sees."""
+
+    rgb: torch.Tensor
+    """(R, 3) composited over the background."""
+    opacity: torch.Tensor
+    """(R,) accumulated opacity."""
+    depth: torch.Tensor
+    """(R,) expected ray parameter of the surface (weights-normalised)."""
+
+
+def render_rays(
+    field: SdfGrid,
+    rays: RayBatch,
+    samples: int,
+    inv_s: float,
+    background: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Rendered:
+    """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3)."""
+    r = len(rays)
+    device = rays.origins.device
+    jitter = torch.rand(r, 1, device=device, generator=generator) if generator is not None else 0.5
+    step = (rays.far - rays.near)[:, None] / samples
+    t = rays.near[:, None] + (torch.arange(samples + 1, device=device) + jitter - 0.5) * step
+    sdf = field.signed_distance(rays.origins[:, None] + t[..., None] * rays.directions[:, None])
+    cdf = torch.sigmoid(sdf * inv_s)
+    alpha = ((cdf[:, :-1] - cdf[:, 1:]) / (cdf[:, :-1] + 1e-5)).clamp(0.0, 1.0)
+    transmittance = torch.cumprod(torch.cat([torch.ones(r, 1, device=device), 1 - alpha + 1e-7], dim=-1), dim=-1)
+    weights = alpha * transmittance[:, :-1]
+    opacity = weights.sum(-1)
+    t_mid = (t[:, 1:] + t[:, :-1]) / 2
+    depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
+    # Colour is read once per ray, at the expected surface point, instead of at every sample: the surface is sharp,
+    # the colour grid is coarse, and one lookup instead of ``samples`` makes a step several times cheaper.
+    surface = rays.origins + depth[:, None] * rays.directions
+    rgb = field.rgb(surface) * opacity[:, None] + (1 - opacity[:, None]) * background
+    return Rendered(rgb, opacity, depth)
