@@ -1,14 +1,62 @@
 """PosedViews: the six Zero123++ views with their masks and cameras, the hand-off between 2D and 3D.
 
-Conventions (world, camera, pixel) are those of :mod:`recon.cameras`.
+Zero123++ draws its six views as one 3 x 2 grid on a flat gray background, with no cameras attached: the cameras
+are implied by the model version (:mod:`recon.cameras`). This module turns that grid, or a folder of six view files,
+into :class:`PosedViews` (pixels + masks + cameras), and stores it losslessly so a later stage or a rerun reads back
+exactly what was computed. Conventions (world, camera, pixel) are those of :mod:`recon.cameras`.
+
+Storage: :meth:`PosedViews.save` writes ``NN.png`` (RGBA, 8 bit, for people and other tools) and
+``posed_views.npz`` (every array at full precision; the file :meth:`PosedViews.load` reads). Colours are 8-bit
+values as float32 ``k / 255``, so a view that came from a PNG goes through any number of saves unchanged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
+
+from recon.cameras import DEFAULT_RADIUS, GRID_COLS, GRID_ROWS, VIEW_SIZE, zero123pp_cameras
+from recon.errors import InputError
+from recon.masks import compute_masks
+
+#: Image files a views folder may hold.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+#: Name of the full-precision archive written by :meth:`PosedViews.save`.
+ARCHIVE_NAME = "posed_views.npz"
+
+#: Number of views Zero123++ produces.
+NUM_VIEWS = GRID_ROWS * GRID_COLS
+
+
+@dataclass
+class ViewsConfig:
+    """How a grid (or six view files) becomes posed views."""
+
+    poses: Literal["v1.2", "v1.1"] = "v1.2"
+    """Which Zero123++ pose table the views follow (v1.2: elevations +20/-10, fov 30; v1.1: +30/-20, fov 49.1)."""
+    radius: float = DEFAULT_RADIUS
+    """Camera distance from the origin (the object is assumed inside [-1, 1]^3)."""
+    mask: Literal["auto", "background", "rembg", "normals"] = "auto"
+    """How each view's object mask is made when the views carry no alpha: "background" separates the object from
+    the flat background colour with no model; "rembg" runs rembg (its model file must already be on disk);
+    "normals" takes the alpha of the normal ControlNet's maps; "auto" is "normals" when those maps exist, else
+    "background"."""
+    mask_threshold: float = 0.01
+    """Smallest colour distance from the background (RGB in [0, 1], Euclidean) that counts as object; raised
+    automatically when the background is noisy."""
+    mask_holes: bool = True
+    """Also cut out enclosed regions of exactly the background colour (the opening of a mug's handle), not only
+    the background connected to the view's border."""
+    mask_min_area: float = 0.0005
+    """Object specks and enclosed holes smaller than this share of the view's area are dropped / filled."""
+    rembg_model: str = "u2net"
+    """Model of the "rembg" mask method: a rembg model name whose file is already in rembg's model folder."""
 
 
 @dataclass
@@ -26,7 +74,8 @@ class PosedViews:
     poses: str = "v1.2"
     """Which Zero123++ pose table the cameras come from ("v1.2", "v1.1", or "custom")."""
     normals: np.ndarray | None = None
-    """Optional camera-space unit normals, float32 (N, H, W, 3), from the normal ControlNet when it ran."""
+    """Optional camera-space unit normals, float32 (N, H, W, 3), from the normal ControlNet when it ran; zero
+    where the ControlNet saw background."""
 
     def __post_init__(self) -> None:
         n, h, w = self.images.shape[:3]
@@ -47,12 +96,197 @@ class PosedViews:
         """(height, width) of every view."""
         return self.images.shape[1], self.images.shape[2]
 
+    # ----------------------------------------------------------------------------------------------- builders
 
-@dataclass
-class ViewsConfig:
-    """How a grid becomes posed views."""
+    @classmethod
+    def from_grid(
+        cls,
+        grid_image: Image.Image | np.ndarray,
+        config: ViewsConfig | None = None,
+        masks: np.ndarray | None = None,
+        normal_grid: Image.Image | np.ndarray | None = None,
+    ) -> PosedViews:
+        """Posed views of a Zero123++ grid (3 rows x 2 columns of square views, 640x960 as the model makes it).
 
-    poses: Literal["v1.2", "v1.1"] = "v1.2"
-    """Which Zero123++ pose table the grid follows."""
-    radius: float = 4.0
-    """Camera distance from the origin (the object is assumed inside [-1, 1]^3)."""
+        ``masks`` (6, H, W) wins when given; otherwise an RGBA grid's alpha is used if it is not fully opaque, and
+        else masks are computed by ``config.mask``. ``normal_grid`` is the normal ControlNet's grid of the same
+        views (RGB, background 0.5 gray); it gives :attr:`normals` and the "normals" masks.
+        """
+        config = config or ViewsConfig()
+        tiles = _stack(split_grid(grid_image))
+        normal_maps = None if normal_grid is None else _stack(split_grid(normal_grid))[..., :3]
+        if normal_maps is not None and normal_maps.shape != (*tiles.shape[:3], 3):
+            raise InputError(
+                f"The normal-map grid has views of {normal_maps.shape[1]} pixels but the colour grid has "
+                f"{tiles.shape[1]}; pass the normal maps made from these views."
+            )
+        return cls._from_tiles(tiles, config, masks, normal_maps)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, config: ViewsConfig | None = None) -> PosedViews:
+        """Posed views of a folder holding exactly six square view images (``00.png`` ... ``05.png``, grid order).
+
+        RGBA views keep their alpha as masks; opaque ones get masks computed by ``config.mask``.
+        """
+        config = config or ViewsConfig()
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder; pass a folder of six views or a 640x960 views image.")
+        files = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+            key=_natural_key,
+        )
+        if len(files) != NUM_VIEWS:
+            raise InputError(
+                f"Folder {folder} holds {len(files)} images but a views folder needs exactly six "
+                f"(00.png ... 05.png in grid order); remove the others or pass the 640x960 views image instead."
+            )
+        views = [_open_image(p) for p in files]
+        sizes = {v.size for v in views}
+        if len(sizes) != 1 or views[0].width != views[0].height:
+            listed = ", ".join(f"{p.name} {v.width}x{v.height}" for p, v in zip(files, views, strict=True))
+            raise InputError(f"The six views in {folder} must be square and of one size, but they are: {listed}.")
+        return cls._from_tiles(_stack(views), config, None, None)
+
+    @classmethod
+    def _from_tiles(
+        cls, tiles: np.ndarray, config: ViewsConfig, masks: np.ndarray | None, normal_maps: np.ndarray | None
+    ) -> PosedViews:
+        """Views from (6, S, S, 3 or 4) float tiles: masks from the argument, the alpha channel, or computed."""
+        images = np.ascontiguousarray(tiles[..., :3])
+        size = images.shape[1]
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.float32)
+            if masks.shape != images.shape[:3]:
+                raise ValueError(f"masks must be {images.shape[:3]}, got {masks.shape}")
+        elif tiles.shape[-1] == 4 and float(tiles[..., 3].min()) < 1.0:
+            masks = np.ascontiguousarray(tiles[..., 3])
+        else:
+            masks = compute_masks(images, config, normal_maps=normal_maps)
+        k, c2w = zero123pp_cameras(config.poses, config.radius, size)
+        normals = None if normal_maps is None else _unit_normals(normal_maps)
+        return cls(images, masks, k, c2w, poses=config.poses, normals=normals)
+
+    @classmethod
+    def from_path(cls, path: str | Path, config: ViewsConfig | None = None) -> PosedViews:
+        """Posed views of whatever ``path`` is: a grid image, a saved :class:`PosedViews` folder, a dataset folder
+        with ``transforms.json``, or a folder of six views."""
+        path = Path(path)
+        if path.is_file():
+            return cls.from_grid(_open_image(path), config)
+        if (path / "transforms.json").is_file():
+            from recon.dataset import read_dataset
+
+            return read_dataset(path, config)
+        if (path / ARCHIVE_NAME).is_file():
+            return cls.load(path)
+        if path.is_dir():
+            return cls.from_folder(path, config)
+        raise InputError(f"{path} does not exist; pass a 640x960 views image or a folder of six views.")
+
+    # ------------------------------------------------------------------------------------------ save / load
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``NN.png`` (RGBA, masked, 8 bit) and ``posed_views.npz`` (full precision) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, rgba in enumerate(self.rgba_uint8()):
+            Image.fromarray(rgba, "RGBA").save(folder / f"{i:02d}.png")
+        arrays = {
+            "images": self.images.astype(np.float32),
+            "masks": self.masks.astype(np.float32),
+            "intrinsics": self.intrinsics,
+            "cam_to_world": self.cam_to_world,
+            "poses": np.array(self.poses),
+        }
+        if self.normals is not None:
+            arrays["normals"] = self.normals.astype(np.float32)
+        # Written last and renamed into place: a folder whose archive exists is complete.
+        partial = folder / f".{ARCHIVE_NAME}.partial"
+        with open(partial, "wb") as f:
+            np.savez(f, **arrays)
+        partial.replace(folder / ARCHIVE_NAME)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PosedViews:
+        """Read what :meth:`save` wrote, bit for bit."""
+        archive = Path(folder) / ARCHIVE_NAME
+        if not archive.is_file():
+            raise InputError(f"{folder} has no {ARCHIVE_NAME}; pass a folder written by PosedViews.save.")
+        with np.load(archive) as data:
+            return cls(
+                images=data["images"],
+                masks=data["masks"],
+                intrinsics=data["intrinsics"],
+                cam_to_world=data["cam_to_world"],
+                poses=str(data["poses"]),
+                normals=data.get("normals"),
+            )
+
+    def rgba_uint8(self) -> np.ndarray:
+        """The views as 8-bit RGBA, (N, H, W, 4): colours as they are, the mask as alpha."""
+        return np.concatenate([to_uint8(self.images), to_uint8(self.masks)[..., None]], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------- grids
+
+
+def split_grid(grid: Image.Image | np.ndarray) -> list[Image.Image]:
+    """The six views of a Zero123++ grid (3 rows x 2 columns of square views), row-major, as PIL images.
+
+    Any grid of square tiles works (640x960 as the model makes it, or a resized copy such as 1280x1920); anything
+    else raises :class:`InputError` saying what the size should be.
+    """
+    image = grid if isinstance(grid, Image.Image) else Image.fromarray(_as_uint8_array(grid))
+    width, height = image.size
+    side = width // GRID_COLS
+    if width % GRID_COLS or height % GRID_ROWS or height // GRID_ROWS != side or side == 0:
+        raise InputError(
+            f"The views image is {width}x{height} pixels, but a Zero123++ grid is {GRID_COLS * VIEW_SIZE}x"
+            f"{GRID_ROWS * VIEW_SIZE} (3 rows x 2 columns of square views); pass the views.png the model wrote."
+        )
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    return [
+        image.crop((c * side, r * side, (c + 1) * side, (r + 1) * side))
+        for r in range(GRID_ROWS)
+        for c in range(GRID_COLS)
+    ]
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to 8-bit, rounding to nearest, so that ``k / 255`` comes back as ``k``."""
+    return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _stack(views: list[Image.Image]) -> np.ndarray:
+    """Six PIL views as float32 (6, S, S, 3 or 4): RGBA if any view has alpha."""
+    mode = "RGBA" if any("A" in v.getbands() for v in views) else "RGB"
+    return np.stack([np.asarray(v.convert(mode), dtype=np.float32) / 255 for v in views])
+
+
+def _unit_normals(normal_maps: np.ndarray) -> np.ndarray:
+    """Normal-map colours in [0, 1] to unit vectors; zero where the map is the 0.5 gray of the background."""
+    vectors = normal_maps * 2 - 1
+    length = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.where(length > 0.2, vectors / np.maximum(length, 1e-6), 0.0).astype(np.float32)
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise InputError(f"Cannot read {path} as an image; pass a PNG, JPEG or WebP file.") from None
+
+
+def _as_uint8_array(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    return to_uint8(array) if array.dtype.kind == "f" else array.astype(np.uint8)
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key that puts ``2.png`` before ``10.png``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]

@@ -1,0 +1,203 @@
+"""Object masks of generated views: which pixels are the object, with soft anti-aliased edges.
+
+Zero123++ paints its views on a flat background (gray 127 for the official weights, white for some fine-tunes) and
+no alpha. Reconstruction needs the silhouettes, so this module recovers them. Three ways:
+
+- ``"background"`` (the default; no model needed): estimate the background colour from the view's border, call a
+  pixel background when its colour is within a tolerance of it **and** it is connected to the border through such
+  pixels. Connectivity is what keeps gray parts of an object (a gray mug's body, a shaded gray bunny) from being
+  cut out: they are enclosed by the object's own edge. Enclosed regions are cut out only when they look like the
+  background itself (same colour statistics, a real opening such as a mug's handle). Specks and pin-holes are
+  cleaned, and the edge pixels get fractional alpha by unmixing each one between the background colour and the
+  nearest sure object colour, as an anti-aliased renderer blends them.
+- ``"rembg"``: the rembg salient-object model, when its model file is already on disk (nothing is downloaded).
+- ``"normals"``: the alpha of the normal ControlNet's maps, whose background is the zero normal (0.5 gray): the
+  length of ``2 n - 1`` ramps from background to object between 0.2 and 0.6 (the trimap thresholds of the
+  ControlNet's published matting post-process).
+
+Every mask is quantised to 1/65535 steps, the precision of the 16-bit mask files of :mod:`recon.dataset`, so a
+mask written and read back is bit-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from recon.errors import InputError
+
+if TYPE_CHECKING:
+    from recon.views import ViewsConfig
+
+#: Width in pixels of the border ring the background colour is estimated from.
+BORDER = 2
+#: Spread of the border's colour distances (75th percentile) above which a view counts as noisy: half a level.
+NOISE_FLOOR = 0.5 / 255
+#: Normal-map length below which a pixel is background and above which it is object (ControlNet post-process).
+NORMAL_BACKGROUND, NORMAL_OBJECT = 0.2, 0.6
+
+
+def compute_masks(
+    images: np.ndarray, config: ViewsConfig | None = None, normal_maps: np.ndarray | None = None
+) -> np.ndarray:
+    """Object masks ``(N, H, W)`` float32 in [0, 1] of views ``(N, H, W, 3)`` float RGB in [0, 1].
+
+    ``normal_maps`` (N, H, W, 3) in [0, 1] are the normal ControlNet's outputs for the same views, when it ran.
+    """
+    if config is None:
+        from recon.views import ViewsConfig
+
+        config = ViewsConfig()
+    images = np.asarray(images, dtype=np.float32)
+    method = config.mask
+    if method == "auto":
+        method = "normals" if normal_maps is not None else "background"
+    if method == "background":
+        masks = [
+            background_mask(im, config.mask_threshold, holes=config.mask_holes, min_area=config.mask_min_area)
+            for im in images
+        ]
+    elif method == "rembg":
+        masks = rembg_masks(images, config.rembg_model)
+    elif method == "normals":
+        if normal_maps is None:
+            raise InputError(
+                'The "normals" mask method needs the normal ControlNet\'s maps, which these views do not have; '
+                'use mask "background" or generate the views with normals on.'
+            )
+        masks = [normals_mask(n, min_area=config.mask_min_area) for n in np.asarray(normal_maps, dtype=np.float32)]
+    else:
+        raise ValueError(f"unknown mask method {method!r}")
+    return quantize_mask(np.stack(masks))
+
+
+def quantize_mask(mask: np.ndarray) -> np.ndarray:
+    """Round to the 16-bit levels ``k / 65535`` (float32), the precision masks are stored at."""
+    levels = np.round(np.clip(mask, 0.0, 1.0) * 65535).astype(np.uint16)
+    return levels.astype(np.float32) / np.float32(65535)
+
+
+# ------------------------------------------------------------------------------------------------ background
+
+
+def background_mask(image: np.ndarray, threshold: float = 0.01, holes: bool = True, min_area: float = 0.0005):
+    """Soft object mask (H, W) of one view on a flat background; see the module docstring for the method."""
+    height, width = image.shape[:2]
+    ring = _border_ring(height, width)
+    background = np.median(image[ring], axis=0)
+    distance = np.linalg.norm(image - background, axis=-1)
+    border_spread = float(np.percentile(distance[ring], 75))
+    if border_spread > NOISE_FLOOR:
+        # A noisy background (a diffusion model's output, JPEG): decide on a 3x3 median, which keeps edges where
+        # they are; the noise would otherwise force a tolerance wide enough to eat gray parts of the object.
+        distance = np.linalg.norm(ndimage.median_filter(image, size=(3, 3, 1)) - background, axis=-1)
+        border_spread = float(np.percentile(distance[ring], 75))
+    # Noise-adaptive tolerance: three times the spread of the border's own colour distances (0 on a clean render),
+    # never below the configured floor.
+    tolerance = max(threshold, 3 * border_spread)
+
+    near = distance <= tolerance
+    labels, count = ndimage.label(near)
+    is_background = np.zeros(count + 1, dtype=bool)
+    is_background[np.unique(labels[ring])] = True
+    is_background[0] = False
+    min_pixels = min_area * height * width
+    if holes and count:
+        # An enclosed region is an opening in the object when it is big enough and as close to the background
+        # colour as the border itself is; a gray part of the object drifts across the tolerance instead.
+        index = np.arange(1, count + 1)
+        sizes = ndimage.sum_labels(np.ones_like(distance), labels, index)
+        medians = ndimage.median(distance, labels, index)
+        looks_like_background = (sizes >= min_pixels) & (medians <= max(1.5 * border_spread, NOISE_FLOOR))
+        is_background[1:] |= looks_like_background
+    hard = ~is_background[labels]
+    hard = _remove_small(hard, min_pixels)
+    hard = ~_remove_small(~hard, min_pixels, keep_touching_border=True)
+    return _soft_edges(image, hard, background, tolerance)
+
+
+def _border_ring(height: int, width: int) -> np.ndarray:
+    ring = np.zeros((height, width), dtype=bool)
+    ring[:BORDER], ring[-BORDER:], ring[:, :BORDER], ring[:, -BORDER:] = True, True, True, True
+    return ring
+
+
+def _remove_small(mask: np.ndarray, min_pixels: float, keep_touching_border: bool = False) -> np.ndarray:
+    """``mask`` without its connected components smaller than ``min_pixels``."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_pixels
+    if keep_touching_border:
+        keep[np.unique(labels[_border_ring(*mask.shape)])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _soft_edges(image: np.ndarray, hard: np.ndarray, background: np.ndarray, tolerance: float) -> np.ndarray:
+    """Fractional alpha along the silhouette of ``hard``: each edge pixel unmixed between the background colour
+    and the colour of the nearest pixel well inside the object (alpha compositing run backwards)."""
+    alpha = hard.astype(np.float32)
+    edge = hard ^ ndimage.binary_erosion(hard, iterations=1, border_value=1)
+    edge |= ndimage.binary_dilation(hard, iterations=1) & ~hard
+    inner = ndimage.binary_erosion(hard, iterations=2, border_value=1)
+    if not edge.any() or not inner.any():
+        return alpha
+    _, (rows, cols) = ndimage.distance_transform_edt(~inner, return_indices=True)
+    ys, xs = np.nonzero(edge)
+    foreground = image[rows[ys, xs], cols[ys, xs]]
+    span = foreground - background
+    contrast = np.einsum("ij,ij->i", span, span)
+    unmixed = np.einsum("ij,ij->i", image[ys, xs] - background, span) / np.maximum(contrast, 1e-12)
+    # Where object and background colours are too alike the ratio is noise: keep the hard decision there.
+    reliable = contrast > (3 * tolerance) ** 2
+    alpha[ys, xs] = np.where(reliable, np.clip(unmixed, 0.0, 1.0), alpha[ys, xs])
+    return alpha
+
+
+# ------------------------------------------------------------------------------------------------ normals
+
+
+def normals_mask(normal_map: np.ndarray, min_area: float = 0.0005) -> np.ndarray:
+    """Soft object mask (H, W) from one normal-ControlNet map (RGB in [0, 1], background 0.5 gray)."""
+    length = np.linalg.norm(normal_map * 2 - 1, axis=-1)
+    alpha = np.clip((length - NORMAL_BACKGROUND) / (NORMAL_OBJECT - NORMAL_BACKGROUND), 0.0, 1.0)
+    keep = _remove_small(alpha > 0.5, min_area * alpha.size)
+    # Soft edges survive only next to a kept component; specks vanish entirely.
+    near_kept = ndimage.binary_dilation(keep, iterations=2)
+    return np.where(near_kept, alpha, 0.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ rembg
+
+
+def rembg_masks(images: np.ndarray, model: str = "u2net") -> list[np.ndarray]:
+    """Masks by rembg's ``model``, whose file must already be in rembg's model folder (nothing is downloaded)."""
+    try:
+        from PIL import Image
+        from rembg import new_session, remove
+        from rembg.sessions import sessions_class
+    except ImportError:
+        raise InputError('rembg is not installed; `pip install "rembg[cpu]"` or use mask "background".') from None
+    session_class = next((c for c in sessions_class if c.name() == model), None)
+    if session_class is None:
+        names = ", ".join(sorted(c.name() for c in sessions_class))
+        raise InputError(f"rembg has no model {model!r}; choose one of: {names}.")
+    filename = f"{model}.onnx"
+    if session_class.resolve_existing(filename) is None:
+        folder = Path(session_class.model_dir())
+        raise InputError(
+            f"rembg's model file {filename} is not on this machine (looked in {folder} and "
+            f'{session_class.legacy_home()}); fetch it once with `rembg d {model}` or use mask "background".'
+        )
+    session = new_session(model)
+    masks = []
+    for image in images:
+        pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), "RGB")
+        mask = remove(pil, session=session, only_mask=True)
+        masks.append(np.asarray(mask, dtype=np.float32) / 255)
+    return masks
