@@ -81,6 +81,8 @@ def load_image(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow signals truncated or corrupt data with these while decoding.
         raise InputError(f"Input image {path} is corrupt or truncated ({exc}); re-export or re-download it.") from None
+    if image.mode.startswith("I"):  # 16-bit grayscale PNG: a plain convert would clip everything above 255
+        image = Image.fromarray((np.asarray(image, np.float64) / 257).round().clip(0, 255).astype(np.uint8))
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     return image.convert("RGBA" if has_alpha else "RGB")
 

@@ -79,6 +79,14 @@ def test_webp_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(loaded)[visible], np.asarray(photo)[visible])
 
 
+def test_16_bit_grayscale_png_keeps_its_tones(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    loaded = np.asarray(load_image(tmp_path / "depth16.png"))
+    assert loaded.shape == (8, 64, 3)
+    np.testing.assert_allclose(loaded[0, :, 0], ramp[0] / 257, atol=0.5)
+
+
 def test_bad_input_files_get_a_sentence(tmp_path: Path) -> None:
     with pytest.raises(InputError) as missing:
         load_image(tmp_path / "nope.png")
