@@ -1,0 +1,227 @@
+"""The default batch runner: one process, the model loaded once, the GPU never waiting for the CPU's half.
+
+Per item, the GPU phases (Zero123++ views, then field fitting) take seconds, and the CPU phase (marching cubes,
+UV unwrap, texture baking, export, preview) takes about as long again. Run in sequence, the GPU would sit idle for
+the whole CPU phase. Here the main thread only does GPU work, item after item: photos are read and cut out ahead of
+it by a helper thread, and each fitted item is handed to a small pool of CPU worker processes that finish and write
+it while the GPU goes on with the next. The hand-off is bounded (at most as many fitted items wait as there are
+workers), so a slow CPU holds the GPU back instead of filling memory.
+
+Each CPU worker is its own single-process pool with one item in flight, so when a worker dies (segfault, the
+out-of-memory killer) the runner knows which item it was holding: the worker is replaced, the item retried up to
+``max_retries`` times, then reported as failed, and the others go on. The GPU phases run in this process by design
+(one model, one CUDA context); a crash there ends the job, and a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from img2mesh.batch.inputs import BatchItem
+from img2mesh.batch.manifest import ItemRecord
+from img2mesh.batch.phases import (
+    CrashPlan,
+    FittedItem,
+    ItemFailed,
+    failure_record,
+    finish_item,
+    fit_item,
+    lost_record,
+    make_views,
+    prepare_cutout,
+)
+from img2mesh.config import Img2MeshConfig
+from img2mesh.pipeline import Img2Mesh
+
+#: Called with each item's record as soon as it is known.
+Report = Callable[[ItemRecord], None]
+
+#: Photos read and cut out ahead of the GPU.
+PREFETCH = 2
+
+
+def default_cpu_workers() -> int:
+    """CPU worker processes: a quarter of the cores, at least 1 and at most 4 (more rarely pays: the GPU is slower)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 4))
+
+
+class LocalRunner:
+    """Runs items in this process with the model loaded once; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        config: Img2MeshConfig,
+        out_root: Path,
+        cpu_workers: int | None = None,
+        max_retries: int = 1,
+        crash: CrashPlan | None = None,
+        pipeline: type[Img2Mesh] = Img2Mesh,
+    ) -> None:
+        self.config = config
+        self.out_root = Path(out_root)
+        self.cpu_workers = cpu_workers or default_cpu_workers()
+        self.max_retries = max_retries
+        self.crash = crash or CrashPlan()
+        self.pipeline = pipeline
+        self.cache = self.out_root / ".inputs"
+
+    def run(self, items: list[BatchItem], report: Report) -> None:
+        """Process ``items``, calling ``report`` once per item (done or failed)."""
+        if not items:
+            return
+        pipe = self.pipeline(self.config, progress=False).load()
+        finishers = FinishPool(self, report)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="img2mesh-prefetch") as reader:
+                for item, cutout in self._prefetched(pipe, items, reader):
+                    fitted = self._gpu_phases(pipe, item, cutout, report)
+                    if fitted is not None:
+                        finishers.submit(fitted)
+                    finishers.collect(block=False)
+            finishers.drain()
+        finally:
+            finishers.shutdown()
+
+    def _prefetched(
+        self, pipe: Img2Mesh, items: list[BatchItem], reader: ThreadPoolExecutor
+    ) -> Iterator[tuple[BatchItem, Future]]:
+        queue: deque[tuple[BatchItem, Future]] = deque()
+        for item in items:
+            queue.append((item, reader.submit(_timed_cutout, pipe, item, self.cache)))
+            if len(queue) > PREFETCH:
+                yield queue.popleft()
+        yield from queue
+
+    def _gpu_phases(self, pipe: Img2Mesh, item: BatchItem, cutout: Future, report: Report) -> FittedItem | None:
+        try:
+            image, seconds = cutout.result()
+        except Exception as exc:
+            report(failure_record(item, exc, None, {}))
+            return None
+        try:
+            made = make_views(pipe, item, self.cache, self.crash, cutout=image)
+            made.timings = {"prepare_input": seconds, **made.timings}
+            return fit_item(pipe, made, self.crash)
+        except ItemFailed as failed:
+            report(failed.record)
+            return None
+
+
+def _timed_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path):
+    start = time.perf_counter()
+    image = prepare_cutout(pipe, item, cache)
+    return image, time.perf_counter() - start
+
+
+@dataclass
+class _Slot:
+    """One CPU worker process and the item it holds."""
+
+    executor: ProcessPoolExecutor
+    job: tuple[Future, FittedItem, int] | None = None
+    """The running call, its item and how many times the item was started."""
+
+
+class FinishPool:
+    """CPU worker processes finishing fitted items, one item each at a time, with bounded waiting and retries."""
+
+    def __init__(self, runner: LocalRunner, report: Report) -> None:
+        self.runner = runner
+        self.report = report
+        self.context = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
+        self.slots = [_Slot(self._new_executor()) for _ in range(runner.cpu_workers)]
+        self.waiting: deque[tuple[FittedItem, int]] = deque()
+        for slot in self.slots:  # start the workers (imports take seconds) while the GPU makes the first views
+            slot.executor.submit(_warm_up)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        runner = self.runner
+        threads = max(1, (os.cpu_count() or 2) // runner.cpu_workers)
+        return ProcessPoolExecutor(
+            1,
+            mp_context=self.context,
+            initializer=_init_worker,
+            initargs=(runner.pipeline, runner.config, threads),
+        )
+
+    def submit(self, fitted: FittedItem) -> None:
+        """Queue a fitted item; blocks while as many items wait as there are workers."""
+        self.waiting.append((fitted, 1))
+        self._dispatch()
+        while len(self.waiting) >= len(self.slots):
+            self.collect(block=True)
+
+    def collect(self, block: bool) -> None:
+        """Report finished items (waiting for at least one when ``block``), then start waiting ones."""
+        running = {slot.job[0]: slot for slot in self.slots if slot.job is not None}
+        if not running:
+            return
+        done, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._finished(running[future])
+        self._dispatch()
+
+    def drain(self) -> None:
+        """Wait until every item is reported."""
+        while self.waiting or any(slot.job is not None for slot in self.slots):
+            self.collect(block=True)
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            slot.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.job is None and self.waiting:
+                fitted, attempt = self.waiting.popleft()
+                future = slot.executor.submit(_finish_in_worker, fitted, self.runner.out_root, self.runner.crash)
+                slot.job = (future, fitted, attempt)
+
+    def _finished(self, slot: _Slot) -> None:
+        assert slot.job is not None
+        future, fitted, attempt = slot.job
+        slot.job = None
+        try:
+            self.report(future.result())
+        except BrokenProcessPool:
+            # The worker died holding this item: replace it, then retry the item or give up on it.
+            slot.executor.shutdown(wait=False, cancel_futures=True)
+            slot.executor = self._new_executor()
+            if attempt <= self.runner.max_retries:
+                self.waiting.appendleft((fitted, attempt + 1))
+            else:
+                self.report(lost_record(fitted.views.item, attempt))
+        except Exception as exc:  # the call itself failed (e.g. the item could not be pickled)
+            made = fitted.views
+            self.report(failure_record(made.item, exc, made.started, made.timings))
+
+
+_WORKER_PIPE: Img2Mesh | None = None
+
+
+def _init_worker(pipeline: type[Img2Mesh], config: Img2MeshConfig, threads: int) -> None:
+    """Set up a CPU worker: an unloaded pipeline (finishing needs no model) and its share of the cores."""
+    global _WORKER_PIPE
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_PIPE = pipeline(config, progress=False)
+
+
+def _warm_up() -> None:
+    import recon.reconstruct  # noqa: F401  (the heavy imports of the finishing phase, done before the first item)
+
+
+def _finish_in_worker(fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
+    assert _WORKER_PIPE is not None
+    return finish_item(_WORKER_PIPE, fitted, out_root, crash)
