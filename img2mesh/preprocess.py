@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from img2mesh.errors import InputError
+from img2mesh.zero123pp.weights import hub_offline
 
 if TYPE_CHECKING:
     from rembg.sessions.base import BaseSession
@@ -153,11 +154,6 @@ def rembg_mask(rgb: Image.Image, model: str) -> Image.Image:
     return remove(rgb, session=rembg_session(model), only_mask=True)
 
 
-def offline() -> bool:
-    """Whether the user asked for no downloads (Hugging Face's ``HF_HUB_OFFLINE`` flag, honoured tool-wide)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @functools.cache
 def rembg_session(model: str) -> BaseSession:
     """A rembg session for a model name or a custom ``.onnx`` path, kept for reuse across images."""
@@ -176,7 +172,7 @@ def rembg_session(model: str) -> BaseSession:
     fname = f"{model}.onnx"
     if session_class.resolve_existing(fname) is None:
         expected = Path(session_class.model_dir()) / fname
-        if offline():
+        if hub_offline():
             raise InputError(
                 f"The background-removal model file {expected} is missing and downloads are off (HF_HUB_OFFLINE); "
                 f"download {fname} from {REMBG_MODELS_URL} into {expected.parent} (or set U2NET_HOME to the folder "
