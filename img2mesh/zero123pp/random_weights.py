@@ -131,9 +131,6 @@ def save_random_zero123pp(
     vocabulary (no merges) is written. ``with_controlnet`` adds a random normal ControlNet of the same size in
     ``folder / CONTROLNET_SUBFOLDER``. Returns ``folder``.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     if size not in _UNET:
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
     if version not in ("v1.2", "v1.1"):
@@ -144,27 +141,8 @@ def save_random_zero123pp(
     small = torch.float32 if size == "tiny" else torch.float16  # v1.2 stores everything but the UNet in fp16
 
     vocab = write_clip_tokenizer(folder / "tokenizer", tokenizer_files)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**_UNET[size])
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            scaling_factor=0.18215,
-            force_upcast=True,
-            **_VAE[size],
-        )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=max(len(vocab), 49408 if size == "full" else 0),
-                max_position_embeddings=77,
-                bos_token_id=vocab[_SPECIAL_TOKENS[0]],
-                eos_token_id=vocab[_SPECIAL_TOKENS[1]],
-                pad_token_id=vocab["!"],
-                **_TEXT[size],
-            )
-        )
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=224, layer_norm_eps=1e-5, **_VISION[size]))
+    models = build_models(size, vocab)
+    unet, vae, text, vision = (models[k] for k in ("unet", "vae", "text_encoder", "vision_encoder"))
     _save_diffusers(unet, folder / "unet", generator, torch.float32)
     _save_diffusers(vae, folder / "vae", generator, small)
     _save_transformers(text, folder / "text_encoder", generator, small)
@@ -175,6 +153,38 @@ def save_random_zero123pp(
     if with_controlnet:
         save_random_controlnet(folder / CONTROLNET_SUBFOLDER, unet.config, size, generator)
     return folder
+
+
+def build_models(size: Literal["tiny", "full"], vocab: dict[str, int]) -> dict[str, torch.nn.Module]:
+    """The four networks of a Zero123++ model on the ``meta`` device (shapes and configs, no memory)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with torch.device("meta"):
+        return {
+            "unet": UNet2DConditionModel(**_UNET[size]),
+            "vae": AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4,
+                scaling_factor=0.18215,
+                force_upcast=True,
+                **_VAE[size],
+            ),
+            "text_encoder": CLIPTextModel(
+                CLIPTextConfig(
+                    vocab_size=max(len(vocab), 49408 if size == "full" else 0),
+                    max_position_embeddings=77,
+                    bos_token_id=vocab[_SPECIAL_TOKENS[0]],
+                    eos_token_id=vocab[_SPECIAL_TOKENS[1]],
+                    pad_token_id=vocab["!"],
+                    **_TEXT[size],
+                )
+            ),
+            "vision_encoder": CLIPVisionModelWithProjection(
+                CLIPVisionConfig(image_size=224, layer_norm_eps=1e-5, **_VISION[size])
+            ),
+        }
 
 
 def save_random_controlnet(folder: Path, unet_config, size: str, generator: torch.Generator) -> Path:
