@@ -106,12 +106,15 @@ def background_mask(image: np.ndarray, threshold: float = 0.01, holes: bool = Tr
     is_background[0] = False
     min_pixels = min_area * height * width
     if holes and count:
-        # An enclosed region is an opening in the object when it is big enough and as close to the background
-        # colour as the border itself is; a gray part of the object drifts across the tolerance instead.
+        # An enclosed region is an opening in the object when it is big enough, at least 5 pixels thick, and as
+        # close to the background colour as the border itself is; a gray part of the object drifts across the
+        # tolerance instead, leaving only thin bands where its shading crosses the background colour.
         index = np.arange(1, count + 1)
         sizes = ndimage.sum_labels(np.ones_like(distance), labels, index)
         medians = ndimage.median(distance, labels, index)
-        looks_like_background = (sizes >= min_pixels) & (medians <= max(1.5 * border_spread, NOISE_FLOOR))
+        thick = np.zeros(count + 1, dtype=bool)
+        thick[np.unique(labels[ndimage.binary_erosion(near, iterations=2)])] = True
+        looks_like_background = (sizes >= min_pixels) & thick[1:] & (medians <= max(1.5 * border_spread, NOISE_FLOOR))
         is_background[1:] |= looks_like_background
     hard = ~is_background[labels]
     hard = _remove_small(hard, min_pixels)

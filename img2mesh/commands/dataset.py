@@ -1,0 +1,68 @@
+"""``img2mesh dataset``: an existing views grid (or folder of six views) in, a nerfstudio / instant-ngp dataset out.
+
+For views made earlier (``views.png`` of a run, a grid from another Zero123++ front end, six renders): no model is
+needed, only the pose table the views follow. The input is read and checked completely before anything is
+written, and the dataset folder appears only once every file is in it.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import click
+
+from img2mesh.commands.options import config_overrides, shared_options
+from recon.views import ViewsConfig
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder to write (transforms.json, images/, masks/); an earlier dataset there is replaced.",
+)
+@shared_options("poses")
+@click.option("--radius", type=float, default=None, help="Camera distance from the object. [config: views.radius]")
+@click.option(
+    "--mask",
+    type=click.Choice(typing.get_args(typing.get_type_hints(ViewsConfig)["mask"])),
+    default=None,
+    help="How masks are made when the views have no alpha. [config: views.mask]",
+)
+@click.option(
+    "--ns-masks",
+    is_flag=True,
+    help="Also write nerfstudio mask_path entries (nerfstudio then trains on the object's pixels only).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
+def dataset(source: Path, out: Path, radius: float | None, mask: str | None, ns_masks: bool, quiet: bool, **options):
+    """Views → transforms.json dataset that nerfstudio and instant-ngp read as-is.
+
+    SOURCE is a 640x960 Zero123++ grid image (3 rows x 2 columns), a folder of six views (00.png ... 05.png),
+    a folder saved by ``img2mesh views`` or another dataset folder.
+    """
+    from img2mesh.config import load_config
+    from img2mesh.errors import InputError
+    from img2mesh.outputs import atomic_output_dir
+    from recon.dataset import write_dataset
+    from recon.views import PosedViews
+
+    overrides = config_overrides(options)
+    if radius is not None:
+        overrides["views.radius"] = radius
+    if mask is not None:
+        overrides["views.mask"] = mask
+    config = load_config(options.get("config_path"), overrides)
+    if not source.exists():
+        raise InputError(f"{source} does not exist; pass a 640x960 views image or a folder of six views.")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "transforms.json").is_file())):
+        raise InputError(f"{out} exists and is not a dataset folder; choose a new -o folder so nothing is overwritten.")
+    views = PosedViews.from_path(source, config.views)
+    with atomic_output_dir(out) as work:
+        write_dataset(views, work, nerfstudio_masks=ns_masks)
+    if not quiet:
+        click.echo(f"Dataset of {len(views)} views ({views.poses} poses) written to {out / 'transforms.json'}.")
