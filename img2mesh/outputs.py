@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     created = _make_parents(final.parent)
+    # A plain mkdir (not mkdtemp, which makes it private to the owner) so the result gets the umask's permissions.
+    work = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        work.mkdir()
     except OSError as exc:
         _remove_empty(created)
         raise InputError(f"Cannot write into {final.parent} ({exc.strerror}); choose another output folder.") from None

@@ -18,6 +18,9 @@ def test_folder_appears_only_when_complete(tmp_path: Path) -> None:
         assert not final.exists()  # nothing under the final name while writing
         assert work.parent == final.parent and work.name.startswith(".")
     assert (final / "input.png").read_bytes() == b"x"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert final.stat().st_mode & 0o777 == 0o777 & ~umask  # as readable as any folder the user makes
     assert sorted(p.name for p in final.parent.iterdir()) == ["chair"]
 
 
