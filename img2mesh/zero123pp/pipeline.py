@@ -10,10 +10,11 @@ equals the reference pipeline's. That fixes more than the maths, it fixes the or
 1. the VAE posterior sample of the condition image, 2. the posterior sample of the gray (zero) image (CFG only),
 3. the initial latents, 4. per step: the fresh noise of the reference latent, then the sampler's noise.
 
-Draws 1, 2 and the reference noise come from the global RNG even when a generator is passed (as the reference
-does); the generator drives 3 and the sampler noise. A *list* of generators, one per input image, is our
-extension: then every draw of image i comes from generator i in the order above, so a batch gives exactly the
-images of the single runs.
+Without a generator every draw comes from the global RNG, as in the reference. With a generator every draw comes
+from it, in the same order, so a generator alone makes a run reproducible, and a CPU generator gives the same noise
+on every device. (The reference takes draws 1, 2 and the reference noise from the global RNG even when a generator is
+passed; we do not copy that quirk, it makes generator-seeded runs irreproducible.) A list of generators, one per
+input image, makes each image's draws come from its own generator, so a batch gives the images of the single runs.
 
 Per step the UNet runs twice (:class:`~img2mesh.zero123pp.attention.ReferenceUNet`): the reference pass on the
 condition latent noised to the current timestep, and the main pass whose self-attention also sees the reference
@@ -245,18 +246,20 @@ class Zero123PlusPipeline(DiffusionPipeline):
     ) -> Zero123PlusOutput:
         """Sample the six views of each input image.
 
+        ``generator``: None draws from the global RNG (the reference's behaviour); a generator, or one per image,
+        makes the run reproducible on its own (see the module docstring for the order of draws).
         ``guidance_scale`` ≤ 1 runs without classifier-free guidance (one UNet batch instead of two).
         ``reference_attention`` / ``flexdiffuse`` switch the two conditioning paths off (ablations, tests).
         ``controlnet`` (a diffusers ``ControlNetModel``) with ``control_image`` (a 960x640 grid) adds ControlNet
         residuals to the main pass, as the reference's normal-map generation does.
         """
         images = [image] if isinstance(image, PIL.Image.Image) else list(image)
-        generators = self._check_call(images, num_inference_steps, output_type, generator, controlnet, control_image)
+        self._check_call(images, num_inference_steps, output_type, generator, controlnet, control_image)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
 
         rgb = [composite_on_gray(im) for im in images]
-        cond_lat = self.encode_condition(rgb, generators, negative=do_cfg, device=device)
+        cond_lat = self.encode_condition(rgb, generator, negative=do_cfg, device=device)
         prompt_embeds = self.encode_prompt(rgb, do_cfg, flexdiffuse, device=device)
         control = self._control_tensor(control_image, controlnet, device)
 
@@ -275,7 +278,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
                     prompt_embeds,
                     cond_lat if reference_attention else None,
                     guidance_scale,
-                    generators,
+                    generator,
                     controlnet=controlnet,
                     control=control,
                     controlnet_conditioning_scale=controlnet_conditioning_scale,
@@ -301,7 +304,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor,
         cond_lat: torch.Tensor | None,
         guidance_scale: float,
-        generators: list[torch.Generator] | None = None,
+        generator: Generator = None,
         controlnet=None,
         control: torch.Tensor | None = None,
         controlnet_conditioning_scale: float = 1.0,
@@ -326,7 +329,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
             down, mid = [d.to(self.unet.dtype) for d in down], mid.to(self.unet.dtype)
         reference = None
         if cond_lat is not None:
-            noise = self.reference_noise(cond_lat, generators)
+            noise = self.reference_noise(cond_lat, generator)
             reference = self.scheduler.add_noise(cond_lat, noise, t.reshape(-1))
             reference = self.scheduler.scale_model_input(reference, t.reshape(-1))
         v = self.denoiser(sample, t, prompt_embeds, reference, down, mid)
@@ -340,19 +343,19 @@ class Zero123PlusPipeline(DiffusionPipeline):
     def encode_condition(
         self,
         rgb: list[PIL.Image.Image],
-        generators: list[torch.Generator] | None,
+        generator: Generator,
         negative: bool,
         device: torch.device,
     ) -> torch.Tensor:
         """Condition latents: raw VAE posterior samples (no scaling factor), ``[gray × B, image × B]`` with CFG."""
         pixels = self.feature_extractor_vae(images=rgb, return_tensors="pt").pixel_values
         pixels = pixels.to(device=device, dtype=self.vae.dtype)
-        cond = self.vae.encode(pixels).latent_dist.sample(generator=generators)
+        cond = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         if not negative:
             return cond
         gray = self.vae.encode(torch.zeros_like(pixels[:1])).latent_dist.parameters
         gray = DiagonalGaussianDistribution(gray.expand(len(rgb), *gray.shape[1:]))
-        return torch.cat([gray.sample(generator=generators), cond])
+        return torch.cat([gray.sample(generator=generator), cond])
 
     def encode_prompt(
         self, rgb: list[PIL.Image.Image], do_cfg: bool, flexdiffuse: bool, device: torch.device
@@ -377,14 +380,16 @@ class Zero123PlusPipeline(DiffusionPipeline):
         ).input_ids
         return self.text_encoder(ids.to(device))[0].to(dtype=self.text_encoder.dtype, device=device)
 
-    def reference_noise(self, cond_lat: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-        """Fresh noise for the reference latent: global RNG, or per image from its generator (rows stay group-major)."""
-        if generators is None:
+    def reference_noise(self, cond_lat: torch.Tensor, generator: Generator) -> torch.Tensor:
+        """Fresh noise for the reference latent: global RNG, the generator, or per image from its own generator."""
+        if generator is None:
             return torch.randn_like(cond_lat)
-        groups = cond_lat.shape[0] // len(generators)
+        if not isinstance(generator, list):
+            return randn_tensor(cond_lat.shape, generator=generator, device=cond_lat.device, dtype=cond_lat.dtype)
+        groups = cond_lat.shape[0] // len(generator)  # rows are [gray × B, image × B]: keep that order
         per_image = [
             randn_tensor((groups, *cond_lat.shape[1:]), generator=g, device=cond_lat.device, dtype=cond_lat.dtype)
-            for g in generators
+            for g in generator
         ]
         return torch.stack(per_image, dim=1).reshape(cond_lat.shape)
 
@@ -407,11 +412,8 @@ class Zero123PlusPipeline(DiffusionPipeline):
                 f"The control image must be a {GRID_WIDTH}x{GRID_HEIGHT} grid of six views, got "
                 f"{control_image.size[0]}x{control_image.size[1]}."
             )
-        if isinstance(generator, list):
-            if len(generator) != len(images):
-                raise InputError(f"Got {len(generator)} generators for {len(images)} images; pass one per image.")
-            return generator
-        return None
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise InputError(f"Got {len(generator)} generators for {len(images)} images; pass one per image.")
 
     def _control_tensor(self, control_image, controlnet, device) -> torch.Tensor | None:
         """The reference's ControlNet input: gray-composited grid, ToTensor then Normalize(0.5, 0.5), batch of 1."""
