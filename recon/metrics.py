@@ -15,8 +15,9 @@ Choices, stated once:
 - **Novel views** use poses not among the six Zero123++ views: elevations 0 and 40 degrees at azimuths 0, 60, ...,
   300, distance 4, 30 degree field of view, 320 px. The ground truth is rendered lit (as the oracle views were), the
   reconstruction unlit (its baked texture already carries that light). Both are composited on the gray 127 background
-  of the views and compared over the full image; PSNR and SSIM are averaged over the 12 views. Full images, not
-  masked regions, so that missing or extra geometry costs as much as wrong colour.
+  of the views and compared over the union of the two alphas (pixels where either shows the object), so the
+  background cannot inflate the score while missing or extra geometry still costs; SSIM is computed on the full
+  images and its map averaged over that union. PSNR and SSIM are averaged over the 12 views.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def novel_view_cameras(size: int = 320, radius: float = DEFAULT_RADIUS, fov: flo
 def novel_view_metrics(
     pred_mesh, gt_mesh, size: int = 320, pred_lighting: Lighting = "unlit", device: str = "cpu"
 ) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM over the novel views: ground truth lit, prediction ``pred_lighting``, on gray 127.
+    """Mean PSNR (dB) and SSIM of the novel views over the union of alphas: ground truth lit, prediction
+    ``pred_lighting``, on gray 127.
 
     ``pred_lighting="lit"`` is for predictions that carry material colours rather than a texture with baked light.
     """
@@ -119,11 +121,15 @@ def novel_view_metrics(
     from recon.oracle import GRAY
 
     k, c2w = novel_view_cameras(size)
-    gt = render_views(gt_mesh, k, c2w, size, size, "lit", GRAY, device=device).rgb
-    pred = render_views(pred_mesh, k, c2w, size, size, pred_lighting, GRAY, device=device).rgb
+    gt = render_views(gt_mesh, k, c2w, size, size, "lit", GRAY, device=device)
+    pred = render_views(pred_mesh, k, c2w, size, size, pred_lighting, GRAY, device=device)
     psnr, ssim = [], []
-    for a, b in zip(pred, gt, strict=True):
-        mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    for a, b, alpha_a, alpha_b in zip(pred.rgb, gt.rgb, pred.alpha, gt.alpha, strict=True):
+        union = (alpha_a > 0) | (alpha_b > 0)
+        if not union.any():
+            continue
+        mse = float(np.mean((a[union].astype(np.float64) - b[union]) ** 2))
         psnr.append(float("inf") if mse == 0 else 10 * np.log10(1.0 / mse))
-        ssim.append(float(structural_similarity(a, b, channel_axis=2, data_range=1.0)))
+        _, ssim_map = structural_similarity(a, b, channel_axis=2, data_range=1.0, full=True)
+        ssim.append(float(ssim_map[union].mean()))
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
