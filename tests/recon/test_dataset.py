@@ -176,7 +176,8 @@ def nerfstudio():
     python = nerfstudio_python()
     if python is None or not python.exists():
         reason = "nerfstudio's interpreter is missing (.ci/run creates .venv-ns; or set IMG2MESH_NERFSTUDIO_PYTHON)"
-        if os.environ.get("CI") == "true":
+        # In CI, and whenever the variable names an interpreter, a missing one is an error, never a skip.
+        if os.environ.get("CI") == "true" or os.environ.get("IMG2MESH_NERFSTUDIO_PYTHON"):
             pytest.fail(reason)
         pytest.skip(reason)
     return python
