@@ -7,9 +7,13 @@ no alpha. Reconstruction needs the silhouettes, so this module recovers them. Th
   pixel background when its colour is within a tolerance of it **and** it is connected to the border through such
   pixels. Connectivity is what keeps gray parts of an object (a gray mug's body, a shaded gray bunny) from being
   cut out: they are enclosed by the object's own edge. Enclosed regions are cut out only when they look like the
-  background itself (same colour statistics, a real opening such as a mug's handle). Specks and pin-holes are
-  cleaned, and the edge pixels get fractional alpha by unmixing each one between the background colour and the
-  nearest sure object colour, as an anti-aliased renderer blends them.
+  background itself (as close to its colour as the border is, and thick: a real opening such as a mug's handle,
+  not the thin band where a gray object's shading crosses the background colour). A noisy background (a diffusion
+  model's output) raises the tolerance and switches the decision to a 3x3 median of the view. Specks and
+  pin-holes are cleaned, and the edge pixels get fractional alpha by unmixing each one between the background
+  colour and the nearest sure object colour, as an anti-aliased renderer blends them. Known limit: a flat part of
+  the object that is exactly the background colour and enclosed is taken for an opening (``mask_holes`` off keeps
+  it, and fills real openings).
 - ``"rembg"``: the rembg salient-object model, when its model file is already on disk (nothing is downloaded).
 - ``"normals"``: the alpha of the normal ControlNet's maps, whose background is the zero normal (0.5 gray): the
   length of ``2 n - 1`` ramps from background to object between 0.2 and 0.6 (the trimap thresholds of the
