@@ -22,7 +22,7 @@ from PIL import Image
 
 from recon.cameras import DEFAULT_RADIUS, GRID_COLS, GRID_ROWS, VIEW_SIZE, zero123pp_cameras
 from recon.errors import InputError
-from recon.masks import compute_masks
+from recon.masks import compute_masks, quantize_mask
 
 #: Image files a views folder may hold.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -108,9 +108,10 @@ class PosedViews:
     ) -> PosedViews:
         """Posed views of a Zero123++ grid (3 rows x 2 columns of square views, 640x960 as the model makes it).
 
-        ``masks`` (6, H, W) wins when given; otherwise an RGBA grid's alpha is used if it is not fully opaque, and
-        else masks are computed by ``config.mask``. ``normal_grid`` is the normal ControlNet's grid of the same
-        views (RGB, background 0.5 gray); it gives :attr:`normals` and the "normals" masks.
+        ``masks`` (6, H, W) wins when given (rounded to the 16-bit levels masks are stored at); otherwise an RGBA
+        grid's alpha is used if it is not fully opaque, and else masks are computed by ``config.mask``.
+        ``normal_grid`` is the normal ControlNet's grid of the same views (RGB, background 0.5 gray); it gives
+        :attr:`normals` and the "normals" masks.
         """
         config = config or ViewsConfig()
         tiles = _stack(split_grid(grid_image))
@@ -159,6 +160,7 @@ class PosedViews:
             masks = np.asarray(masks, dtype=np.float32)
             if masks.shape != images.shape[:3]:
                 raise ValueError(f"masks must be {images.shape[:3]}, got {masks.shape}")
+            masks = quantize_mask(masks)  # 16-bit levels, so a dataset written from these views reads back exactly
         elif tiles.shape[-1] == 4 and float(tiles[..., 3].min()) < 1.0:
             masks = np.ascontiguousarray(tiles[..., 3])
         else:
