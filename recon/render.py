@@ -17,8 +17,9 @@ albedo = texture x base colour factor (glTF) or the texture alone (OBJ ``map_Kd`
 or the material/vertex colour; a mesh with no colour at all gets a light clay albedo. ``lighting="lit"`` multiplies
 the albedo by ``AMBIENT + DIFFUSE * max(0, n . l)`` for one fixed world-space direction ``LIGHT_DIRECTION`` (upper
 front, as seen by the input photo); ``"unlit"`` returns the albedo. Colours are treated as sRGB values throughout
-(no linearisation): the oracle only needs to be consistent, not physically exact. Faces are two-sided; a face seen
-from behind is shaded with its normal flipped (this only matters for open meshes).
+(no linearisation): the oracle only needs to be consistent, not physically exact. Materials marked unlit
+(KHR_materials_unlit, e.g. the cake) are lit like the rest, so that every oracle object carries shading cues.
+Faces are two-sided; a face seen from behind is shaded with its normal flipped (this only matters for open meshes).
 
 Anti-aliasing: ``supersample=s`` renders at ``s`` times the resolution (intrinsics scaled accordingly) and box-filters,
 which gives fractional alpha along silhouettes.
