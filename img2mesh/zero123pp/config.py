@@ -22,3 +22,6 @@ class MultiviewConfig:
     """Sampler; the reference uses Euler ancestral with trailing timestep spacing."""
     offload: bool = False
     """Model CPU offload: keep only the running component on the GPU (fits small cards, slower)."""
+    compile: Literal["auto", "off", "graphs", "blocks", "blocks+graphs"] = "auto"
+    """Fast path of the denoising step: CUDA graphs and/or compiled UNet blocks (slow first compile, cached; pays
+    off for batches); "auto" is graphs on CUDA and eager elsewhere, "off" always eager."""

@@ -1,0 +1,325 @@
+"""Zero123++ sampling speed per fast-path mode: ms per step, totals, warm-up, peak memory, difference from eager.
+
+Builds full-size random weights of the real architecture (they cost exactly what the real ones cost) unless
+``--model`` names a folder, then runs every mode in a fresh process (so warm-up is a first run's): compiled modes
+first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached").
+Two last rows run the default mode ("auto") under a simulated card of ``--card-gb`` GB
+(``torch.cuda.set_per_process_memory_fraction``), as is and with model CPU offload (the low-memory mode).
+
+    python benchmarks/multiview_speed.py --write-results         # on a CUDA machine
+    python benchmarks/multiview_speed.py --size tiny --device cpu --modes off --steps 2,3   # smoke test
+
+Columns: "step ms" is one denoiser call (reference + main pass) timed alone with CUDA events (median of 20);
+"ms/step" is the end-to-end slope (total(75) − total(28)) / 47, which includes the scheduler and the reference
+noising; totals include the encoders and the VAE decode; "max diff" is the largest absolute difference of the
+75-step output image from eager's (0-255 scale) with the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- multiview_speed:begin -->", "<!-- multiview_speed:end -->"
+
+
+def condition_image(size: int = 320):
+    """A deterministic RGBA object on transparency (no file needed): shaded disc with a stripe."""
+    import numpy as np
+    import PIL.Image
+
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    disc = (xx**2 + yy**2) < 0.16
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., 0] = (200 * (0.5 + xx)).clip(0, 255)
+    rgba[..., 1] = (180 * (0.5 - yy)).clip(0, 255)
+    rgba[..., 2] = np.where(np.abs(xx) < 0.05, 230, 60)
+    rgba[..., 3] = disc * 255
+    return PIL.Image.fromarray(rgba, "RGBA")
+
+
+# ----------------------------------------------------------------------------------------------- child process
+
+
+def run_child(args) -> dict:
+    """One mode in this (fresh) process: load, enable, warm up, time, save outputs; returns the measurements."""
+    import torch
+
+    from img2mesh.zero123pp.fast_step import enable_fast_path
+    from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and args.card_gb:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.card_gb * 1e9 / total), torch.cuda.current_device())
+    dtype = torch.float16 if cuda else torch.float32
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    t0 = time.perf_counter()
+    pipe = Zero123PlusPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if args.offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    load_s = time.perf_counter() - t0
+    mode = enable_fast_path(pipe, args.child, offload=args.offload)
+    image = condition_image()
+    steps_short, steps_long = args.steps
+
+    def sample(steps: int, output_type: str = "pt"):
+        torch.manual_seed(0)
+        generator = torch.Generator(device).manual_seed(0)
+        sync()
+        start = time.perf_counter()
+        out = pipe(image, num_inference_steps=steps, generator=generator, output_type=output_type)
+        sync()
+        return out.images, time.perf_counter() - start
+
+    _, first_s = sample(steps_short)  # the first run pays compilation, cuDNN autotuning and graph capture
+    result = {"mode": args.child, "resolved": mode, "load_s": load_s, "first_s": first_s}
+    for steps in (steps_short, steps_long):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        images, total = sample(steps)
+        result[f"total_{steps}"] = total
+        if cuda:
+            result[f"peak_gb_{steps}"] = torch.cuda.max_memory_allocated(device) / 1e9
+        torch.save(images.float().cpu(), Path(args.work) / f"{args.tag}_{steps}.pt")
+    result["warmup_s"] = first_s - result[f"total_{steps_short}"]
+    result["ms_per_step"] = (
+        1e3 * (result[f"total_{steps_long}"] - result[f"total_{steps_short}"]) / (steps_long - steps_short)
+    )
+    if cuda and not args.offload:
+        result["step_ms"] = time_denoiser(pipe, device, dtype)
+        if args.profile:
+            profile_denoiser(pipe, device, dtype)
+    fallback = getattr(pipe.denoiser, "_failed", False)
+    result["fell_back"] = bool(fallback)
+    return result
+
+
+def time_denoiser(pipe, device, dtype, repeats: int = 20) -> float:
+    """Median time of one denoiser call (both UNet passes) at the real shapes, CUDA events."""
+    import torch
+
+    g = torch.Generator(device).manual_seed(1)
+    d = pipe.unet.config.cross_attention_dim
+    sample = torch.randn(2, 4, 120, 80, generator=g, device=device, dtype=dtype)
+    reference = torch.randn(2, 4, 64, 64, generator=g, device=device, dtype=dtype)
+    embeds = torch.randn(2, 77, d, generator=g, device=device, dtype=dtype)
+    t = torch.tensor(500.0, device=device)
+    times = []
+    for i in range(repeats + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        with torch.no_grad():  # as in the pipeline: a different grad mode would recompile and recapture
+            pipe.denoiser(sample, t, embeds, reference)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def profile_denoiser(pipe, device, dtype) -> None:
+    """Print the GPU kernels of 5 denoiser calls, by total time (where a step's time goes)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    d = pipe.unet.config.cross_attention_dim
+    sample = torch.randn(2, 4, 120, 80, device=device, dtype=dtype)
+    reference = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
+    embeds = torch.randn(2, 77, d, device=device, dtype=dtype)
+    t = torch.tensor(500.0, device=device)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            pipe.denoiser(sample, t, embeds, reference)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+
+
+# ----------------------------------------------------------------------------------------------- parent process
+
+
+def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb: float = 0.0) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--tag",
+        tag,
+        "--model",
+        str(args.model),
+        "--work",
+        str(args.work),
+    ]
+    cmd += ["--device", args.device, "--steps", ",".join(map(str, args.steps)), "--card-gb", str(card_gb)]
+    cmd += ["--offload"] if offload else []
+    cmd += ["--profile"] if args.profile and "graphs" in mode else []
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"mode": mode, "tag": tag, "error": f"timed out after {args.child_timeout} s"}
+    with open(Path(args.out) / "children.log", "a") as log:
+        log.write(f"===== {tag}: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return {"mode": mode, "tag": tag, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    result = json.loads(lines[-1][len("RESULT ") :])
+    result.update(tag=tag, process_s=time.perf_counter() - started)
+    return result
+
+
+def max_diff(args, tag: str, steps: int) -> float | None:
+    import torch
+
+    path, eager = Path(args.work) / f"{tag}_{steps}.pt", Path(args.work) / f"off_{steps}.pt"
+    if not (path.exists() and eager.exists()):
+        return None
+    return 255 * (torch.load(path) - torch.load(eager)).abs().max().item()
+
+
+def environment(args) -> dict:
+    import diffusers
+    import torch
+
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+    if args.device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(0)
+        info.update(card=props.name, memory_gb=round(props.total_memory / 1e9, 1), cuda=torch.version.cuda)
+    else:
+        info.update(card=platform.processor() or "cpu")
+    return info
+
+
+def table(rows: list[dict], args) -> str:
+    s, long = args.steps
+    head = f"| mode | warm-up s | step ms | ms/step | {s} steps s | {long} steps s | peak GB | max diff ({long}) |"
+    lines = [head, "|" + " --- |" * 8]
+    for r in rows:
+        name = r["label"]
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 6)
+            continue
+
+        def f(key, fmt="{:.1f}", r=r):
+            value = r.get(key)
+            return "–" if value is None else fmt.format(value)
+
+        resolved = "" if r["resolved"] == r["mode"] else f" → {r['resolved']}"
+        fell = " (fell back to eager)" if r.get("fell_back") else ""
+        lines.append(
+            f"| {name}{resolved}{fell} | {f('warmup_s')} | {f('step_ms')} | {f('ms_per_step')} | "
+            f"{f(f'total_{s}', '{:.2f}')} | {f(f'total_{long}', '{:.2f}')} | {f(f'peak_gb_{long}', '{:.2f}')} | "
+            f"{f('diff', '{:.2g}')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="Zero123++ folder (default: build random weights of --size)")
+    parser.add_argument("--size", default="full", choices=["full", "tiny"])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--modes", default="off,graphs,blocks+graphs,blocks", help="comma-separated fast-path modes")
+    parser.add_argument("--steps", default="28,75", help="two step counts: short,long")
+    parser.add_argument("--card-gb", type=float, default=8.0, help="simulated card size of the low-memory row")
+    parser.add_argument("--no-low-memory", action="store_true", help="skip the low-memory (offload) row")
+    parser.add_argument("--out", type=Path, help="folder for results.json and the logs (default: a temporary one)")
+    parser.add_argument("--work", type=Path, help="folder for the sampled outputs compared (default: a temporary one)")
+    parser.add_argument("--child-timeout", type=int, default=300)
+    parser.add_argument("--write-results", action="store_true", help="replace this benchmark's section of RESULTS.md")
+    parser.add_argument("--profile", action="store_true", help="log the kernel-time table of graphed modes' step")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", help=argparse.SUPPRESS)
+    parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.steps = [int(x) for x in args.steps.split(",")]
+    if args.child:
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return
+
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="multiview_speed_"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="multiview_outputs_"))
+    if args.model is None:
+        from img2mesh.zero123pp.random_weights import save_random_zero123pp
+
+        started = time.perf_counter()
+        args.model = save_random_zero123pp(Path(tempfile.mkdtemp(prefix="zero123pp_random_")), size=args.size)
+        print(f"random {args.size} weights built in {time.perf_counter() - started:.0f} s: {args.model}", flush=True)
+    caches = Path(tempfile.mkdtemp(prefix="inductor_"))
+    rows = []
+    modes = ["off", *[m for m in args.modes.split(",") if m != "off"]]
+    compiled_cache = caches / "compiled"
+    for mode in modes:
+        if "blocks" in mode and not compiled_cache.exists():
+            # First compiled mode: a cold run on an empty cache, then the same mode again on the filled cache.
+            rows.append(
+                {**spawn(args, mode, mode.replace("+", "_") + "_cold", compiled_cache), "label": f"{mode}, cold cache"}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            rows.append({**spawn(args, mode, mode.replace("+", "_"), compiled_cache), "label": f"{mode}, cached"})
+        else:
+            cache = compiled_cache if "blocks" in mode else caches / mode
+            label = f"{mode}, cached" if "blocks" in mode else mode
+            rows.append({**spawn(args, mode, mode.replace("+", "_"), cache), "label": label})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.device.startswith("cuda") and not args.no_low_memory:
+        for offload in (False, True):
+            tag = "capped_offload" if offload else "capped"
+            row = spawn(args, "auto", tag, compiled_cache, offload=offload, card_gb=args.card_gb)
+            label = f"{'offload + ' if offload else ''}auto, capped at {args.card_gb:g} GB"
+            rows.append({**row, "label": label})
+            print(json.dumps(rows[-1]), flush=True)
+    for r in rows:
+        if "error" not in r:
+            r["diff"] = max_diff(args, r["tag"], args.steps[1])
+
+    env = environment(args)
+    command = "python benchmarks/multiview_speed.py " + " ".join(sys.argv[1:])
+    text = (
+        f"## Zero123++ fast path (multiview_speed.py)\n\n{env['date']}, {env['card']}, torch {env['torch']}, "
+        f"diffusers {env['diffusers']}, Python {env['python']}, {args.size} random weights, fp16, 960×640, "
+        f"CFG on. Command: `{command}`.\n\n{table(rows, args)}\n"
+    )
+    print(text)
+    (args.out / "results.json").write_text(json.dumps({"env": env, "rows": rows, "section": text}, indent=1))
+    if args.write_results:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Zero123++ fast path on the CPU: mode resolution and fallbacks, and every mode that can run here giving the
+eager output (regional compilation through torch.compile's "eager" backend, channels-last, the compile-failure
+fallback, the CUDA-graph wrapper's argument plumbing). Budget: ~1 min on 2 cores."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from img2mesh.zero123pp.fast_step import (
+    FastDenoiser,
+    _flatten,
+    _unflatten,
+    compile_cache_dir,
+    disable_fast_path,
+    enable_fast_path,
+    resolve_mode,
+)
+from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
+from img2mesh.zero123pp.random_weights import save_random_zero123pp
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    folder = save_random_zero123pp(tmp_path_factory.mktemp("tiny"), size="tiny")
+    pipeline = Zero123PlusPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def denoiser_inputs(pipe, size: int = 16):
+    """Small latents: the UNet runs at any size, and one size for both passes keeps the compiled variants few."""
+    g = torch.Generator().manual_seed(3)
+    d = pipe.unet.config.cross_attention_dim
+    sample = torch.randn(2, 4, size, size, generator=g)
+    reference = torch.randn(2, 4, size, size, generator=g)
+    return sample, torch.tensor(500.0), torch.randn(2, 77, d, generator=g), reference
+
+
+def guided_prediction(pipe) -> torch.Tensor:
+    """One guided step of the pipeline (reference noise draw, scheduler scaling, CFG) on small latents."""
+    sample, _, embeds, reference = denoiser_inputs(pipe)
+    pipe.scheduler.set_timesteps(4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return pipe.predict(sample[:1], pipe.scheduler.timesteps[1], embeds, reference, guidance_scale=4.0)
+
+
+def test_auto_is_off_on_cpu_and_impossible_modes_degrade_with_a_log(caplog) -> None:
+    assert resolve_mode("auto", "cpu") == "off"
+    assert resolve_mode("off", "cpu") == "off"
+    assert resolve_mode("blocks", "cpu") == "blocks"
+    with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.fast_step"):
+        assert resolve_mode("graphs", "cpu") == "off"
+        assert resolve_mode("blocks+graphs", "cpu") == "blocks"
+    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError, match="compile mode"):
+        resolve_mode("turbo", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA fallback")
+def test_graph_modes_without_cuda_leave_the_pipeline_eager(pipe) -> None:
+    assert enable_fast_path(pipe, "graphs") == "off"
+    assert not isinstance(pipe.denoiser, FastDenoiser)
+
+
+def test_compile_cache_defaults_under_the_user_cache(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "img2mesh" / "torchinductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"
+
+
+def test_graph_argument_plumbing_round_trips_lists_and_nones() -> None:
+    a, b, c = torch.zeros(1), torch.ones(2), torch.full((3,), 2.0)
+    flat, structure = _flatten((a, None, [b, c], [], c))
+    assert len(flat) == 5 and flat[1] is None
+    rebuilt = _unflatten(flat, structure)
+    assert rebuilt[0] is a and rebuilt[1] is None and rebuilt[2] == [b, c] and rebuilt[3] == [] and rebuilt[4] is c
+
+
+def test_compiled_blocks_give_the_eager_output_with_reference_attention(pipe) -> None:
+    """Regional compilation (dynamo tracing, eager attn1 inside compiled blocks, the "eager" backend standing in for
+    Inductor) plus channels-last: the pipeline's guided step equals eager, nothing recompiles on later steps, and
+    reference attention is still in effect."""
+    inputs = denoiser_inputs(pipe)
+    eager = guided_prediction(pipe)
+    mode = enable_fast_path(pipe, "blocks", backend="eager")
+    try:
+        assert mode == "blocks" and isinstance(pipe.denoiser, FastDenoiser)
+        fast = guided_prediction(pipe)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        with torch.no_grad():
+            with_ref = pipe.denoiser(*inputs)
+            without_ref = pipe.denoiser(*inputs[:3], None)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        assert not pipe.denoiser._failed
+    finally:
+        disable_fast_path(pipe)
+    assert not isinstance(pipe.denoiser, FastDenoiser)
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
+    assert (with_ref - without_ref).abs().max() > 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.denoiser(*inputs), with_ref, rtol=1e-4, atol=1e-4)
+
+
+def failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no code generator for this device")
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(pipe, caplog) -> None:
+    inputs = denoiser_inputs(pipe)
+    with torch.no_grad():
+        expected = pipe.denoiser(*inputs)
+    enable_fast_path(pipe, "blocks", backend=failing_backend)
+    try:
+        with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.fast_step"), torch.no_grad():
+            got = pipe.denoiser(*inputs)
+        assert pipe.denoiser._failed
+        assert any("continuing eager" in r.getMessage() for r in caplog.records)
+        with torch.no_grad():
+            again = pipe.denoiser(*inputs)  # later steps go straight to eager
+    finally:
+        disable_fast_path(pipe)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-4)
