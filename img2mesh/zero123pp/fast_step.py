@@ -1,18 +1,20 @@
 """The Zero123++ denoising step at the speed of the GPU: compiled blocks replayed from one CUDA graph.
 
 Why this exists. One step is two UNet passes (reference pass on the 64x64 condition latent, main pass on the
-120x80 sample, both at batch 2 with guidance): about 6.8 TFLOP, ~9 ms of H100 arithmetic, yet ~70-90 ms eager,
+120x80 sample, both at batch 2 with guidance): about 6.8 TFLOP, ~9 ms of H100 arithmetic, yet ~70-100 ms eager,
 because ~1,000 small kernels are launched from Python and cuDNN converts NCHW activations to NHWC around every
-convolution (``../shared/reference/zero123pp_gpu_profile.md``). So, in order of what they buy:
+convolution (``../shared/reference/zero123pp_gpu_profile.md``). The modes (H100 numbers: benchmarks/RESULTS.md):
 
-- **CUDA graphs** (``"graphs"``): the whole step (both passes) is captured once per input shape and replayed, which
-  removes the launch overhead without changing a single kernel (same maths as eager, zero warm-up).
+- **CUDA graphs** (``"graphs"``, the default on CUDA): the whole step (both passes) is captured once per input
+  shape and replayed, which removes the launch overhead without changing the kernels. 101 → 33 ms per step; the
+  first call pays ~15 s (cuDNN autotuning of every convolution shape, capture).
 - **Regional compilation** (``"blocks"``): ``torch.compile`` on each ``ResnetBlock2D`` and ``Transformer2DModel``
   with static shapes fuses normalisation and elementwise work. Compiling the repeated blocks instead of the whole
   UNet means each distinct (block, shape) pair is compiled once and shared by every block like it, in both passes;
-  the compiled code lands in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it.
-- **Channels-last** weights and activations for both, so convolutions run in cuDNN's native layout.
-- ``"blocks+graphs"`` combines them: compiled kernels, replayed from one graph.
+  the compiled code lands in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it
+  (first warm-up ~180 s, later ~22 s). Alone it gains nothing: guards and graph breaks cost what fusion saves.
+- ``"blocks+graphs"``: compiled kernels replayed from one graph, 22.5 ms per step; worth its warm-up for batches.
+- **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout.
 
 What stays outside the captured region, so that every mode draws the same random numbers in the same order as the
 eager path: the per-step reference noise, the scheduler's sigma lookups and its noise, guidance. The captured
