@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.manifest import ItemRecord
@@ -40,6 +41,9 @@ from img2mesh.batch.phases import (
 )
 from img2mesh.config import Img2MeshConfig
 from img2mesh.pipeline import Img2Mesh
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
@@ -80,17 +84,26 @@ class LocalRunner:
         if not items:
             return
         pipe = self.pipeline(self.config, progress=False).load()
-        finishers = FinishPool(self, report)
+        finishers: FinishPool | None = None
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="img2mesh-prefetch") as reader:
                 for item, cutout in self._prefetched(pipe, items, reader):
-                    fitted = self._gpu_phases(pipe, item, cutout, report)
+                    try:
+                        image, seconds = cutout.result()
+                    except Exception as exc:
+                        report(failure_record(item, exc, None, {}))
+                        continue
+                    # Workers start with the first readable photo, so they warm up while the GPU makes its views.
+                    finishers = finishers or FinishPool(self, report)
+                    fitted = self._gpu_phases(pipe, item, image, seconds, report)
                     if fitted is not None:
                         finishers.submit(fitted)
                     finishers.collect(block=False)
-            finishers.drain()
+            if finishers is not None:
+                finishers.drain()
         finally:
-            finishers.shutdown()
+            if finishers is not None:
+                finishers.shutdown()
 
     def _prefetched(
         self, pipe: Img2Mesh, items: list[BatchItem], reader: ThreadPoolExecutor
@@ -102,14 +115,11 @@ class LocalRunner:
                 yield queue.popleft()
         yield from queue
 
-    def _gpu_phases(self, pipe: Img2Mesh, item: BatchItem, cutout: Future, report: Report) -> FittedItem | None:
+    def _gpu_phases(
+        self, pipe: Img2Mesh, item: BatchItem, cutout: Image.Image, seconds: float, report: Report
+    ) -> FittedItem | None:
         try:
-            image, seconds = cutout.result()
-        except Exception as exc:
-            report(failure_record(item, exc, None, {}))
-            return None
-        try:
-            made = make_views(pipe, item, self.cache, self.crash, cutout=image)
+            made = make_views(pipe, item, self.cache, self.crash, cutout=cutout)
             made.timings = {"prepare_input": seconds, **made.timings}
             return fit_item(pipe, made, self.crash)
         except ItemFailed as failed:

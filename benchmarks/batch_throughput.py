@@ -1,0 +1,257 @@
+"""Throughput of ``img2mesh batch``: images per minute and GPU busy share, default runner and ``--ray``.
+
+Runs the batch job on ``--items`` copies of the example photos with full-size random Zero123++ weights (built here
+unless ``--model`` names a folder; they cost exactly what the real ones cost) and the reconstruction preset of
+``--config``. Random weights make noise views that no reconstruction can mesh, so, after the real diffusion call,
+each item's grid is replaced by the example oracle grid ``examples/spot_views.png`` (a real object): the GPU and
+CPU do the work of a real job. A thread samples the GPU's utilisation (``nvidia-smi``, every 100 ms) during each run.
+
+    python benchmarks/batch_throughput.py --items 16 --runners local,ray --write-results     # on a CUDA machine
+    python benchmarks/batch_throughput.py --size tiny --items 3 --runners local --config cpu --set multiview.steps=2
+
+Columns: "img/min" is done items over the whole run (model load and the pipeline's fill and drain included);
+"steady img/min" counts from the first finished item to the last; "GPU busy" is the mean utilisation over the
+whole run and over that steady window ("idle" is its complement); "sequential" is what the same stages cost one
+after another (sum of each item's stage times), i.e. ``img2mesh run`` on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from img2mesh.pipeline import Img2Mesh  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- batch_throughput:begin -->", "<!-- batch_throughput:end -->"
+EXAMPLE_GRID = REPO / "examples" / "spot_views.png"
+EXAMPLE_PHOTOS = REPO / "examples" / "photos"
+
+
+class OracleViewsPipeline(Img2Mesh):
+    """The real pipeline; after the diffusion has run, its noise grid is swapped for real oracle views."""
+
+    def generate_views(self, cutout, seed=None):
+        from PIL import Image
+
+        super().generate_views(cutout, seed)
+        return Image.open(EXAMPLE_GRID).convert("RGB")
+
+
+class GpuSampler:
+    """Samples ``utilization.gpu`` of every visible GPU with nvidia-smi in the background."""
+
+    def __init__(self, period_ms: int = 100) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.period_ms = period_ms
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi") is None:
+            return self
+        command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        self._process = subprocess.Popen(
+            [*command, f"-lms={self.period_ms}"], stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            try:
+                self.samples.append((time.monotonic(), float(line.strip())))
+            except ValueError:
+                continue
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait()
+
+    def busy(self, start: float, end: float) -> float | None:
+        """Mean utilisation (0-1) between two monotonic times; None without samples."""
+        window = [u for t, u in self.samples if start <= t <= end]
+        return sum(window) / len(window) / 100 if window else None
+
+
+class StampedRunner:
+    """A runner whose reports are time-stamped on arrival."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.arrivals: list[float] = []
+
+    def run(self, items, report) -> None:
+        def stamped(record) -> None:
+            self.arrivals.append(time.monotonic())
+            report(record)
+
+        self.runner.run(items, stamped)
+
+
+def make_inputs(folder: Path, count: int) -> Path:
+    """``count`` photos (the examples, cycled) under distinct names."""
+    photos = sorted(EXAMPLE_PHOTOS.glob("*.png"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shutil.copy(photos[i % len(photos)], folder / f"photo{i:03d}.png")
+    return folder
+
+
+def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int | None) -> dict:
+    from img2mesh.batch import collect_items, run_job
+
+    out = work / f"out-{runner_name}"
+    if runner_name == "ray":
+        from img2mesh.batch.ray_runner import RayRunner
+
+        runner = StampedRunner(RayRunner(config, out, pipeline=OracleViewsPipeline))
+    else:
+        from img2mesh.batch.local_runner import LocalRunner
+
+        runner = StampedRunner(LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline))
+    with GpuSampler() as sampler:
+        start = time.monotonic()
+        result = run_job(collect_items([str(photos)]), out, runner, progress=False)
+        end = time.monotonic()
+    done = [r for r in result.records if r.status == "done"]
+    first, last = (runner.arrivals[0], runner.arrivals[-1]) if runner.arrivals else (end, end)
+    stage_sums = [sum(r.timings.values()) for r in done]
+    stages: dict[str, float] = {}
+    for record in done:
+        for stage, seconds in record.timings.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds / len(done)
+    return {
+        "runner": runner_name,
+        "items": len(result.records),
+        "done": len(done),
+        "failed": [f"{r.key}: {r.error}" for r in result.records if r.status != "done"],
+        "wall_s": end - start,
+        "img_per_min": 60 * len(done) / (end - start),
+        "steady_img_per_min": 60 * (len(done) - 1) / (last - first) if len(done) > 1 and last > first else None,
+        "gpu_busy": sampler.busy(start, end),
+        "gpu_busy_steady": sampler.busy(first, last),
+        "sequential_img_per_min": 60 / (sum(stage_sums) / len(stage_sums)) if stage_sums else None,
+        "stages": stages,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| runner | items | done | wall s | img/min | steady img/min | GPU busy (all) | GPU busy (steady) "
+        "| sequential img/min | mean s per stage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
+        lines.append(
+            f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {num(r['img_per_min'])} "
+            f"| {num(r['steady_img_per_min'])} | {pct(r['gpu_busy'])} | {pct(r['gpu_busy_steady'])} "
+            f"| {num(r['sequential_img_per_min'])} | {stages} |"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    import torch
+
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    versions = [f"torch {torch.__version__}", f"Python {platform.python_version()}"]
+    try:
+        import ray
+
+        versions.append(f"ray {ray.__version__}")
+    except ImportError:
+        pass
+    return f"{card}; {', '.join(versions)}; {datetime.date.today().isoformat()}"
+
+
+def write_results(text: str) -> None:
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + block + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=16, help="photos in the batch")
+    parser.add_argument("--runners", default="local,ray", help="comma-separated: local, ray")
+    parser.add_argument("--model", help="Zero123++ folder; default: build random weights of --size")
+    parser.add_argument("--size", default="full", choices=["full", "tiny"], help="random weights to build")
+    parser.add_argument("--config", help="config preset or YAML (default: the built-in defaults, i.e. default.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (YAML)")
+    parser.add_argument("--cpu-workers", type=int, help="CPU processes of the default runner")
+    parser.add_argument("--work", type=Path, help="folder for inputs and outputs (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--write-results", action="store_true", help=f"write the table into {RESULTS.name}")
+    args = parser.parse_args()
+
+    from img2mesh.commands.options import parse_set_values
+    from img2mesh.config import load_config
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="batch-bench-"))
+    model = args.model
+    if model is None:
+        from img2mesh.zero123pp.random_weights import save_random_zero123pp
+
+        start = time.monotonic()
+        model = str(save_random_zero123pp(work / f"zero123pp-{args.size}", size=args.size))
+        print(f"random {args.size} weights built in {time.monotonic() - start:.1f} s", flush=True)
+    overrides = {"multiview.model": model, "preview.enabled": False, **parse_set_values(args.set)}
+    config = load_config(args.config, overrides)
+    photos = make_inputs(work / "photos", args.items)
+
+    rows = []
+    for name in args.runners.split(","):
+        row = measure(name.strip(), config, photos, work, args.cpu_workers)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    weights = f"{args.size}-size random" if args.model is None else args.model
+    settings = ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "multiview.model")
+    command = " ".join(["python", "benchmarks/batch_throughput.py", *sys.argv[1:]])
+    report = "\n".join(
+        [
+            "## Batch throughput (`img2mesh batch`)",
+            "",
+            f"{environment()}. Command: `{command}`; config `{args.config or 'default'}` with {settings}; "
+            f"weights: {weights}; views swapped for the oracle grid after the diffusion ran.",
+            "",
+            table(rows),
+        ]
+    )
+    print(report)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if args.write_results:
+        write_results(report)
+
+
+if __name__ == "__main__":
+    main()
