@@ -38,14 +38,7 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path, format: str | None = No
 
     ``format`` defaults to the path's extension. OBJ also writes ``<stem>.mtl`` and ``<stem>.png`` beside it.
     """
-    path = Path(path)
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    if fmt not in FORMATS:
-        raise InputError(f"Cannot export {path.name}: unknown mesh format {fmt!r}; use .glb, .obj or .ply.")
-    if path.suffix.lower() != f".{fmt}":
-        path = path.with_suffix(f".{fmt}")
-    if not path.parent.is_dir():
-        raise InputError(f"Output folder {path.parent} does not exist; create it or choose another --export path.")
+    path, fmt = export_target(path, format)
     out = gltf_axes(mesh)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as tmp:
         staged = Path(tmp) / path.name
@@ -62,6 +55,19 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path, format: str | None = No
             os.replace(file, target)
             written.append(target)
     return written
+
+
+def export_target(path: str | Path, format: str | None = None) -> tuple[Path, str]:
+    """The file that :func:`export_mesh` will write and its format, checked before any work is spent on the mesh."""
+    path = Path(path)
+    fmt = (format or path.suffix.lstrip(".")).lower()
+    if fmt not in FORMATS:
+        raise InputError(f"Cannot export {path.name}: unknown mesh format {fmt!r}; use .glb, .obj or .ply.")
+    if path.suffix.lower() != f".{fmt}":
+        path = path.with_suffix(f".{fmt}")
+    if not path.parent.is_dir():
+        raise InputError(f"Output folder {path.parent} does not exist; create it or choose another --export path.")
+    return path, fmt
 
 
 def gltf_axes(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -100,13 +106,13 @@ def _write_obj(mesh: trimesh.Trimesh, path: Path) -> None:
     if image is None:
         path.write_text(export_obj(mesh, include_texture=False))
         return
+    # Kd white: most OBJ viewers multiply map_Kd by Kd, and trimesh's default Kd is 0.4 gray.
+    white = (255, 255, 255, 255)
+    material = trimesh.visual.material.SimpleMaterial(
+        image=image, diffuse=white, ambient=white, specular=(0, 0, 0, 255)
+    )
     simple = trimesh.Trimesh(
-        mesh.vertices,
-        mesh.faces,
-        visual=trimesh.visual.TextureVisuals(
-            uv=visual.uv, material=trimesh.visual.material.SimpleMaterial(image=image)
-        ),
-        process=False,
+        mesh.vertices, mesh.faces, visual=trimesh.visual.TextureVisuals(uv=visual.uv, material=material), process=False
     )
     text, files = export_obj(simple, include_texture=True, return_texture=True, mtl_name=f"{path.stem}.mtl")
     texture_name = f"{path.stem}.png"

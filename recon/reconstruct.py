@@ -45,8 +45,6 @@ from recon.volume_render import clip_to_hull, pixel_rays, render_rays
 class ReconConfig:
     """Field optimisation."""
 
-    seed: int = 0
-    """Seed of ray sampling and background colours; the same seed and views give the same mesh."""
     image_size: int = 320
     """Side in pixels at which the views are fitted (they are area-resampled to it)."""
     bound: float = 1.1
@@ -69,8 +67,8 @@ class ReconConfig:
     """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
     colour_learning_rate: float = 0.05
     """Adam step of the colour logits."""
-    sharpness: tuple[float, float] = (20.0, 0.6)
-    """NeuS inverse width s: start value (1/world units), and end value as a multiple of 1/voxel of the last stage."""
+    sharpness: tuple[float, float] = (1.0, 4.0)
+    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage."""
     mask_weight: float = 0.5
     """Weight of the opacity-vs-mask binary cross-entropy."""
     eikonal_weight: float = 0.05
@@ -93,6 +91,8 @@ class Fields:
     """Seconds per step of :func:`fit_fields`."""
     losses: dict[str, float] = field(default_factory=dict)
     """Final value of each loss term."""
+    device: str = "cpu"
+    """Device the fields were fitted on (where :func:`reconstruct` also bakes)."""
 
 
 @dataclass
@@ -137,9 +137,17 @@ def check_views(views: PosedViews) -> None:
 
 
 def fit_fields(
-    views: PosedViews, recon: ReconConfig | None = None, device: str = "auto", progress: bool = True
+    views: PosedViews,
+    recon: ReconConfig | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    seed: int = 0,
 ) -> Fields:
-    """Fit SDF and colour grids to posed views (the GPU half of :func:`reconstruct`)."""
+    """Fit SDF and colour grids to posed views (the GPU half of :func:`reconstruct`).
+
+    ``seed`` drives ray sampling and background colours: the same views, config and seed give the same fields.
+    ``device`` "auto" defers to ``recon.device``.
+    """
     recon = recon or ReconConfig()
     if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
         raise InputError("recon.resolutions and recon.iterations must be lists of the same, non-zero length.")
@@ -147,7 +155,7 @@ def fit_fields(
     dev = resolve_device(device if device != "auto" else recon.device)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    generator = torch.Generator(device=dev).manual_seed(recon.seed)
+    generator = torch.Generator(device=dev).manual_seed(seed)
 
     occupied = carve_hull(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev)
     if not occupied.any():
@@ -163,8 +171,9 @@ def fit_fields(
 
     grid: SdfGrid | None = None
     total = sum(recon.iterations)
-    final_voxel = float((box.hi - box.lo).max()) / (recon.resolutions[-1] - 1)
-    s_start, s_end = recon.sharpness[0], recon.sharpness[1] / final_voxel
+    longest = float((box.hi - box.lo).max())
+    s_start = recon.sharpness[0] * (recon.resolutions[0] - 1) / longest
+    s_end = recon.sharpness[1] * (recon.resolutions[-1] - 1) / longest
     bar = _progress(total, progress)
     done = 0
     losses: dict[str, float] = {}
@@ -239,7 +248,7 @@ def fit_fields(
         False
     )
     timings["fit"] = time.perf_counter() - start
-    return Fields(cpu_grid, timings, losses)
+    return Fields(cpu_grid, timings, losses, str(dev))
 
 
 def finish_mesh(
@@ -248,8 +257,13 @@ def finish_mesh(
     mesh: MeshConfig | None = None,
     texture: TextureConfig | None = None,
     timings: dict[str, float] | None = None,
+    device: str | torch.device = "cpu",
 ) -> trimesh.Trimesh:
-    """Mesh, clean, decimate, unwrap and texture the fitted fields (the CPU half of :func:`reconstruct`)."""
+    """Mesh, clean, decimate, unwrap and texture the fitted fields (the CPU half of :func:`reconstruct`).
+
+    ``device`` runs the texel rasterisation and view projection (CPU by default, so a batch runner can overlap it
+    with the next object's fitting; on a single job the fitting device is faster). Stage seconds go into ``timings``.
+    """
     mesh = mesh or MeshConfig()
     texture = texture or TextureConfig()
     timings = {} if timings is None else timings
@@ -263,7 +277,7 @@ def finish_mesh(
         with torch.no_grad():
             return grid.rgb(torch.as_tensor(points, dtype=torch.float32)).numpy()
 
-    textured = bake_texture(surface, views, colour_field, texture, timings=timings)
+    textured = bake_texture(surface, views, colour_field, texture, device=device, timings=timings)
     return textured
 
 
@@ -274,12 +288,13 @@ def reconstruct(
     texture: TextureConfig | None = None,
     device: str = "auto",
     progress: bool = True,
+    seed: int = 0,
 ) -> ReconResult:
-    """Six posed views → UV-textured triangle mesh in world z-up coordinates."""
-    fields = fit_fields(views, recon, device=device, progress=progress)
+    """Six posed views → UV-textured triangle mesh in world z-up coordinates (deterministic for a given ``seed``)."""
+    fields = fit_fields(views, recon, device=device, progress=progress, seed=seed)
     timings = dict(fields.timings)
     start = time.perf_counter()
-    result = finish_mesh(fields, views, mesh, texture, timings=timings)
+    result = finish_mesh(fields, views, mesh, texture, timings=timings, device=fields.device)
     timings["finish"] = time.perf_counter() - start
     timings["total"] = timings["fit"] + timings["finish"]
     return ReconResult(result, timings)

@@ -1,0 +1,95 @@
+"""Export: GLB, OBJ+MTL+PNG and PLY reload in trimesh and PyVista with their texture/colours, in glTF axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from recon.cameras import world_to_gltf
+from recon.errors import InputError
+from recon.export import export_mesh
+from recon.texture import unwrap
+
+
+@pytest.fixture(scope="module")
+def textured() -> trimesh.Trimesh:
+    """A UV-textured world z-up mesh whose +X side is marked: a sphere with a bump on +X, texture red for u < 0.5."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    vertices[:, 0] += 0.5 * np.clip(vertices[:, 0], 0, None) ** 8  # a nose on +X
+    mesh = trimesh.Trimesh(vertices, sphere.faces)
+    vmapping, faces, uv = unwrap(mesh, 256, 2)
+    texture = np.zeros((256, 256, 3), np.uint8)
+    texture[:, :128] = (220, 30, 30)
+    texture[:, 128:] = (30, 30, 220)
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture))
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return trimesh.Trimesh(mesh.vertices[vmapping], faces, visual=visual, process=False)
+
+
+def test_glb_round_trip_keeps_uvs_texture_and_turns_world_x_to_gltf_z(textured, tmp_path):
+    written = export_mesh(textured, tmp_path / "mesh.glb")
+    assert written == [tmp_path / "mesh.glb"]
+    loaded = trimesh.load(written[0], force="mesh", process=False)
+    assert len(loaded.vertices) == len(textured.vertices)
+    assert isinstance(loaded.visual, trimesh.visual.TextureVisuals)
+    np.testing.assert_allclose(loaded.visual.uv, textured.visual.uv, atol=1e-6)
+    assert loaded.visual.material.baseColorTexture.size == (256, 256)
+    np.testing.assert_allclose(loaded.vertices, world_to_gltf(textured.vertices), atol=1e-5)
+    nose = np.argmax(textured.vertices[:, 0])  # world +X ...
+    assert np.argmax(loaded.vertices[:, 2]) == nose  # ... is glTF +Z (the front)
+    top = np.argmax(textured.vertices[:, 2])  # world +Z (up) ...
+    assert loaded.vertices[top, 1] == pytest.approx(loaded.vertices[:, 1].max())  # ... is glTF +Y
+    assert loaded.is_winding_consistent and loaded.volume > 0  # a rotation keeps outward winding
+
+
+def test_obj_writes_mtl_and_png_and_reloads_textured(textured, tmp_path):
+    written = export_mesh(textured, tmp_path / "mesh.obj")
+    assert sorted(p.name for p in written) == ["mesh.mtl", "mesh.obj", "mesh.png"]
+    mtl = (tmp_path / "mesh.mtl").read_text()
+    assert "map_Kd mesh.png" in mtl and "Kd 1.0" in mtl
+    loaded = trimesh.load(tmp_path / "mesh.obj", force="mesh", process=False)
+    assert loaded.visual.uv is not None and len(loaded.visual.uv) == len(loaded.vertices)
+    assert np.asarray(loaded.visual.material.image).shape[:2] == (256, 256)
+    assert loaded.bounds[1, 2] == pytest.approx(world_to_gltf(textured.vertices)[:, 2].max(), abs=1e-5)
+
+
+def test_ply_carries_the_texture_as_vertex_colours(textured, tmp_path):
+    (path,) = export_mesh(textured, tmp_path / "mesh.ply")
+    loaded = trimesh.load(path, process=False)
+    colours = np.asarray(loaded.visual.vertex_colors)[:, :3].astype(int)
+    red = textured.visual.uv[:, 0] < 0.45
+    blue = textured.visual.uv[:, 0] > 0.55
+    assert (colours[red, 0] > 150).all() and (colours[red, 2] < 80).all()
+    assert (colours[blue, 2] > 150).all() and (colours[blue, 0] < 80).all()
+
+
+def test_every_format_reloads_in_pyvista_with_its_texture(textured, tmp_path):
+    pv = pytest.importorskip("pyvista")
+    export_mesh(textured, tmp_path / "mesh.glb")
+    export_mesh(textured, tmp_path / "mesh.obj")
+    export_mesh(textured, tmp_path / "mesh.ply")
+    block = pv.read(tmp_path / "mesh.glb")
+    while isinstance(block, pv.MultiBlock):
+        block = block[0]
+    assert block.n_points == len(textured.vertices) and "TEXCOORD_0" in block.array_names
+    plotter = pv.Plotter(off_screen=True)
+    plotter.import_gltf(str(tmp_path / "mesh.glb"))
+    actors = list(plotter.renderer.actors.values())
+    assert actors and actors[0].GetProperty().GetTexture("albedoTex") is not None
+    plotter.close()
+    obj = pv.read(tmp_path / "mesh.obj")
+    assert obj.active_texture_coordinates is not None and obj.n_points == len(textured.vertices)
+    assert pv.read_texture(tmp_path / "mesh.png").dimensions == (256, 256)
+    ply = pv.read(tmp_path / "mesh.ply")
+    assert "RGBA" in ply.array_names or "RGB" in ply.array_names
+
+
+def test_bad_targets_are_refused_before_writing(textured, tmp_path):
+    with pytest.raises(InputError, match="unknown mesh format"):
+        export_mesh(textured, tmp_path / "mesh.fbx")
+    with pytest.raises(InputError, match="does not exist"):
+        export_mesh(textured, tmp_path / "missing" / "mesh.glb")
+    assert list(tmp_path.iterdir()) == []

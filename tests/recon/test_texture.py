@@ -1,0 +1,93 @@
+"""Texture baking: texels land on the right faces, colours come from the views that see them, the rest from the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from recon.cameras import intrinsics, orbit_cam_to_world
+from recon.render import render_views
+from recon.texture import TextureConfig, bake_texture, fill_outside, rasterize_uv
+from recon.views import PosedViews
+
+RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9), (0.0, 1.0, 0.0)
+
+
+def test_uv_raster_of_two_triangles_covers_the_square_exactly():
+    uv = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    face_id, bary = rasterize_uv(uv, faces, 16)
+    assert (face_id >= 0).all()
+    # row 0 is v = 1 (top): the texel at column 0, row 0 is in the upper-left triangle (0, 2, 3)
+    assert face_id[0, 0] == 1 and face_id[15, 15] == 0
+    torch.testing.assert_close(bary.sum(-1), torch.ones(16, 16))
+    # interpolating the corner UVs with the barycentrics gives back the texel centre
+    corners = uv[faces[face_id]]
+    centre = (corners * bary[..., None]).sum(-2)
+    ys, xs = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    torch.testing.assert_close(centre[..., 0], (xs + 0.5) / 16)
+    torch.testing.assert_close(centre[..., 1], 1 - (ys + 0.5) / 16)
+
+
+def test_fill_outside_copies_the_nearest_chart_texel():
+    image = np.zeros((4, 4, 3), np.float32)
+    image[1, 1] = (1, 0, 0)
+    covered = np.zeros((4, 4), bool)
+    covered[1, 1] = True
+    filled = fill_outside(image, covered)
+    assert (filled == (1, 0, 0)).all()
+
+
+def two_coloured_sphere() -> trimesh.Trimesh:
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.8)
+    colours = np.where(sphere.vertices[:, :1] > 0, RED, BLUE)
+    sphere.visual.vertex_colors = np.concatenate([colours * 255, np.full((len(colours), 1), 255)], 1).astype(np.uint8)
+    return sphere
+
+
+def sphere_views(sphere: trimesh.Trimesh, azimuths, elevations, size: int = 96) -> PosedViews:
+    c2w = orbit_cam_to_world(azimuths, elevations, 4.0)
+    k = np.repeat(intrinsics(30.0, size)[None], len(azimuths), axis=0)
+    render = render_views(sphere, k, c2w, size, size, "unlit", 0.5, supersample=2)
+    return PosedViews(render.rgb.astype(np.float32), render.alpha.astype(np.float32), k, c2w)
+
+
+def rendered(mesh: trimesh.Trimesh, azimuth: float, elevation: float, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Unlit colour (H, W, 3) and coverage (H, W) of a mesh seen from an orbit camera."""
+    c2w = orbit_cam_to_world((azimuth,), (elevation,), 4.0)
+    render = render_views(mesh, intrinsics(30.0, size)[None], c2w, size, size, "unlit", 0.5, supersample=1)
+    return render.rgb[0], render.alpha[0]
+
+
+@pytest.fixture(scope="module")
+def sphere() -> trimesh.Trimesh:
+    return two_coloured_sphere()
+
+
+def test_bake_projects_the_views_colours_onto_the_surface(sphere):
+    views = sphere_views(sphere, (30, 90, 150, 210, 270, 330), (20, -10, 20, -10, 20, -10))
+    plain = trimesh.Trimesh(sphere.vertices, sphere.faces)
+    baked = bake_texture(plain, views, lambda p: np.tile(GREEN, (len(p), 1)), TextureConfig(size=256))
+    assert baked.visual.material.baseColorTexture.size == (256, 256)
+    uv = baked.visual.uv
+    assert uv.shape == (len(baked.vertices), 2) and uv.min() >= 0 and uv.max() <= 1
+    for azimuth, elevation in ((0, 0), (180, 0), (60, 40)):  # novel views
+        truth, alpha = rendered(sphere, azimuth, elevation)
+        image, _ = rendered(baked, azimuth, elevation)
+        inside = alpha > 0.99
+        assert np.abs(image[inside] - truth[inside]).mean() < 0.04
+        # The field's green only where all six views see the surface at grazing angles (the poles), if at all.
+        assert (image[inside][:, 1] > 0.5).mean() < 0.03
+
+
+def test_texels_no_view_sees_take_the_colour_field(sphere):
+    views = sphere_views(sphere, (0,), (0,))  # one view from +X: the -X half is never seen
+    plain = trimesh.Trimesh(sphere.vertices, sphere.faces)
+    baked = bake_texture(plain, views, lambda p: np.tile(GREEN, (len(p), 1)), TextureConfig(size=256))
+    front, alpha = rendered(baked, 0, 0)
+    back, _ = rendered(baked, 180, 0)
+    inside = alpha > 0.99
+    np.testing.assert_allclose(np.median(front[inside], axis=0), RED, atol=0.05)  # its rim is grazing: field
+    np.testing.assert_allclose(np.median(back[inside], axis=0), GREEN, atol=0.05)
