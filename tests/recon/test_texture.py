@@ -1,4 +1,4 @@
-"""Texture baking: texels land on the right faces, colours come from the views that see them, the rest from the field."""
+"""Texture baking: texels land on the right faces and take the colours of the views that see them, else the field."""
 
 from __future__ import annotations
 
