@@ -310,9 +310,10 @@ def main() -> None:
 
     env = environment(args)
     command = "python benchmarks/multiview_speed.py " + " ".join(sys.argv[1:])
+    dtype = "fp16" if args.device.startswith("cuda") else "fp32"
     text = (
         f"## Zero123++ fast path (multiview_speed.py)\n\n{env['date']}, {env['card']}, torch {env['torch']}, "
-        f"diffusers {env['diffusers']}, Python {env['python']}, {args.size} random weights, fp16, 960×640, "
+        f"diffusers {env['diffusers']}, Python {env['python']}, {args.size} random weights, {dtype}, 960×640, "
         f"CFG on. Command: `{command}`.\n\n{table(rows, args)}\n"
     )
     print(text)
