@@ -32,6 +32,7 @@ from recon.cameras import (
     camera_position,
     intrinsics,
     look_at,
+    pose_set,
     zero123pp_cameras,
 )
 from recon.errors import InputError
@@ -137,8 +138,7 @@ def oracle_views(
         poses=version,
     )
 
-    fov = 2 * np.degrees(np.arctan(VIEW_SIZE / 2 / k[0, 0, 0]))
-    photo_k = intrinsics(fov, photo_size)
+    photo_k = intrinsics(pose_set(version).fov, photo_size)
     photo_c2w = look_at(camera_position(0.0, photo_elevation, radius))
     photo = render_views(
         prepared, photo_k[None], photo_c2w[None], photo_size, photo_size, lighting, 0.0, supersample, device
