@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 FastMode = Literal["auto", "off", "graphs", "blocks", "blocks+graphs"]
 #: Modes that do something, from most to least demanding.
 ACTIVE_MODES = ("blocks+graphs", "graphs", "blocks")
-#: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need ~40 in the two passes.
+#: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need dozens in the two passes, more
+#: than dynamo's default limit of 8 per function (process-wide setting, raised, never lowered).
 RECOMPILE_LIMIT = 128
 
 
@@ -68,8 +69,8 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     mode = mode or "off"
     if mode != wanted and requested != "auto":
         logger.warning("compile mode %r cannot run on %s%s; using %r", requested, device, _why(cuda, offload), mode)
-    elif mode != wanted:
-        logger.info("compile mode auto on %s%s: using %r", device, _why(cuda, offload), mode)
+    elif mode == "off":
+        logger.info("compile mode auto on %s%s: running eager", device, _why(cuda, offload))
     return mode
 
 
