@@ -161,7 +161,8 @@ class Zero123PlusOutput:
 class Zero123PlusPipeline(DiffusionPipeline):
     """The Zero123++ sampler. Build it with :meth:`from_pretrained`; call it with one image or a list of images."""
 
-    model_cpu_offload_seq = "text_encoder->vision_encoder->vae->unet"
+    #: Order the components first run in a call, so offload hooks evict each one when the next starts.
+    model_cpu_offload_seq = "vae->text_encoder->vision_encoder->unet"
 
     def __init__(
         self,

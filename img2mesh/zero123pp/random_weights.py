@@ -124,8 +124,12 @@ def save_random_zero123pp(
     with_controlnet: bool = False,
     seed: int = 0,
     tokenizer_files: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Write a random-weight Zero123++ model into ``folder`` (created) in the public repository layout.
+
+    ``device`` is where the random numbers are drawn: "cuda" builds the full-size model in seconds on a GPU
+    machine (the values then differ from a CPU build with the same ``seed``, but repeat on that device).
 
     ``tokenizer_files`` is a folder with a CLIP ``vocab.json`` and ``merges.txt``; without it a byte-level CLIP
     vocabulary (no merges) is written. ``with_controlnet`` adds a random normal ControlNet of the same size in
@@ -137,7 +141,7 @@ def save_random_zero123pp(
         raise ValueError(f"version must be 'v1.2' or 'v1.1', got {version!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     small = torch.float32 if size == "tiny" else torch.float16  # v1.2 stores everything but the UNet in fp16
 
     vocab = write_clip_tokenizer(folder / "tokenizer", tokenizer_files)
@@ -249,10 +253,10 @@ def _random_state_dict(model: torch.nn.Module, generator: torch.Generator, dtype
             tensor = torch.ones(meta.shape)
         elif meta.dim() >= 2:
             fan_in = math.prod(meta.shape[1:])
-            tensor = torch.randn(meta.shape, generator=generator) / math.sqrt(fan_in)
+            tensor = torch.randn(meta.shape, generator=generator, device=generator.device) / math.sqrt(fan_in)
         else:
-            tensor = torch.randn(meta.shape, generator=generator) * 0.02
-        state[name] = tensor.to(dtype).contiguous()
+            tensor = torch.randn(meta.shape, generator=generator, device=generator.device) * 0.02
+        state[name] = tensor.to(dtype).cpu().contiguous()
     return state
 
 
@@ -269,7 +273,7 @@ def _save_transformers(model, folder: Path, generator: torch.Generator, dtype: t
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.torch_dtype = str(dtype).removeprefix("torch.")
+    model.config.dtype = str(dtype).removeprefix("torch.")
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(folder)
     state = _random_state_dict(model, generator, dtype)

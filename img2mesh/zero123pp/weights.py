@@ -141,11 +141,16 @@ def resolve_model(model: str | Path, revision: str | None = None, layout: Layout
             f"The {layout.kind} {model} {state} ({hub_cache_dir()}) and HF_HUB_OFFLINE is set; "
             f"{_how_to_get(str(model), revision)}."
         )
-    return download_model(str(model), revision, layout=layout)
+    return download_model(str(model), revision, layout=layout, missing=cached is None)
 
 
-def download_model(model: str, revision: str | None = None, layout: Layout | None = None) -> Path:
-    """Fetch a hub model's configs and weights into the Hugging Face cache and return its snapshot folder."""
+def download_model(
+    model: str, revision: str | None = None, layout: Layout | None = None, missing: bool = False
+) -> Path:
+    """Fetch a hub model's configs and weights into the Hugging Face cache and return its snapshot folder.
+
+    ``missing`` says the caller needed the weights and found none cached; a failure then says how to get them.
+    """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -170,13 +175,31 @@ def download_model(model: str, revision: str | None = None, layout: Layout | Non
             + (f" at revision {revision}" if revision else "")
             + "; check the id."
         ) from None
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, *_network_errors()) as exc:
+        if missing:
+            raise InputError(
+                f"The {layout.kind} {model} is not in the Hugging Face cache ({hub_cache_dir()}) and downloading it "
+                f"failed ({type(exc).__name__}); {_how_to_get(model, revision)}."
+            ) from None
         raise InputError(
             f"Could not download the {layout.kind} {model} ({type(exc).__name__}); check the network and retry, "
             "or pass --model PATH to a local copy."
         ) from None
     _check_layout(folder, layout, f"hub repository {model}")
     return folder
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """Exceptions meaning "no network": OS errors and the base error of whichever HTTP client the hub library uses."""
+    import importlib
+
+    errors: list[type[Exception]] = [OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _cached_snapshot(model: str, revision: str | None) -> Path | None:
