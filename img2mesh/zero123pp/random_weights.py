@@ -124,12 +124,12 @@ def save_random_zero123pp(
     with_controlnet: bool = False,
     seed: int = 0,
     tokenizer_files: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Path:
     """Write a random-weight Zero123++ model into ``folder`` (created) in the public repository layout.
 
-    ``device`` is where the random numbers are drawn: "cuda" builds the full-size model in seconds on a GPU
-    machine (the values then differ from a CPU build with the same ``seed``, but repeat on that device).
+    ``device`` is where the random numbers are drawn, by default CUDA when present (the 1.9 billion full-size
+    weights in seconds instead of ~40 s on a CPU); values repeat per device and ``seed``, not across devices.
 
     ``tokenizer_files`` is a folder with a CLIP ``vocab.json`` and ``merges.txt``; without it a byte-level CLIP
     vocabulary (no merges) is written. ``with_controlnet`` adds a random normal ControlNet of the same size in
@@ -141,6 +141,7 @@ def save_random_zero123pp(
         raise ValueError(f"version must be 'v1.2' or 'v1.1', got {version!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator(device).manual_seed(seed)
     small = torch.float32 if size == "tiny" else torch.float16  # v1.2 stores everything but the UNet in fp16
 
