@@ -98,8 +98,11 @@ class StampedRunner:
         self.arrivals: list[float] = []
 
     def run(self, items, report) -> None:
+        start = time.monotonic()
+
         def stamped(record) -> None:
             self.arrivals.append(time.monotonic())
+            print(f"  {self.arrivals[-1] - start:7.1f} s  {record.key}  {record.status}", flush=True)
             report(record)
 
         self.runner.run(items, stamped)

@@ -1,11 +1,12 @@
 """The default batch runner: one process, the model loaded once, the GPU never waiting for the CPU's half.
 
-Per item, the GPU phases (Zero123++ views, then field fitting) take seconds, and the CPU phase (marching cubes,
-UV unwrap, texture baking, export, preview) takes about as long again. Run in sequence, the GPU would sit idle for
-the whole CPU phase. Here the main thread only does GPU work, item after item: photos are read and cut out ahead of
-it by a helper thread, and each fitted item is handed to a small pool of CPU worker processes that finish and write
-it while the GPU goes on with the next. The hand-off is bounded (at most as many fitted items wait as there are
-workers), so a slow CPU holds the GPU back instead of filling memory.
+Per item, the GPU phases (Zero123++ views, then field fitting) take seconds, and the CPU phase (marching cubes, UV
+unwrap, texture baking, export, preview) takes about as long again. Run in sequence, the GPU would sit idle for the
+whole CPU phase. Here the main thread only does GPU work, item after item: photos are read and cut out ahead of it by a
+helper thread, each grid is posed (masks, cameras) by another while the GPU fits the previous item, and each fitted item
+is handed to a small pool of CPU worker processes that finish and write it while the GPU goes on. The hand-off is
+bounded (at most as many fitted items wait as there are workers), so a slow CPU holds the GPU back instead of filling
+memory.
 
 Each CPU worker is its own single-process pool with one item in flight, so when a worker dies (segfault, the
 out-of-memory killer) the runner knows which item it was holding: the worker is replaced, the item retried up to
@@ -24,7 +25,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.manifest import ItemRecord
@@ -36,14 +36,12 @@ from img2mesh.batch.phases import (
     finish_item,
     fit_item,
     lost_record,
-    make_views,
+    make_grid,
+    pose_item,
     prepare_cutout,
 )
 from img2mesh.config import Img2MeshConfig
 from img2mesh.pipeline import Img2Mesh
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
@@ -85,8 +83,12 @@ class LocalRunner:
             return
         pipe = self.pipeline(self.config, progress=False).load()
         finishers: FinishPool | None = None
+        posed: Future | None = None  # the previous item, being posed on the CPU while the GPU makes this one's grid
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="img2mesh-prefetch") as reader:
+            with (
+                ThreadPoolExecutor(1, thread_name_prefix="img2mesh-read") as reader,
+                ThreadPoolExecutor(1, thread_name_prefix="img2mesh-pose") as poser,
+            ):
                 for item, cutout in self._prefetched(pipe, items, reader):
                     try:
                         image, seconds = cutout.result()
@@ -95,10 +97,18 @@ class LocalRunner:
                         continue
                     # Workers start with the first readable photo, so they warm up while the GPU makes its views.
                     finishers = finishers or FinishPool(self, report)
-                    fitted = self._gpu_phases(pipe, item, image, seconds, report)
-                    if fitted is not None:
-                        finishers.submit(fitted)
-                    finishers.collect(block=False)
+                    try:
+                        made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
+                    except ItemFailed as failed:
+                        report(failed.record)
+                        continue
+                    made.timings = {"prepare_input": seconds, **made.timings}
+                    if posed is not None:
+                        self._fit(pipe, posed, finishers, report)
+                    posed = poser.submit(pose_item, pipe, made)
+                if posed is not None:
+                    assert finishers is not None
+                    self._fit(pipe, posed, finishers, report)
             if finishers is not None:
                 finishers.drain()
         finally:
@@ -115,16 +125,15 @@ class LocalRunner:
                 yield queue.popleft()
         yield from queue
 
-    def _gpu_phases(
-        self, pipe: Img2Mesh, item: BatchItem, cutout: Image.Image, seconds: float, report: Report
-    ) -> FittedItem | None:
+    def _fit(self, pipe: Img2Mesh, posed: Future, finishers: FinishPool, report: Report) -> None:
+        """Fit a posed item on the GPU and hand it to the CPU workers."""
         try:
-            made = make_views(pipe, item, self.cache, self.crash, cutout=cutout)
-            made.timings = {"prepare_input": seconds, **made.timings}
-            return fit_item(pipe, made, self.crash)
+            fitted = fit_item(pipe, posed.result(), self.crash)
         except ItemFailed as failed:
             report(failed.record)
-            return None
+        else:
+            finishers.submit(fitted)
+        finishers.collect(block=False)
 
 
 def _timed_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path):

@@ -84,7 +84,8 @@ class ViewsOutput:
     item: BatchItem
     cutout: Image.Image
     grid: Image.Image
-    views: PosedViews
+    views: PosedViews | None
+    """The posed views; None until :func:`pose_item` ran."""
     model: ModelInfo | None
     """The diffusion weights that made the views."""
     device: str
@@ -118,6 +119,13 @@ def make_views(
     pipe: Img2Mesh, item: BatchItem, cache: Path, crash: CrashPlan, cutout: Image.Image | None = None
 ) -> ViewsOutput:
     """Phase 1: photo → cut-out → Zero123++ grid → posed views. Raises :class:`ItemFailed`."""
+    return pose_item(pipe, make_grid(pipe, item, cache, crash, cutout))
+
+
+def make_grid(
+    pipe: Img2Mesh, item: BatchItem, cache: Path, crash: CrashPlan, cutout: Image.Image | None = None
+) -> ViewsOutput:
+    """The GPU part of phase 1: photo → cut-out → Zero123++ grid (``views`` left None). Raises :class:`ItemFailed`."""
     started, timings = now(), {}
     try:
         crash.maybe_crash("views", item)
@@ -125,10 +133,18 @@ def make_views(
         if cutout is None:
             cutout = _timed(timings, "prepare_input", prepare_cutout, pipe, item, cache)
         grid = _timed(timings, "generate_views", pipe.generate_views, cutout)
-        views = _timed(timings, "pose_views", pipe.pose_views, grid)
     except Exception as exc:
         raise ItemFailed(failure_record(item, exc, started, timings)) from None
-    return ViewsOutput(item, cutout, grid, views, pipe.model, str(pipe.device), started, timings)
+    return ViewsOutput(item, cutout, grid, None, pipe.model, str(pipe.device), started, timings)
+
+
+def pose_item(pipe: Img2Mesh, made: ViewsOutput) -> ViewsOutput:
+    """The CPU part of phase 1: the grid → posed views with masks and cameras. Raises :class:`ItemFailed`."""
+    try:
+        made.views = _timed(made.timings, "pose_views", pipe.pose_views, made.grid)
+    except Exception as exc:
+        raise ItemFailed(failure_record(made.item, exc, made.started, made.timings)) from None
+    return made
 
 
 def fit_item(pipe: Img2Mesh, made: ViewsOutput, crash: CrashPlan) -> FittedItem:
@@ -174,7 +190,8 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
         made.grid.save(work / "views.png")
         made.views.save(work / "views")
         dataset = write_dataset(made.views, work)
-        mesh = _timed(timings, "finish", pipe.finish, fitted.fields, made.views)
+        # Baked on the CPU: this phase runs beside the GPU phases of the next items and must not compete with them.
+        mesh = _timed(timings, "finish", pipe.finish, fitted.fields, made.views, "cpu")
         mesh_files = _timed(timings, "export", pipe.export, mesh, work / f"{MESH_NAME}.{fmt}", fmt)
         record.outputs = {
             "input": "input.png",
