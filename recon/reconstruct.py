@@ -63,6 +63,9 @@ class ReconConfig:
     """Rays per step."""
     samples: int = 96
     """Samples per ray within its hull interval."""
+    colour_per_sample: bool = True
+    """Read colour at every sample (full volume rendering, whose photo-consistency carves concavities) rather than
+    once per ray at the expected surface (cheaper, but the surface then barely moves away from the hull)."""
     learning_rate: float = 0.01
     """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
     colour_learning_rate: float = 0.05
@@ -207,7 +210,7 @@ def fit_fields(
             index = torch.randint(len(rays), (min(recon.rays, len(rays)),), device=dev, generator=generator)
             batch = rays[index]
             background = torch.rand(len(batch), 3, device=dev, generator=generator)
-            out = render_rays(grid, batch, recon.samples, inv_s, background, generator)
+            out = render_rays(grid, batch, recon.samples, inv_s, background, generator, recon.colour_per_sample)
             target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
             photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
             opacity = out.opacity.clamp(1e-4, 1 - 1e-4)

@@ -132,6 +132,7 @@ def render_rays(
     inv_s: float,
     background: torch.Tensor,
     generator: torch.Generator | None,
+    colour_per_sample: bool = True,
 ) -> Rendered:
     """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3)."""
     r = len(rays)
@@ -139,7 +140,8 @@ def render_rays(
     jitter = torch.rand(r, 1, device=device, generator=generator) if generator is not None else 0.5
     step = (rays.far - rays.near)[:, None] / samples
     t = rays.near[:, None] + (torch.arange(samples + 1, device=device) + jitter - 0.5) * step
-    sdf = field.signed_distance(rays.origins[:, None] + t[..., None] * rays.directions[:, None])
+    points = rays.origins[:, None] + t[..., None] * rays.directions[:, None]
+    sdf = field.signed_distance(points)
     cdf = torch.sigmoid(sdf * inv_s)
     alpha = ((cdf[:, :-1] - cdf[:, 1:]) / (cdf[:, :-1] + 1e-5)).clamp(0.0, 1.0)
     transmittance = torch.cumprod(torch.cat([torch.ones(r, 1, device=device), 1 - alpha + 1e-7], dim=-1), dim=-1)
@@ -147,8 +149,10 @@ def render_rays(
     opacity = weights.sum(-1)
     t_mid = (t[:, 1:] + t[:, :-1]) / 2
     depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
-    # Colour is read once per ray, at the expected surface point, instead of at every sample: the surface is sharp,
-    # the colour grid is coarse, and one lookup instead of ``samples`` makes a step several times cheaper.
-    surface = rays.origins + depth[:, None] * rays.directions
-    rgb = field.rgb(surface) * opacity[:, None] + (1 - opacity[:, None]) * background
+    if colour_per_sample:  # full volume rendering: photo-consistency along the ray moves the surface
+        colour = field.rgb((points[:, 1:] + points[:, :-1]) / 2)
+        rgb = (weights[..., None] * colour).sum(1) + (1 - opacity[:, None]) * background
+    else:  # one colour lookup per ray at the expected surface point: several times cheaper, weaker on geometry
+        surface = rays.origins + depth[:, None] * rays.directions
+        rgb = field.rgb(surface) * opacity[:, None] + (1 - opacity[:, None]) * background
     return Rendered(rgb, opacity, depth)

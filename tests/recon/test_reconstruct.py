@@ -1,8 +1,10 @@
 """Reconstruction on oracle views of real meshes with the CPU preset: quality bars, a clean mesh, valid UVs, the CLI.
 
 The CPU preset (configs/cpu.yaml: 48³ grid, 128 px views, 300 steps) is far coarser than the GPU default, so its
-bars are looser than the issue's GPU bars (Chamfer ≤ 0.015, F@0.05 ≥ 0.95, PSNR ≥ 21 dB): Chamfer ≤ 0.025,
-F@0.05 ≥ 0.88 and novel-view PSNR ≥ 24 dB, and it must beat the visual hull's Chamfer on the same views.
+bars are looser than the issue's GPU bars (Chamfer ≤ 0.015, F@0.02 ≥ 0.80, F@0.05 ≥ 0.95, PSNR ≥ 21 dB): on spot
+(measured 0.0105 / 0.90 / 0.99 / 26.1 dB at 128 px) Chamfer ≤ 0.02, F@0.02 ≥ 0.75, F@0.05 ≥ 0.92 and novel-view PSNR
+(128 px) ≥ 23 dB, and it must beat the visual hull's Chamfer on the same views; on the duck through the CLI, with
+masks computed from the gray background, Chamfer ≤ 0.03.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def test_cpu_preset_reconstructs_spot_within_the_bars(spot):
 
     quality = chamfer_fscore(mesh, gt, samples=30000) | novel_view_metrics(mesh, gt, size=128)
     hull = chamfer_fscore(visual_hull(oracle.views, 128), gt, samples=30000)
-    assert quality["chamfer"] <= 0.025, quality
-    assert quality["fscore@0.05"] >= 0.88, quality
-    assert quality["psnr"] >= 24.0, quality
+    assert quality["chamfer"] <= 0.02, quality
+    assert quality["fscore@0.02"] >= 0.75, quality
+    assert quality["fscore@0.05"] >= 0.92, quality
+    assert quality["psnr"] >= 23.0, quality
     assert quality["chamfer"] < hull["chamfer"], (quality, hull)
 
 

@@ -1,0 +1,99 @@
+"""Reconstruction stage times (PosedViews → exported GLB) and quality on oracle views, one row per mesh.
+
+The issue's speed bar is "default preset ≤ 10 s from PosedViews to exported GLB on one H100"; this script measures
+exactly that span, split into the stages of :func:`recon.reconstruct.reconstruct` (hull, fitting per grid stage,
+marching cubes + clean-up, UV unwrap, bake) plus the GLB export, after one warm-up reconstruction (CUDA context,
+kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use recon.metrics like
+``benchmarks/recon_quality.py``, which remains the full yardstick (it adds volume IoU and SSIM).
+
+    python benchmarks/recon_speed.py --device cuda                       # default preset, every test mesh
+    python benchmarks/recon_speed.py --device cpu --config cpu --meshes spot duck
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from img2mesh.config import load_config  # noqa: E402
+from recon.export import export_mesh  # noqa: E402
+from recon.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
+from recon.oracle import load_mesh, oracle_views  # noqa: E402
+from recon.reconstruct import reconstruct  # noqa: E402
+
+STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")
+METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--meshes-dir", type=Path, default=ROOT.parent / "shared" / "testdata" / "meshes")
+    parser.add_argument("--meshes", nargs="*", help="mesh file stems (default: all)")
+    parser.add_argument("--config", default=None, help="preset name or YAML path (default: the dataclass defaults)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-quality", action="store_true", help="times only")
+    args = parser.parse_args()
+
+    settings = load_config(args.config)
+    paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
+    if args.meshes:
+        paths = [p for p in paths if p.stem in set(args.meshes)]
+    rows: dict[str, dict[str, float]] = {}
+    warmed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            gt = load_mesh(path)
+            views = oracle_views(gt, device=args.device).views
+            if not warmed:  # CUDA context, allocator and kernel selection are paid once per process
+                reconstruct(views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False)
+                warmed = True
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = reconstruct(
+                views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False
+            )
+            mid = time.perf_counter()
+            export_mesh(result.mesh, Path(tmp) / f"{path.stem}.glb")
+            end = time.perf_counter()
+            row = {k: v for k, v in result.timings.items()}
+            row["export"] = end - mid
+            row["total"] = end - start
+            row["faces"] = len(result.mesh.faces)
+            if not args.no_quality:
+                row.update(chamfer_fscore(result.mesh, gt))
+                row.update(novel_view_metrics(result.mesh, gt, device=args.device))
+            rows[path.stem] = row
+            print(path.stem, {k: round(float(v), 4) for k, v in row.items()}, flush=True)
+
+    fit_keys = sorted({k for row in rows.values() for k in row if k.startswith("fit_")}, key=lambda k: int(k[4:]))
+    stages = ["hull", *fit_keys, "mesh", "unwrap", "bake", "export", "total"]
+    metrics = [] if args.no_quality else list(METRICS)
+    header = ["mesh", "faces", *metrics, *(f"{s} s" for s in stages)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    means = {k: float(np.mean([r[k] for r in rows.values()])) for k in ["faces", *metrics, *stages]}
+    for name, row in [*rows.items(), ("**mean**", means)]:
+        cells = [f"{row['faces']:.0f}"]
+        cells += [f"{row[m]:.4f}" if m == "chamfer" else f"{row[m]:.3f}" for m in metrics]
+        cells += [f"{row[s]:.2f}" for s in stages]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(
+        f"\n{device}, torch {torch.__version__}, {date}, command: python benchmarks/recon_speed.py {' '.join(sys.argv[1:])}"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
