@@ -89,9 +89,8 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(
-        f"\n{device}, torch {torch.__version__}, {date}, command: python benchmarks/recon_speed.py {' '.join(sys.argv[1:])}"
-    )
+    command = "python benchmarks/recon_speed.py " + " ".join(sys.argv[1:])
+    print(f"\n{device}, torch {torch.__version__}, {date}, command: {command}")
     print("\n".join(lines))
 
 
