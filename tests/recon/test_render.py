@@ -63,11 +63,11 @@ def test_supersampled_alpha_measures_the_disc_area(sphere):
 
 def _checker_quad() -> trimesh.Trimesh:
     """A unit quad in the plane x = 0 facing +X, textured with red/green/blue/white quadrants."""
-    texture = np.zeros((8, 8, 3), np.uint8)
-    texture[:4, :4] = (255, 0, 0)  # image top-left
-    texture[:4, 4:] = (0, 255, 0)  # top-right
-    texture[4:, :4] = (0, 0, 255)  # bottom-left
-    texture[4:, 4:] = (255, 255, 255)  # bottom-right
+    texture = np.zeros((64, 64, 3), np.uint8)  # fine enough that bilinear blending stays within a pixel
+    texture[:32, :32] = (255, 0, 0)  # image top-left
+    texture[:32, 32:] = (0, 255, 0)  # top-right
+    texture[32:, :32] = (0, 0, 255)  # bottom-left
+    texture[32:, 32:] = (255, 255, 255)  # bottom-right
     vertices = np.array([[0, -0.5, -0.5], [0, 0.5, -0.5], [0, 0.5, 0.5], [0, -0.5, 0.5]], float)
     uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)  # trimesh: v = 0 is the image bottom
     material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(texture))
@@ -89,6 +89,19 @@ def test_texture_lands_where_expected():
     edge_u, _ = _pixel((0, 0.5, 0.0))
     row = render.alpha[SIZE // 2]
     assert row[int(edge_u - 1)] == 1 and row[int(edge_u + 1)] == 0
+
+
+def test_texture_interpolation_is_perspective_correct():
+    # seen obliquely, the texture's middle (world y = 0) projects off the screen-space middle of the quad; an affine
+    # (screen-space) interpolation would put the colour boundary there instead
+    oblique = look_at(camera_position(65.0, 0.0, 2.5))
+    render = render_mesh(_checker_quad(), K, oblique, SIZE, SIZE, lighting="unlit", supersample=1)
+    uv, _ = project(np.array([[0, 0.0, 0.25], [0, -0.5, 0.25], [0, 0.5, 0.25]]), K, oblique)
+    (u_mid, v_row), (u_left, _), (u_right, _) = uv
+    assert abs(u_mid - (u_left + u_right) / 2) > 4  # the test only means something if the two differ
+    row = render.rgb[int(v_row)]
+    np.testing.assert_allclose(row[int(u_mid) - 2], [1, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(row[int(u_mid) + 2], [0, 1, 0], atol=1e-5)
 
 
 def test_lit_shading_is_albedo_times_the_fixed_light():
