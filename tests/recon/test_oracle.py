@@ -12,6 +12,7 @@ from recon.cameras import VIEW_SIZE, project, zero123pp_cameras
 from recon.errors import InputError
 from recon.oracle import NORMALISED_RADIUS, load_mesh, normalise, oracle_views
 from recon.render import world_geometry
+from recon.views import PosedViews
 
 MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
 MESH_FILES = sorted(p for p in MESHES.glob("*") if p.suffix in (".obj", ".glb"))
@@ -74,6 +75,11 @@ def test_grid_tiles_background_and_marker_positions():
         # the marker sticks out above the body on the side of azimuth ~56 degrees: from below at azimuth 210 the
         # body hides it (z-buffer), every other view shows it exactly where the camera projects it
         assert is_red == (index != 3), f"view {index}: marker pixels {patch.tolist()}"
+    # what the rest of the pipeline makes of the grid is exactly the oracle's views
+    parsed = PosedViews.from_grid(oracle.grid, masks=views.masks)
+    np.testing.assert_array_equal(parsed.images, views.images)
+    np.testing.assert_allclose(parsed.cam_to_world, views.cam_to_world)
+    np.testing.assert_allclose(parsed.intrinsics, views.intrinsics)
     photo = np.asarray(oracle.input_photo)
     assert oracle.input_photo.mode == "RGBA" and photo.shape == (128, 128, 4)
     assert photo[..., 3].max() == 255 and photo[0, 0, 3] == 0
