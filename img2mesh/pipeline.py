@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,13 +138,19 @@ class Img2Mesh:
         """Posed views → fitted signed-distance and colour fields (the GPU half of reconstruction)."""
         from recon.reconstruct import fit_fields
 
-        return fit_fields(views, self.config.recon, device=self._recon_device(), progress=self.progress)
+        recon_device = self._recon_device()
+        return fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
 
-    def finish(self, fields: Fields, views: PosedViews) -> trimesh.Trimesh:
-        """Fields → clean, decimated, UV-textured mesh in world z-up (the CPU half of reconstruction)."""
+    def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> trimesh.Trimesh:
+        """Fields → clean, decimated, UV-textured mesh in world z-up (the CPU half of reconstruction).
+
+        The texture bake runs on ``device``: by default the fitting device (fastest for one job); a batch runner
+        passes "cpu" to keep the GPU free for the next object's fit.
+        """
         from recon.reconstruct import finish_mesh
 
-        return finish_mesh(fields, views, self.config.mesh, self.config.texture)
+        device = device or fields.device
+        return finish_mesh(fields, views, self.config.mesh, self.config.texture, device=device)
 
     def export(self, mesh: trimesh.Trimesh, path: str | Path, format: str | None = None) -> list[Path]:
         """Write the mesh (glTF axes) to ``path``; ``format`` defaults to the path's suffix, else the config's."""
@@ -214,8 +218,8 @@ class Img2Mesh:
                     self.preview(mesh_files[0], work / "preview.png")
                 record.outputs["preview"] = "preview.png"
             if export is not None:
-                self._export_copy(mesh, Path(export))
-                record.outputs["export"] = str(Path(export).resolve())
+                copies = self.export(mesh, export)  # written whole or not at all, like every export
+                record.outputs["export"] = [str(path.resolve()) for path in copies]
             record.finished = now()
             record.save(work)  # last: a folder with run.json is complete
         log.info("%s: done in %.1f s", out_dir, record.total_seconds)
@@ -227,24 +231,12 @@ class Img2Mesh:
         """The reconstruction's device: its own config when set, else the device the model runs on."""
         if self.config.recon.device != "auto":
             return self.config.recon.device
-        return "auto" if self.device is None else str(self.device)
+        return self.config.runtime.device if self.device is None else str(self.device)
 
     def _write_dataset(self, views: PosedViews, folder: Path) -> Path:
         from recon.dataset import write_dataset
 
         return write_dataset(views, folder)
-
-    def _export_copy(self, mesh: trimesh.Trimesh, path: Path) -> None:
-        """Write the extra ``--export`` copy whole or not at all: into a temporary folder beside it, then renamed."""
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-        except OSError as exc:
-            raise InputError(f"Cannot write {path} ({exc.strerror}); choose another --export path.") from None
-        try:
-            for file in self.export(mesh, staging / path.name):
-                file.replace(path.parent / file.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     @contextlib.contextmanager
     def _stage_bar(self, name: str) -> Iterator[Any]:

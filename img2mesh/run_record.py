@@ -102,7 +102,8 @@ def is_complete(folder: str | Path) -> bool:
         return False
     for value in record.outputs.values():
         for name in [value] if isinstance(value, str) else value:
-            if not (folder / name).exists():
+            # Absolute paths are copies outside the folder (--export); the folder is complete without them.
+            if not Path(name).is_absolute() and not (folder / name).exists():
                 return False
     return True
 

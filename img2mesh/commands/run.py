@@ -69,6 +69,7 @@ def run(
     """
     from img2mesh.pipeline import Img2Mesh
     from img2mesh.run_record import is_complete
+    from recon.export import export_target
 
     _configure_logging(quiet, verbose)
     config = config_from_options(options)
@@ -76,7 +77,7 @@ def run(
     if export_path is not None:
         if len(images) > 1:
             raise InputError(f"--export takes one input but {len(images)} were given; use -o for several.")
-        check_writable(export_path.parent if str(export_path.parent) else Path("."), "--export")
+        export_target(export_path)  # a known format and an existing folder, before any work
     check_writable(out, "output")
 
     todo = []
