@@ -116,6 +116,17 @@ def test_run_json_records_what_was_done(spot_run: tuple[RunRecord, Path, Path], 
     assert len(trimesh.load(export, force="mesh").faces) == len(trimesh.load(folder / "mesh.glb", force="mesh").faces)
 
 
+def test_timings_table_lists_every_stage(spot_run: tuple[RunRecord, Path, Path]) -> None:
+    from img2mesh.commands.run import timings_table
+
+    record = spot_run[0]
+    lines = timings_table([record, record], load_seconds=1.5).splitlines()
+    assert lines[0] == "model loaded in 1.5 s"
+    assert lines[1].split() == ["input", "prep", "views", "pose", "fit", "finish", "export", "preview", "total"]
+    assert [line.split()[0] for line in lines[3:]] == ["spot", "spot"]
+    assert float(lines[3].split()[-1]) == pytest.approx(record.total_seconds, abs=0.01)
+
+
 def test_recon_on_the_example_grid_matches_the_ground_truth(tmp_path: Path) -> None:
     # The Quickstart's offline command: the shipped grid → mesh, with the CPU preset; then the mesh against Spot.
     from recon.cameras import gltf_to_world
