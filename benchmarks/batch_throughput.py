@@ -102,7 +102,9 @@ class StampedRunner:
 
         def stamped(record) -> None:
             self.arrivals.append(time.monotonic())
-            print(f"  {self.arrivals[-1] - start:7.1f} s  {record.key}  {record.status}", flush=True)
+            elapsed = self.arrivals[-1] - start
+            stages = " ".join(f"{k}={v:.2f}" for k, v in record.timings.items())
+            print(f"  {elapsed:7.1f} s  (unix {time.time():.1f})  {record.key}  {record.status}  {stages}", flush=True)
             report(record)
 
         self.runner.run(items, stamped)

@@ -165,7 +165,8 @@ class FinishPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         runner = self.runner
-        threads = max(1, (os.cpu_count() or 2) // runner.cpu_workers)
+        # Two cores stay free for the threads that feed the GPU (a starved launcher thread idles the GPU).
+        threads = max(1, ((os.cpu_count() or 2) - 2) // runner.cpu_workers)
         return ProcessPoolExecutor(
             1,
             mp_context=self.context,
