@@ -8,9 +8,7 @@ weights before the model loads) and the output folder appears only when every fi
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -48,7 +46,7 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
     config = config_from_options(options)
     photo = load_image(image)
     folder = out / image.stem
-    with atomic_output_dir(folder) as work, _library_progress_bars(enabled=not quiet):
+    with atomic_output_dir(folder) as work:
         # Device and weights are checked inside load() before the model is read; a failure removes the folder.
         pipeline = Img2Mesh(config, progress=not quiet).load()
         cutout = pipeline.prepare_input(photo)
@@ -60,22 +58,3 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
         write_dataset(posed, work)
     if not quiet:
         click.echo(f"Views of {image} written to {folder}/ (seed {config.runtime.seed}).")
-
-
-@contextlib.contextmanager
-def _library_progress_bars(enabled: bool) -> Iterator[None]:
-    """transformers and diffusers draw their own weight-loading bars; ``--quiet`` silences them, then restores them."""
-    if enabled:
-        yield
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
-    for lib in libraries:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib in libraries:
-            lib.enable_progress_bar()
