@@ -294,3 +294,29 @@ def test_every_shared_option_is_a_config_key_and_overrides_the_file(tmp_path: Pa
     for name, option in CONFIG_OPTIONS.items():
         section, _, key = option.key.partition(".")
         assert hasattr(getattr(config, section), key), name
+
+
+# ----------------------------------------------------------------------------------------------- run.json
+
+
+def test_cache_commit_is_read_from_hub_snapshot_folders(tmp_path: Path) -> None:
+    from img2mesh.run_record import cache_commit
+
+    snapshot = tmp_path / "hub" / "models--sudo-ai--zero123plus-v1.2" / "snapshots" / "2da07e89919e1a130c9b5add"
+    assert cache_commit(snapshot) == "2da07e89919e1a130c9b5add"
+    assert cache_commit(tmp_path / "my-model") is None
+
+
+def test_a_folder_is_complete_only_with_a_finished_record_and_its_files(
+    spot_run: tuple[RunRecord, Path, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "spot"
+    shutil.copytree(spot_run[1], folder)
+    assert is_complete(folder)
+    (folder / "preview.png").unlink()
+    assert not is_complete(folder)  # a listed file is missing
+    shutil.copy(spot_run[1] / "preview.png", folder / "preview.png")
+    (folder / RUN_JSON).write_text((folder / RUN_JSON).read_text()[:-20])
+    assert not is_complete(folder)  # a torn record
+    (folder / RUN_JSON).unlink()
+    assert not is_complete(folder)
