@@ -177,6 +177,7 @@ class Img2Mesh:
         """
         from img2mesh.outputs import atomic_output_dir
         from img2mesh.preprocess import load_image
+        from recon.dataset import write_dataset
 
         out_dir = Path(out_dir)
         photo = image if hasattr(image, "size") else load_image(image)  # a bad file costs no model load
@@ -199,7 +200,7 @@ class Img2Mesh:
             with self._timed("pose_views", record, bar):
                 views = self.pose_views(grid)
                 views.save(work / "views")
-                dataset = self._write_dataset(views, work)
+                dataset = write_dataset(views, work)
             with self._timed("fit", record, bar):
                 fields = self.fit(views)
             with self._timed("finish", record, bar):
@@ -232,11 +233,6 @@ class Img2Mesh:
         if self.config.recon.device != "auto":
             return self.config.recon.device
         return self.config.runtime.device if self.device is None else str(self.device)
-
-    def _write_dataset(self, views: PosedViews, folder: Path) -> Path:
-        from recon.dataset import write_dataset
-
-        return write_dataset(views, folder)
 
     @contextlib.contextmanager
     def _stage_bar(self, name: str) -> Iterator[Any]:
