@@ -148,7 +148,7 @@ def prefetch_weights(ray: Any, config: Img2MeshConfig) -> None:
         try:
             ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
+            cause = getattr(exc, "cause", None)
             if isinstance(cause, InputError):
                 raise InputError(f"On node {node.get('NodeManagerAddress')}: {cause}") from None
             raise

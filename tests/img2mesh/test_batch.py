@@ -36,10 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_GRID = REPO / "examples" / "spot_views.png"
 EXAMPLE_PHOTO = REPO / "examples" / "photos" / "spot.png"
 
-#: The smallest settings that still run every stage.
+#: On top of the CPU preset: the smallest settings that still run every stage.
 TINY = {
     "multiview.steps": 2,
-    "runtime.device": "cpu",
     "preprocess.size": 128,
     "recon.image_size": 64,
     "recon.hull_resolution": 32,
@@ -70,7 +69,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def config(tiny_zero123pp: Path):
-    return load_config(None, {"multiview.model": str(tiny_zero123pp), **TINY})
+    return load_config("cpu", {"multiview.model": str(tiny_zero123pp), **TINY})
 
 
 @pytest.fixture
@@ -194,7 +193,10 @@ def check_job(out: Path, latest: dict[str, ItemRecord]) -> None:
     assert spot.status == "done" and is_complete(out / spot.key)
     run = RunRecord.load(out / spot.key)
     assert set(run.timings) >= {"prepare_input", "generate_views", "pose_views", "fit", "finish", "export"}
-    assert f"{spot.key}/run.json" in spot.outputs and f"{spot.key}/mesh.glb" in spot.outputs
+    # The layout of `img2mesh run`, and the manifest lists it.
+    layout = ["input.png", "views.png", *(f"views/{i:02d}.png" for i in range(6)), "transforms.json", "mesh.glb"]
+    assert {f"{spot.key}/{name}" for name in [*layout, "preview.png", "run.json"]} <= set(spot.outputs)
+    assert set(run.outputs) == {"input", "views_grid", "views", "dataset", "mesh", "preview"}
     assert all((out / name).is_file() for name in spot.outputs)
     assert records["broken"].status == "failed" and "not a readable image" in records["broken"].error
     assert records["broken"].traceback is None  # bad input, not a bug
@@ -255,6 +257,12 @@ def test_ray_runner_reports_failures_and_rerun_does_nothing(ray_session, config,
     again = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert again.records == [] and len(again.plan.already_done) == 1
 
+    # Weights are resolved on every node before any actor starts: missing ones stop the job with their sentence.
+    missing = load_config("cpu", {"multiview.model": str(tmp_path / "no-model")})
+    with pytest.raises(InputError, match="does not exist"):
+        RayRunner(missing, tmp_path / "out2").run(collect_items([str(photos)]), lambda record: None)
+    assert not (tmp_path / "out2").exists()
+
 
 # --------------------------------------------------------------------------------------------------------- CLI
 
@@ -266,7 +274,7 @@ def test_cli_summary_exit_status_and_retry_failed(tiny_zero123pp: Path, tmp_path
     blank = np.zeros((64, 64, 4), np.uint8)  # fully transparent: no object to cut out
     Image.fromarray(blank, "RGBA").save(folder / "blank.png")
     out = tmp_path / "out"
-    args = ["batch", str(folder), "-o", str(out), "--model", str(tiny_zero123pp), "--device", "cpu", "--steps", "1"]
+    args = ["batch", str(folder), "-o", str(out), "--config", "cpu", "--model", str(tiny_zero123pp), "--steps", "1"]
 
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
