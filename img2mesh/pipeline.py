@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import trimesh
     from PIL import Image
 
+    from img2mesh.zero123pp.normals import NormalViews
     from recon.reconstruct import Fields
     from recon.views import PosedViews
 
@@ -65,6 +66,7 @@ class Img2Mesh:
         self.model: ModelInfo | None = None
         self.load_seconds: float | None = None
         self._pipe: Any = None
+        self._controlnet: Any = None
 
     # ------------------------------------------------------------------------------------------------ set-up
 
@@ -74,13 +76,17 @@ class Img2Mesh:
             return self
         from img2mesh.devices import resolve_device, resolve_dtype
         from img2mesh.zero123pp import Zero123PlusPipeline
-        from img2mesh.zero123pp.weights import resolve_model
+        from img2mesh.zero123pp.fast_step import enable_fast_path
+        from img2mesh.zero123pp.normals import load_normal_controlnet
+        from img2mesh.zero123pp.weights import CONTROLNET_LAYOUT, resolve_model
 
         start = time.perf_counter()
         multiview = self.config.multiview
         self.device = resolve_device(self.config.runtime.device)
         self.dtype = resolve_dtype(self.config.runtime.dtype, self.device)
         folder = resolve_model(multiview.model, multiview.revision)
+        if multiview.normals:  # fail before any weights are read, not after the main model has loaded
+            resolve_model(multiview.normals_model, layout=CONTROLNET_LAYOUT)
         with _library_progress_bars(enabled=self.progress):
             pipe = Zero123PlusPipeline.from_pretrained(folder, torch_dtype=self.dtype, scheduler=multiview.scheduler)
         if pipe.config.version != self.config.views.poses:
@@ -88,10 +94,19 @@ class Img2Mesh:
             version = pipe.config.version
             log.warning("%s draws %s views; posing them with the %s table.", multiview.model, version, version)
             self.config.views = dataclasses.replace(self.config.views, poses=version)
-        if multiview.offload and self.device.type == "cuda":
+        if multiview.normals and pipe.config.version != "v1.2":
+            raise InputError(
+                f"The normal ControlNet was trained for Zero123++ v1.2, but {multiview.model} is "
+                f"{pipe.config.version}; use the v1.2 weights or turn multiview.normals off."
+            )
+        offload = multiview.offload and self.device.type == "cuda"
+        if offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        enable_fast_path(pipe, multiview.compile, offload=offload)
+        if multiview.normals:
+            self._controlnet = load_normal_controlnet(multiview.normals_model, torch_dtype=self.dtype)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="diffusion")
         self._pipe = pipe
         self.model = ModelInfo(
@@ -128,11 +143,35 @@ class Img2Mesh:
         )
         return output.images[0]
 
-    def pose_views(self, grid: Image.Image) -> PosedViews:
-        """The grid → six posed views with masks and cameras."""
+    def generate_normals(self, cutout: Image.Image, grid: Image.Image, seed: int | None = None) -> NormalViews | None:
+        """Normal maps and alpha mattes of the grid's views from the normal ControlNet; None unless
+        ``multiview.normals`` is on."""
+        import torch
+
+        from img2mesh.zero123pp.normals import generate_normals
+
+        if not self.config.multiview.normals:
+            return None
+        self.load()
+        multiview = self.config.multiview
+        generator = torch.Generator("cpu").manual_seed(self.config.runtime.seed if seed is None else seed)
+        return generate_normals(
+            self._pipe,
+            self._controlnet,
+            cutout,
+            grid,
+            num_inference_steps=multiview.steps,
+            guidance_scale=multiview.guidance,
+            generator=generator,
+        )
+
+    def pose_views(self, grid: Image.Image, normals: NormalViews | None = None) -> PosedViews:
+        """The grid → six posed views with masks and cameras; with ``normals``, its mattes are the masks."""
         from recon.views import PosedViews
 
-        return PosedViews.from_grid(grid, self.config.views)
+        if normals is None:
+            return PosedViews.from_grid(grid, self.config.views)
+        return PosedViews.from_grid(grid, self.config.views, masks=normals.alpha, normal_grid=normals.normal_grid)
 
     def fit(self, views: PosedViews) -> Fields:
         """Posed views → fitted signed-distance and colour fields (the GPU half of reconstruction)."""
@@ -197,8 +236,11 @@ class Img2Mesh:
             with self._timed("generate_views", record, bar):
                 grid = self.generate_views(cutout)
                 grid.save(work / "views.png")
+                normals = self.generate_normals(cutout, grid)
+                if normals is not None:
+                    normals.normal_grid.save(work / "normals.png")
             with self._timed("pose_views", record, bar):
-                views = self.pose_views(grid)
+                views = self.pose_views(grid, normals)
                 views.save(work / "views")
                 dataset = write_dataset(views, work)
             with self._timed("fit", record, bar):
@@ -214,6 +256,8 @@ class Img2Mesh:
                 "dataset": dataset.relative_to(work).as_posix(),
                 "mesh": [p.relative_to(work).as_posix() for p in mesh_files],
             }
+            if normals is not None:
+                record.outputs["normals_grid"] = "normals.png"
             if self.config.preview.enabled:
                 with self._timed("preview", record, bar):
                     self.preview(mesh_files[0], work / "preview.png")

@@ -59,11 +59,15 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
         ConfigOption("--format", "export.format", "File format of the exported mesh."),
         ConfigOption("--remove-bg", "preprocess.remove_bg", "Background removal: auto keeps an existing alpha."),
         ConfigOption("--poses", "views.poses", "Zero123++ pose table of the views (match the model version)."),
+        ConfigOption(
+            "--compile", "multiview.compile", "Fast path of the denoising step (CUDA graphs, compiled UNet blocks)."
+        ),
+        ConfigOption("--normals", "multiview.normals", "Also run the normal ControlNet (its mattes become the masks)."),
     )
 }
 
 #: Options of the commands that run the diffusion model (``views``, ``run``, ``batch``).
-MODEL_OPTIONS = ("model", "revision", "steps", "guidance", "seed", "device", "dtype")
+MODEL_OPTIONS = ("model", "revision", "steps", "guidance", "seed", "device", "dtype", "compile", "normals")
 #: Options of the commands that reconstruct and export a mesh (``recon``, ``run``, ``batch``).
 RECON_OPTIONS = ("faces", "texture_size", "format")
 
@@ -110,12 +114,13 @@ def shared_options(*names: str) -> Callable[[Callable], Callable]:
     def decorate(function: Callable) -> Callable:
         for name in reversed(names):
             option = CONFIG_OPTIONS[name]
+            help_text = f"{option.help} [config: {option.key}]"
+            if _field_type(option.key) is bool:  # --normals/--no-normals; neither given leaves the config's value
+                flags = f"{option.flag}/--no-{option.flag.lstrip('-')}"
+                function = click.option(flags, option.param, default=None, help=help_text)(function)
+                continue
             function = click.option(
-                option.flag,
-                option.param,
-                type=_click_type(option.key),
-                default=None,
-                help=f"{option.help} [config: {option.key}]",
+                option.flag, option.param, type=_click_type(option.key), default=None, help=help_text
             )(function)
         return config_option(function)
 

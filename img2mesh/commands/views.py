@@ -53,7 +53,10 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
         cutout.save(work / "input.png")
         grid = pipeline.generate_views(cutout)
         grid.save(work / "views.png")
-        posed = pipeline.pose_views(grid)
+        normals = pipeline.generate_normals(cutout, grid)
+        if normals is not None:
+            normals.normal_grid.save(work / "normals.png")
+        posed = pipeline.pose_views(grid, normals)
         posed.save(work / "views")
         write_dataset(posed, work)
     if not quiet:

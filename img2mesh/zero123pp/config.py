@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from img2mesh.zero123pp.weights import DEFAULT_MODEL, NORMAL_CONTROLNET
+
 
 @dataclass
 class MultiviewConfig:
     """How the six views are sampled."""
 
-    model: str = "sudo-ai/zero123plus-v1.2"
+    model: str = DEFAULT_MODEL
     """Hugging Face hub id or local folder with the zero123plus repository layout."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of ``model``; None takes the default branch."""
@@ -25,3 +27,8 @@ class MultiviewConfig:
     compile: Literal["auto", "off", "graphs", "blocks", "blocks+graphs"] = "auto"
     """Fast path of the denoising step: CUDA graphs and/or compiled UNet blocks (slow first compile, cached; pays
     off for batches); "auto" is graphs on CUDA and eager elsewhere, "off" always eager."""
+    normals: bool = False
+    """Also run the v1.2 normal ControlNet on the generated views: its alpha mattes become the view masks and its
+    normal maps travel with the posed views (a second diffusion run, so about twice the time)."""
+    normals_model: str = NORMAL_CONTROLNET
+    """Hub id or local folder of the normal ControlNet (used when ``normals`` is on)."""

@@ -14,6 +14,7 @@ grid, as the reference does, and hands the result back per view.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import PIL.Image
 import torch
 
 from img2mesh.zero123pp.weights import CONTROLNET_LAYOUT, NORMAL_CONTROLNET, resolve_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +105,13 @@ def matte_from_normals(
     trimap[sure_bg] = 0.0
 
     color = np.asarray(composite_on_gray(color_grid), dtype=np.float64) / 255.0
-    alpha = np.clip(estimate_alpha_cf(color, trimap), 0.0, 1.0)
+    if sure_fg.any() and sure_bg.any():
+        alpha = np.clip(estimate_alpha_cf(color, trimap), 0.0, 1.0)
+    else:
+        # Closed-form matting needs both sure regions; without one (a failed or degenerate normal grid) the
+        # normal length itself, ramped between the two thresholds, is the best matte there is.
+        log.warning("normal grid has no sure %s; using its normal length as the matte", "fg" if sure_bg.any() else "bg")
+        alpha = np.clip((length - background) / (foreground - background), 0.0, 1.0)
     fg_color = estimate_foreground_ml(color, alpha)
     cutout = np.concatenate([fg_color, alpha[..., None]], axis=-1)
 

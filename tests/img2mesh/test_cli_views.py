@@ -64,6 +64,29 @@ def test_views_writes_a_complete_folder_reproducibly(tiny_zero123pp: Path, photo
     assert np.abs(grids["b"].astype(int) - grids["c"].astype(int)).max() > 0
 
 
+def test_normals_give_mattes_and_normal_maps(tiny_zero123pp: Path, photo: Path, tmp_path: Path) -> None:
+    controlnet = tiny_zero123pp / "normal_controlnet"
+    code, output = views(
+        photo, "-o", tmp_path / "n", "--model", tiny_zero123pp, "--steps", 1, "--device", "cpu", "--quiet",
+        "--normals", "--set", f"multiview.normals_model={controlnet}",
+    )  # fmt: skip
+    assert code == 0, output
+    folder = tmp_path / "n" / "disc"
+    assert Image.open(folder / "normals.png").size == (640, 960)
+    from recon.views import PosedViews
+
+    posed = PosedViews.load(folder / "views")
+    assert posed.normals is not None and posed.normals.shape == (6, 320, 320, 3)
+    lengths = np.linalg.norm(posed.normals, axis=-1)
+    assert np.allclose(lengths[posed.masks > 0.5], 1.0, atol=1e-2)  # unit normals wherever the matte is solid
+
+
+def test_normals_need_their_weights(tiny_zero123pp: Path, photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, output = views(photo, "-o", out, "--model", tiny_zero123pp, "--device", "cpu", "--normals")
+    assert_one_sentence_and_no_output(code, output, out, "controlnet-zp12-normal-gen-v1", "img2mesh download")
+
+
 def assert_one_sentence_and_no_output(code: int, output: str, out: Path, *parts: str) -> None:
     assert code == 2, output
     lines = output.strip().splitlines()
