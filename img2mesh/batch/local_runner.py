@@ -220,7 +220,11 @@ class FinishPool:
             if attempt <= self.runner.max_retries:
                 self.waiting.appendleft((fitted, attempt + 1))
             else:
-                self.report(lost_record(fitted.views.item, attempt))
+                error = (
+                    f"The worker process died {attempt} time(s) while finishing this item (crash or out of memory); "
+                    "rerun with --retry-failed once the cause is fixed."
+                )
+                self.report(lost_record(fitted.views.item, error))
         except Exception as exc:  # the call itself failed (e.g. the item could not be pickled)
             made = fitted.views
             self.report(failure_record(made.item, exc, made.started, made.timings))

@@ -239,18 +239,9 @@ def failure_record(item: BatchItem, exc: BaseException, started: str | None, tim
     )
 
 
-def lost_record(item: BatchItem, attempts: int) -> ItemRecord:
-    """The record of an item whose worker process died on every attempt (segfault, out of memory, killed)."""
-    return ItemRecord(
-        key=item.key,
-        input=item.source,
-        status="failed",
-        error=(
-            f"The worker process died {attempts} time(s) while working on this item (crash or out of memory); "
-            "check the worker logs, then rerun with --retry-failed."
-        ),
-        finished=now(),
-    )
+def lost_record(item: BatchItem, error: str) -> ItemRecord:
+    """The record of an item whose worker never returned it (segfault, out of memory, killed), with the runner's why."""
+    return ItemRecord(key=item.key, input=item.source, status="failed", error=error, finished=now())
 
 
 def worker_name() -> str:

@@ -85,9 +85,14 @@ class RayRunner:
             record = ItemRecord.from_dict(json.loads(row["record"]))
             seen.add(record.key)
             report(record)
+        lost = (
+            f"The item never came back from Ray after {self.max_retries + 1} attempt(s): its worker process died "
+            "(crash or out of memory) or failed outside the item's own error handling; see the Ray worker logs, "
+            "then rerun with --retry-failed."
+        )
         for key, item in by_key.items():
             if key not in seen:
-                report(lost_record(item, self.max_retries + 1))
+                report(lost_record(item, lost))
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
