@@ -206,6 +206,34 @@ class Img2Mesh:
 
         return save_screenshot(mesh_path, out, self.config.preview)
 
+    def save_views(
+        self,
+        folder: Path,
+        cutout: Image.Image,
+        grid: Image.Image,
+        views: PosedViews,
+        normals: NormalViews | None = None,
+    ) -> dict[str, Any]:
+        """Write the 2D half of an output folder (``input.png``, ``views.png``, ``normals.png``, ``views/``,
+        ``transforms.json``); returns the ``outputs`` entries of ``run.json`` for them. ``run`` and ``batch`` share
+        it, so their folders cannot drift apart."""
+        from recon.dataset import write_dataset
+
+        cutout.save(folder / "input.png")
+        grid.save(folder / "views.png")
+        views.save(folder / "views")
+        dataset = write_dataset(views, folder)
+        outputs: dict[str, Any] = {
+            "input": "input.png",
+            "views_grid": "views.png",
+            "views": [f"views/{i:02d}.png" for i in range(len(views))],
+            "dataset": dataset.relative_to(folder).as_posix(),
+        }
+        if normals is not None:
+            normals.normal_grid.save(folder / "normals.png")
+            outputs["normals_grid"] = "normals.png"
+        return outputs
+
     # --------------------------------------------------------------------------------------------- the job
 
     def run(self, image: str | Path | Image.Image, out_dir: str | Path, export: str | Path | None = None) -> RunRecord:
@@ -216,7 +244,6 @@ class Img2Mesh:
         """
         from img2mesh.outputs import atomic_output_dir
         from img2mesh.preprocess import load_image
-        from recon.dataset import write_dataset
 
         out_dir = Path(out_dir)
         photo = image if hasattr(image, "size") else load_image(image)  # a bad file costs no model load
@@ -228,36 +255,22 @@ class Img2Mesh:
             seed=self.config.runtime.seed,
             device=str(self.device),
         )
-        fmt = self.config.export.format
         with atomic_output_dir(out_dir) as work, self._stage_bar(out_dir.name) as bar:
             with self._timed("prepare_input", record, bar):
                 cutout = self.prepare_input(photo)
-                cutout.save(work / "input.png")
             with self._timed("generate_views", record, bar):
                 grid = self.generate_views(cutout)
-                grid.save(work / "views.png")
                 normals = self.generate_normals(cutout, grid)
-                if normals is not None:
-                    normals.normal_grid.save(work / "normals.png")
             with self._timed("pose_views", record, bar):
                 views = self.pose_views(grid, normals)
-                views.save(work / "views")
-                dataset = write_dataset(views, work)
+                record.outputs = self.save_views(work, cutout, grid, views, normals)
             with self._timed("fit", record, bar):
                 fields = self.fit(views)
             with self._timed("finish", record, bar):
                 mesh = self.finish(fields, views)
             with self._timed("export", record, bar):
-                mesh_files = self.export(mesh, work / f"{MESH_NAME}.{fmt}", format=fmt)
-            record.outputs = {
-                "input": "input.png",
-                "views_grid": "views.png",
-                "views": [f"views/{i:02d}.png" for i in range(len(views))],
-                "dataset": dataset.relative_to(work).as_posix(),
-                "mesh": [p.relative_to(work).as_posix() for p in mesh_files],
-            }
-            if normals is not None:
-                record.outputs["normals_grid"] = "normals.png"
+                mesh_files = self.export(mesh, work / f"{MESH_NAME}.{self.config.export.format}")
+                record.outputs["mesh"] = [p.relative_to(work).as_posix() for p in mesh_files]
             if self.config.preview.enabled:
                 with self._timed("preview", record, bar):
                     self.preview(mesh_files[0], work / "preview.png")

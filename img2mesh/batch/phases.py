@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from img2mesh.pipeline import Img2Mesh
+    from img2mesh.zero123pp.normals import NormalViews
     from recon.reconstruct import Fields
     from recon.views import PosedViews
 
@@ -84,6 +85,8 @@ class ViewsOutput:
     item: BatchItem
     cutout: Image.Image
     grid: Image.Image
+    normals: NormalViews | None
+    """Normal maps and mattes when ``multiview.normals`` is on."""
     views: PosedViews | None
     """The posed views; None until :func:`pose_item` ran."""
     model: ModelInfo | None
@@ -133,15 +136,16 @@ def make_grid(
         if cutout is None:
             cutout = _timed(timings, "prepare_input", prepare_cutout, pipe, item, cache)
         grid = _timed(timings, "generate_views", pipe.generate_views, cutout)
+        normals = pipe.generate_normals(cutout, grid)
     except Exception as exc:
         raise ItemFailed(failure_record(item, exc, started, timings)) from None
-    return ViewsOutput(item, cutout, grid, None, pipe.model, str(pipe.device), started, timings)
+    return ViewsOutput(item, cutout, grid, normals, None, pipe.model, str(pipe.device), started, timings)
 
 
 def pose_item(pipe: Img2Mesh, made: ViewsOutput) -> ViewsOutput:
     """The CPU part of phase 1: the grid → posed views with masks and cameras. Raises :class:`ItemFailed`."""
     try:
-        made.views = _timed(made.timings, "pose_views", pipe.pose_views, made.grid)
+        made.views = _timed(made.timings, "pose_views", pipe.pose_views, made.grid, made.normals)
     except Exception as exc:
         raise ItemFailed(failure_record(made.item, exc, made.started, made.timings)) from None
     return made
@@ -171,7 +175,6 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
     from img2mesh.config import config_to_dict
     from img2mesh.outputs import atomic_output_dir
     from img2mesh.pipeline import MESH_NAME
-    from recon.dataset import write_dataset
 
     made = fitted.views
     timings = made.timings
@@ -186,20 +189,11 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
     )
     fmt = pipe.config.export.format
     with atomic_output_dir(folder) as work:
-        made.cutout.save(work / "input.png")
-        made.grid.save(work / "views.png")
-        made.views.save(work / "views")
-        dataset = write_dataset(made.views, work)
+        record.outputs = pipe.save_views(work, made.cutout, made.grid, made.views, made.normals)
         # Baked on the CPU: this phase runs beside the GPU phases of the next items and must not compete with them.
         mesh = _timed(timings, "finish", pipe.finish, fitted.fields, made.views, "cpu")
         mesh_files = _timed(timings, "export", pipe.export, mesh, work / f"{MESH_NAME}.{fmt}", fmt)
-        record.outputs = {
-            "input": "input.png",
-            "views_grid": "views.png",
-            "views": [f"views/{i:02d}.png" for i in range(len(made.views))],
-            "dataset": dataset.relative_to(work).as_posix(),
-            "mesh": [p.relative_to(work).as_posix() for p in mesh_files],
-        }
+        record.outputs["mesh"] = [p.relative_to(work).as_posix() for p in mesh_files]
         if pipe.config.preview.enabled:
             _timed(timings, "preview", pipe.preview, mesh_files[0], work / "preview.png")
             record.outputs["preview"] = "preview.png"

@@ -82,9 +82,10 @@ def batch(
     from img2mesh.batch.job import print_summary, run_job
     from img2mesh.batch.phases import CrashPlan
     from img2mesh.batch.shard import parse_shard
-    from img2mesh.commands.run import _configure_logging, check_writable
+    from img2mesh.commands.options import configure_logging
+    from img2mesh.commands.run import check_writable
 
-    _configure_logging(quiet, verbose)
+    configure_logging(quiet, verbose)
     if ray_address is not None and not _RAY_ADDRESS.fullmatch(ray_address):
         raise InputError(
             f"--ray {ray_address!r} is not an address (auto, HOST:PORT, ray://HOST:PORT); "

@@ -15,6 +15,7 @@ Usage in a command module::
 
 from __future__ import annotations
 
+import logging
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +134,16 @@ def verbosity_options(function: Callable) -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help="Print errors only: no progress bars or tables.")(function)
 
 
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Route the ``img2mesh`` loggers to stderr at the level ``--quiet``/``--verbose`` ask for."""
+    logger = logging.getLogger("img2mesh")
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 def parse_set_values(values: typing.Iterable[str]) -> dict[str, Any]:
     """``["mesh.faces=5000", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists)."""
     overrides = {}
@@ -180,6 +191,7 @@ __all__ = [
     "config_from_options",
     "config_option",
     "config_overrides",
+    "configure_logging",
     "parse_set_values",
     "shared_options",
     "verbosity_options",

@@ -8,14 +8,19 @@ the others go on; the exit status is 0 only when every photo produced its folder
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import traceback
 from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import MODEL_OPTIONS, RECON_OPTIONS, config_from_options, shared_options
+from img2mesh.commands.options import (
+    MODEL_OPTIONS,
+    RECON_OPTIONS,
+    config_from_options,
+    configure_logging,
+    shared_options,
+)
 from img2mesh.commands.options import verbosity_options as verbosity
 from img2mesh.errors import InputError
 
@@ -71,7 +76,7 @@ def run(
     from img2mesh.run_record import is_complete
     from recon.export import export_target
 
-    _configure_logging(quiet, verbose)
+    configure_logging(quiet, verbose)
     config = config_from_options(options)
     images = collect_inputs(inputs)
     if export_path is not None:
@@ -176,15 +181,6 @@ def timings_table(records, load_seconds: float | None = None) -> str:
         cells = " ".join(f"{record.timings.get(s, 0.0):7.2f}" for s in stages)
         lines.append(f"{name:<{width}} {cells} {record.total_seconds:7.2f}")
     return "\n".join(lines)
-
-
-def _configure_logging(quiet: bool, verbose: bool) -> None:
-    logger = logging.getLogger("img2mesh")
-    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
 
 
 def _say(quiet: bool, message: str) -> None:

@@ -8,12 +8,17 @@ weights before the model loads) and the output folder appears only when every fi
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import MODEL_OPTIONS, config_from_options, shared_options, verbosity_options
+from img2mesh.commands.options import (
+    MODEL_OPTIONS,
+    config_from_options,
+    configure_logging,
+    shared_options,
+    verbosity_options,
+)
 
 
 @click.command()
@@ -37,12 +42,8 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
     from img2mesh.outputs import atomic_output_dir
     from img2mesh.pipeline import Img2Mesh
     from img2mesh.preprocess import load_image
-    from recon.dataset import write_dataset
 
-    logger = logging.getLogger("img2mesh")
-    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-    if verbose and not logger.handlers:
-        logger.addHandler(logging.StreamHandler())
+    configure_logging(quiet, verbose)
     config = config_from_options(options)
     photo = load_image(image)
     folder = out / image.stem
@@ -50,14 +51,8 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
         # Device and weights are checked inside load() before the model is read; a failure removes the folder.
         pipeline = Img2Mesh(config, progress=not quiet).load()
         cutout = pipeline.prepare_input(photo)
-        cutout.save(work / "input.png")
         grid = pipeline.generate_views(cutout)
-        grid.save(work / "views.png")
         normals = pipeline.generate_normals(cutout, grid)
-        if normals is not None:
-            normals.normal_grid.save(work / "normals.png")
-        posed = pipeline.pose_views(grid, normals)
-        posed.save(work / "views")
-        write_dataset(posed, work)
+        pipeline.save_views(work, cutout, grid, pipeline.pose_views(grid, normals), normals)
     if not quiet:
         click.echo(f"Views of {image} written to {folder}/ (seed {config.runtime.seed}).")
