@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import MODEL_OPTIONS, RECON_OPTIONS, config_from_options, shared_options
+from img2mesh.commands.options import MODEL_OPTIONS, RECON_OPTIONS, config_from_options, out_option, shared_options
 from img2mesh.commands.options import verbosity_options as verbosity
 from img2mesh.errors import InputError
 
@@ -22,13 +22,7 @@ _RAY_ADDRESS = re.compile(r"local|auto|(ray|https?)://\S+|[\w.-]+:\d+")
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder that receives one sub-folder per item (named <stem>-<hash>) and manifest.jsonl.",
-)
+@out_option("Folder that receives one sub-folder per item (named <stem>-<hash>) and manifest.jsonl.", required=True)
 @click.option(
     "--skip-existing/--no-skip-existing",
     default=True,

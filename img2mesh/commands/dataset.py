@@ -12,18 +12,14 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import config_overrides, shared_options
+from img2mesh.commands.options import config_overrides, out_option, shared_options
 from recon.views import ViewsConfig
 
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Dataset folder to write (transforms.json, images/, masks/); an earlier dataset there is replaced.",
+@out_option(
+    "Dataset folder to write (transforms.json, images/, masks/); an earlier dataset there is replaced.", required=True
 )
 @shared_options("poses")
 @click.option("--radius", type=float, default=None, help="Camera distance from the object. [config: views.radius]")

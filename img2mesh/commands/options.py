@@ -19,6 +19,7 @@ import logging
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import click
@@ -128,6 +129,20 @@ def shared_options(*names: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def out_option(help_text: str, required: bool = False) -> Callable[[Callable], Callable]:
+    """``-o/--out FOLDER``: where a command writes (``out/`` unless ``required``)."""
+    default = None if required else Path("out")
+    return click.option(
+        "-o",
+        "--out",
+        type=click.Path(path_type=Path),
+        required=required,
+        default=default,
+        show_default=not required,
+        help=help_text,
+    )
+
+
 def verbosity_options(function: Callable) -> Callable:
     """``--quiet`` (errors only) and ``--verbose`` (stage details)."""
     function = click.option("--verbose", "-v", is_flag=True, help="Print details of every stage.")(function)
@@ -192,6 +207,7 @@ __all__ = [
     "config_option",
     "config_overrides",
     "configure_logging",
+    "out_option",
     "parse_set_values",
     "shared_options",
     "verbosity_options",

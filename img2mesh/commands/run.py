@@ -19,6 +19,7 @@ from img2mesh.commands.options import (
     RECON_OPTIONS,
     config_from_options,
     configure_logging,
+    out_option,
     shared_options,
 )
 from img2mesh.commands.options import verbosity_options as verbosity
@@ -41,14 +42,7 @@ STAGE_HEADERS = {
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("out"),
-    show_default=True,
-    help="Folder that receives one sub-folder per input photo.",
-)
+@out_option("Folder that receives one sub-folder per input photo.")
 @click.option(
     "--export",
     "export_path",

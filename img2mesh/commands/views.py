@@ -16,6 +16,7 @@ from img2mesh.commands.options import (
     MODEL_OPTIONS,
     config_from_options,
     configure_logging,
+    out_option,
     shared_options,
     verbosity_options,
 )
@@ -23,14 +24,7 @@ from img2mesh.commands.options import (
 
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("out"),
-    show_default=True,
-    help="Folder that receives OUT/<image name>/.",
-)
+@out_option("Folder that receives OUT/<image name>/.")
 @shared_options(*MODEL_OPTIONS, "remove_bg", "poses")
 @verbosity_options
 def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None:
