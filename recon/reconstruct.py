@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import trimesh
 
 from recon.errors import InputError
+from recon.graph_steps import run_steps
 from recon.meshing import MeshConfig, extract_mesh
 from recon.sdf_grid import (
     Box,
@@ -82,6 +83,9 @@ class ReconConfig:
     """Weight of the colour grid's total variation."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
+    cuda_graphs: bool = True
+    """On CUDA, replay each optimisation step as one CUDA graph (several times faster: the step is ~100 small kernels
+    that Python launches far slower than the GPU runs them). Off runs the same step eagerly (for debugging)."""
 
 
 @dataclass
@@ -180,6 +184,7 @@ def fit_fields(
     bar = _progress(total, progress)
     done = 0
     losses: dict[str, float] = {}
+    terms: dict[str, torch.Tensor] = {}  # the last step's loss terms (device tensors, read after each stage)
     for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
         stage_start = time.perf_counter()
         colour_res = min(resolution, recon.colour_resolution)
@@ -193,48 +198,50 @@ def fit_fields(
         else:
             grid = grid.resample(resolution, colour_res)
         band = 4 * grid.voxel
-        lr = recon.learning_rate * 0.5**stage
+        schedule = _StageSchedule.draw(
+            len(rays), min(recon.rays, len(rays)), iterations, done, total, recon, stage, (s_start, s_end), generator
+        )
         optimiser = torch.optim.Adam(
             [
-                {"params": [grid.sdf], "lr": lr},
-                {"params": [grid.colour], "lr": recon.colour_learning_rate},
+                {"params": [grid.sdf], "lr": schedule.sdf_lr[0].clone()},
+                {"params": [grid.colour], "lr": schedule.colour_lr[0].clone()},
             ],
             betas=(0.9, 0.99),
+            fused=True,
+            capturable=dev.type == "cuda",
         )
-        for it in range(iterations):
-            frac = it / max(1, iterations - 1)
-            global_frac = (done + it) / max(1, total - 1)
-            inv_s = s_start * (s_end / s_start) ** global_frac
-            for group, base in zip(optimiser.param_groups, (lr, recon.colour_learning_rate), strict=True):
-                group["lr"] = base * (0.1**frac)
-            index = torch.randint(len(rays), (min(recon.rays, len(rays)),), device=dev, generator=generator)
-            batch = rays[index]
-            background = torch.rand(len(batch), 3, device=dev, generator=generator)
-            out = render_rays(grid, batch, recon.samples, inv_s, background, generator, recon.colour_per_sample)
+
+        def step(grid: SdfGrid = grid, schedule: _StageSchedule = schedule, optimiser=optimiser, band=band) -> None:
+            # One optimisation step, read entirely from device tensors indexed by the step counter (graph-capturable).
+            i = schedule.counter
+            batch = rays[schedule.index.index_select(0, i)[0]]
+            background = schedule.background.index_select(0, i)[0]
+            jitter = schedule.jitter.index_select(0, i)[0]
+            inv_s = schedule.inv_s.index_select(0, i)[0]
+            out = render_rays(grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample)
             target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
             photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
             opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
             mask = F.binary_cross_entropy(opacity, batch.mask)
             eikonal, smooth = grid.eikonal_and_smoothness(band)
-            smooth_weight = recon.smoothness_weight * (0.1**frac)
             loss = (
                 photometric
                 + recon.mask_weight * mask
                 + recon.eikonal_weight * eikonal
-                + smooth_weight * smooth
+                + schedule.smoothness_weight.index_select(0, i)[0] * smooth
                 + recon.colour_smoothness_weight * grid.colour_tv()
             )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            for group, lrs in zip(optimiser.param_groups, (schedule.sdf_lr, schedule.colour_lr), strict=True):
+                group["lr"].copy_(lrs.index_select(0, i)[0])
             optimiser.step()
-            bar.update(1)
+            schedule.counter.add_(1)
+            terms.update(photometric=photometric, mask=mask, eikonal=eikonal, smoothness=smooth)
+
+        run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
         done += iterations
-        losses = {
-            "photometric": photometric.item(),
-            "mask": mask.item(),
-            "eikonal": eikonal.item(),
-            "smoothness": smooth.item(),
-        }
+        losses = {name: value.item() for name, value in terms.items()}
         bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in losses.items()})
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -301,6 +308,65 @@ def reconstruct(
     timings["finish"] = time.perf_counter() - start
     timings["total"] = timings["fit"] + timings["finish"]
     return ReconResult(result, timings)
+
+
+@dataclass
+class _StageSchedule:
+    """Everything that varies from step to step of one stage, drawn and computed up front on the device.
+
+    Drawing all random numbers before the stage (rather than per step) keeps the step free of host work, so it can be
+    captured once as a CUDA graph (recon.graph_steps); the step reads row ``counter`` of each tensor.
+    """
+
+    index: torch.Tensor
+    """(steps, rays) indices of each step's training rays."""
+    background: torch.Tensor
+    """(steps, rays, 3) random background colours the targets are composited on."""
+    jitter: torch.Tensor
+    """(steps, rays, 1) stratified-sampling offsets."""
+    inv_s: torch.Tensor
+    """(steps,) NeuS sharpness, geometric from the config's start to its end over all stages."""
+    smoothness_weight: torch.Tensor
+    """(steps,) Laplacian weight, falling to a tenth over the stage."""
+    sdf_lr: torch.Tensor
+    """(steps,) Adam step of the SDF grid, falling to a tenth over the stage."""
+    colour_lr: torch.Tensor
+    """(steps,) Adam step of the colour grid, falling to a tenth over the stage."""
+    counter: torch.Tensor
+    """(1,) long: the step about to run."""
+
+    @classmethod
+    def draw(
+        cls,
+        ray_count: int,
+        rays: int,
+        steps: int,
+        done: int,
+        total: int,
+        recon: ReconConfig,
+        stage: int,
+        sharpness: tuple[float, float],
+        generator: torch.Generator,
+    ) -> _StageSchedule:
+        dev = generator.device
+        index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
+        background = torch.rand(steps, rays, 3, device=dev, generator=generator)
+        jitter = torch.rand(steps, rays, 1, device=dev, generator=generator)
+        it = torch.arange(steps, device=dev, dtype=torch.float64)
+        decay = 0.1 ** (it / max(1, steps - 1))
+        s_start, s_end = sharpness
+        inv_s = s_start * (s_end / s_start) ** ((done + it) / max(1, total - 1))
+        lr = recon.learning_rate * 0.5**stage
+        return cls(
+            index,
+            background,
+            jitter,
+            inv_s.float(),
+            (recon.smoothness_weight * decay).float(),
+            (lr * decay).float(),
+            (recon.colour_learning_rate * decay).float(),
+            torch.zeros(1, dtype=torch.long, device=dev),
+        )
 
 
 def _progress(total: int, enabled: bool):

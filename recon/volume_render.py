@@ -129,15 +129,19 @@ def render_rays(
     field: SdfGrid,
     rays: RayBatch,
     samples: int,
-    inv_s: float,
+    inv_s: float | torch.Tensor,
     background: torch.Tensor,
-    generator: torch.Generator | None,
+    jitter: torch.Tensor | None = None,
     colour_per_sample: bool = True,
 ) -> Rendered:
-    """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3)."""
+    """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3).
+
+    ``jitter`` (R, 1) in [0, 1) shifts each ray's samples within their segments (stratified sampling); None samples
+    segment centres. ``inv_s`` may be a float or a 0-d tensor (a schedule read on the device).
+    """
     r = len(rays)
     device = rays.origins.device
-    jitter = torch.rand(r, 1, device=device, generator=generator) if generator is not None else 0.5
+    jitter = 0.5 if jitter is None else jitter
     step = (rays.far - rays.near)[:, None] / samples
     t = rays.near[:, None] + (torch.arange(samples + 1, device=device) + jitter - 0.5) * step
     points = rays.origins[:, None] + t[..., None] * rays.directions[:, None]

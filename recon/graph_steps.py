@@ -1,0 +1,58 @@
+"""Run one optimisation step many times, captured once as a CUDA graph on the GPU, eagerly elsewhere.
+
+Why: a fitting step is ~100 small kernels (sampling, grid lookups, compositing, losses, their backward, Adam). Launched
+one by one from Python they leave the GPU idle most of the time, so fitting is bound by the launch rate, not by the
+card. A CUDA graph records the whole step (forward, backward and optimiser update) once and replays it with a single
+launch. What the step must obey, so that one recording serves every step:
+
+- static shapes and no host synchronisation inside (no ``.item()``, no printing, no Python branching on tensor values);
+- every per-step input (ray batch, schedule values, learning rates) is read on the device from tensors prepared before
+  the run, indexed by a step counter that the step itself advances;
+- the optimiser keeps its state on the device (``Adam(fused=True, capturable=True)``) and takes tensor learning rates.
+
+On the CPU (or with graphs switched off) the very same step runs eagerly, so both paths share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: Eager steps before capture: they initialise the optimiser's state and let lazily built kernels settle.
+WARMUP_STEPS = 3
+
+
+def run_steps(
+    step: Callable[[], None],
+    count: int,
+    device: torch.device,
+    graphs: bool = True,
+    after_step: Callable[[], None] | None = None,
+) -> bool:
+    """Run ``step`` ``count`` times (as a CUDA graph after a few eager steps when ``graphs`` and on CUDA).
+
+    ``after_step`` runs on the host after each step (a progress bar; it must not read device values). Returns whether
+    a graph was used.
+    """
+    after = after_step or (lambda: None)
+    if not graphs or device.type != "cuda" or count <= WARMUP_STEPS:
+        for _ in range(count):
+            step()
+            after()
+        return False
+    # Warm-up on a side stream, as CUDA graph capture requires of work that allocates (the documented recipe).
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            step()
+            after()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # records only: the captured step has not run yet
+        step()
+    for _ in range(count - WARMUP_STEPS):
+        graph.replay()
+        after()
+    return True
