@@ -116,12 +116,14 @@ class SdfGrid(torch.nn.Module):
         self.sdf = torch.nn.Parameter(sdf.reshape(1, 1, *sdf.shape[-3:]).contiguous())
         self.colour = torch.nn.Parameter(colour_logits.reshape(1, 3, *colour_logits.shape[-3:]).contiguous())
         self.box = box
+        # Read once here: reading the box (a device tensor) inside an optimisation step would synchronise the host
+        # with the GPU, which a CUDA-graph-captured step may not do.
+        self._voxel = float(box.hi[0] - box.lo[0]) / (self.sdf.shape[-1] - 1)
 
     @property
     def voxel(self) -> float:
         """Edge of one SDF voxel in world units."""
-        nx = self.sdf.shape[-1]
-        return float(self.box.hi[0] - self.box.lo[0]) / (nx - 1)
+        return self._voxel
 
     def signed_distance(self, points: torch.Tensor) -> torch.Tensor:
         """SDF (...,) at world points (..., 3)."""
