@@ -237,7 +237,14 @@ def fit_fields(
                 group["lr"].copy_(lrs.index_select(0, i)[0])
             optimiser.step()
             schedule.counter.add_(1)
-            terms.update(photometric=photometric, mask=mask, eikonal=eikonal, smoothness=smooth)
+            # Detached: a loss tensor kept alive would keep this step's autograd graph (and its gradient
+            # accumulators, bound to the warm-up stream) alive into the CUDA graph capture, which then fails.
+            terms.update(
+                photometric=photometric.detach(),
+                mask=mask.detach(),
+                eikonal=eikonal.detach(),
+                smoothness=smooth.detach(),
+            )
 
         run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
         done += iterations

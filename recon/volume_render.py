@@ -148,7 +148,10 @@ def render_rays(
     sdf = field.signed_distance(points)
     cdf = torch.sigmoid(sdf * inv_s)
     alpha = ((cdf[:, :-1] - cdf[:, 1:]) / (cdf[:, :-1] + 1e-5)).clamp(0.0, 1.0)
-    transmittance = torch.cumprod(torch.cat([torch.ones(r, 1, device=device), 1 - alpha + 1e-7], dim=-1), dim=-1)
+    # exp(cumsum(log)) rather than cumprod: cumprod's backward checks its input for zeros on the host, a GPU sync
+    # that CUDA graph capture of the fitting step forbids.
+    survive = torch.log(1 - alpha + 1e-7)
+    transmittance = torch.exp(torch.cumsum(torch.cat([torch.zeros(r, 1, device=device), survive], dim=-1), dim=-1))
     weights = alpha * transmittance[:, :-1]
     opacity = weights.sum(-1)
     t_mid = (t[:, 1:] + t[:, :-1]) / 2
