@@ -9,10 +9,15 @@ CPU do the work of a real job. A thread samples the GPU's utilisation (``nvidia-
     python benchmarks/batch_throughput.py --items 16 --runners local,ray --write-results     # on a CUDA machine
     python benchmarks/batch_throughput.py --size tiny --items 3 --runners local --config cpu --set multiview.steps=2
 
+Runners: ``local`` (the default runner), ``local-serial`` (the same with ``overlap=False``: the two GPU phases one at
+a time, for comparison) and ``ray`` (``--ray`` on a local Ray started here with this machine's CPUs and GPUs).
+
 Columns: "img/min" is done items over the whole run (model load and the pipeline's fill and drain included);
-"steady img/min" counts from the first finished item to the last; "GPU busy" is the mean utilisation over the
-whole run and over that steady window ("idle" is its complement); "sequential" is what the same stages cost one
-after another (sum of each item's stage times), i.e. ``img2mesh run`` on the same machine.
+"steady img/min" counts from the first finished item to the last; "GPU busy" is the mean NVML utilisation (the share
+of time a kernel runs) over the whole run and over that steady window ("idle" is its complement); "GPU phase" is the
+share of the steady window in which a GPU phase (diffusion or fit) was running in this process (default runners only:
+Ray runs them in actors), and "both" the share in which the two ran side by side; "sequential" is what the same stages
+cost one after another (sum of each item's stage times), i.e. ``img2mesh run`` on the same machine.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -28,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -41,20 +49,63 @@ EXAMPLE_PHOTOS = REPO / "examples" / "photos"
 
 
 class OracleViewsPipeline(Img2Mesh):
-    """The real pipeline; after the diffusion has run, its noise grid is swapped for real oracle views."""
+    """The real pipeline; after the diffusion has run, its noise grid is swapped for real oracle views.
+
+    Notes when each GPU phase ran (``phases``: name, start, end on the monotonic clock) in this process.
+    """
+
+    phases: ClassVar[list[tuple[str, float, float]]] = []
 
     def generate_views(self, cutout, seed=None):
         from PIL import Image
 
+        start = time.monotonic()
         super().generate_views(cutout, seed)
+        self.phases.append(("views", start, time.monotonic()))
         return Image.open(EXAMPLE_GRID).convert("RGB")
+
+    def fit(self, views):
+        start = time.monotonic()
+        try:
+            return super().fit(views)
+        finally:
+            self.phases.append(("fit", start, time.monotonic()))
+
+
+def covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of [start, end] covered by the union of ``intervals``."""
+    total, reach = 0.0, start
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total / (end - start) if end > start else 0.0
+
+
+def both_running(phases: list[tuple[str, float, float]], start: float, end: float) -> float:
+    """Share of [start, end] in which a diffusion and a fit ran at the same time."""
+    views = [(a, b) for name, a, b in phases if name == "views"]
+    fits = [(a, b) for name, a, b in phases if name == "fit"]
+    pairs = [(max(a, c), min(b, d)) for a, b in views for c, d in fits if min(b, d) > max(a, c)]
+    return covered(pairs, start, end)
+
+
+class WarningCounter(logging.Handler):
+    """Collects the warnings of a logger (the diffusion's fast path says so when it falls back to eager)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 class GpuSampler:
     """Samples ``utilization.gpu`` of every visible GPU with nvidia-smi in the background."""
 
     def __init__(self, period_ms: int = 100) -> None:
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []
         self.period_ms = period_ms
         self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -62,7 +113,7 @@ class GpuSampler:
     def __enter__(self) -> GpuSampler:
         if shutil.which("nvidia-smi") is None:
             return self
-        command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        command = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
         self._process = subprocess.Popen(
             [*command, f"-lms={self.period_ms}"], stdout=subprocess.PIPE, text=True, bufsize=1
         )
@@ -74,9 +125,10 @@ class GpuSampler:
         assert self._process is not None and self._process.stdout is not None
         for line in self._process.stdout:
             try:
-                self.samples.append((time.monotonic(), float(line.strip())))
+                utilisation, memory = (float(v) for v in line.split(","))
             except ValueError:
                 continue
+            self.samples.append((time.monotonic(), utilisation, memory))
 
     def __exit__(self, *exc) -> None:
         if self._process is not None:
@@ -85,8 +137,11 @@ class GpuSampler:
 
     def busy(self, start: float, end: float) -> float | None:
         """Mean utilisation (0-1) between two monotonic times; None without samples."""
-        window = [u for t, u in self.samples if start <= t <= end]
+        window = [u for t, u, _ in self.samples if start <= t <= end]
         return sum(window) / len(window) / 100 if window else None
+
+    def peak_memory_gib(self) -> float | None:
+        return max(m for _, _, m in self.samples) / 1024 if self.samples else None
 
 
 class StampedRunner:
@@ -126,15 +181,28 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
     if runner_name == "ray":
         from img2mesh.batch.ray_runner import RayRunner
 
+        start_ray()
         runner = StampedRunner(RayRunner(config, out, pipeline=OracleViewsPipeline))
     else:
         from img2mesh.batch.local_runner import LocalRunner
 
-        runner = StampedRunner(LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline))
-    with GpuSampler() as sampler:
-        start = time.monotonic()
-        result = run_job(collect_items([str(photos)]), out, runner, progress=False)
-        end = time.monotonic()
+        overlap = runner_name != "local-serial"
+        local = LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline, overlap=overlap)
+        runner = StampedRunner(local)
+    OracleViewsPipeline.phases.clear()
+    warnings = WarningCounter()
+    logging.getLogger("img2mesh.zero123pp.fast_step").addHandler(warnings)
+    try:
+        with GpuSampler() as sampler:
+            start = time.monotonic()
+            result = run_job(collect_items([str(photos)]), out, runner, progress=False)
+            end = time.monotonic()
+    finally:
+        logging.getLogger("img2mesh.zero123pp.fast_step").removeHandler(warnings)
+        if runner_name == "ray":
+            import ray
+
+            ray.shutdown()
     done = [r for r in result.records if r.status == "done"]
     first, last = (runner.arrivals[0], runner.arrivals[-1]) if runner.arrivals else (end, end)
     stage_sums = [sum(r.timings.values()) for r in done]
@@ -142,19 +210,39 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
     for record in done:
         for stage, seconds in record.timings.items():
             stages[stage] = stages.get(stage, 0.0) + seconds / len(done)
+    phases = list(OracleViewsPipeline.phases)
     return {
         "runner": runner_name,
         "items": len(result.records),
         "done": len(done),
         "failed": [f"{r.key}: {r.error}" for r in result.records if r.status != "done"],
         "wall_s": end - start,
+        "first_done_s": first - start,
         "img_per_min": 60 * len(done) / (end - start),
         "steady_img_per_min": 60 * (len(done) - 1) / (last - first) if len(done) > 1 and last > first else None,
         "gpu_busy": sampler.busy(start, end),
         "gpu_busy_steady": sampler.busy(first, last),
+        "gpu_phase_steady": covered([(a, b) for _, a, b in phases], first, last) if phases else None,
+        "both_phases_steady": both_running(phases, first, last) if phases else None,
+        "peak_gpu_memory_gib": sampler.peak_memory_gib(),
         "sequential_img_per_min": 60 / (sum(stage_sums) / len(stage_sums)) if stage_sums else None,
         "stages": stages,
+        "fast_path_warnings": warnings.messages,
     }
+
+
+def start_ray() -> None:
+    """A local Ray with this machine's CPUs and GPUs, no dashboard and no usage report."""
+    import ray
+    import torch
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=torch.cuda.device_count(),
+        include_dashboard=False,
+        object_store_memory=4 * 1024**3,
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -165,16 +253,17 @@ def table(rows: list[dict]) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [
-        "| runner | items | done | wall s | img/min | steady img/min | GPU busy (all) | GPU busy (steady) "
-        "| sequential img/min | mean s per stage |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| runner | items | done | wall s | first done s | img/min | steady img/min | GPU busy (all) "
+        "| GPU busy (steady) | GPU phase / both (steady) | peak GPU GiB | sequential img/min | mean s per stage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
         lines.append(
-            f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {num(r['img_per_min'])} "
-            f"| {num(r['steady_img_per_min'])} | {pct(r['gpu_busy'])} | {pct(r['gpu_busy_steady'])} "
-            f"| {num(r['sequential_img_per_min'])} | {stages} |"
+            f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {r['first_done_s']:.1f} "
+            f"| {num(r['img_per_min'])} | {num(r['steady_img_per_min'])} | {pct(r['gpu_busy'])} "
+            f"| {pct(r['gpu_busy_steady'])} | {pct(r['gpu_phase_steady'])} / {pct(r['both_phases_steady'])} "
+            f"| {num(r['peak_gpu_memory_gib'])} | {num(r['sequential_img_per_min'])} | {stages} |"
         )
     return "\n".join(lines)
 
@@ -207,7 +296,7 @@ def write_results(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=16, help="photos in the batch")
-    parser.add_argument("--runners", default="local,ray", help="comma-separated: local, ray")
+    parser.add_argument("--runners", default="local,ray", help="comma-separated: local, local-serial, ray")
     parser.add_argument("--model", help="Zero123++ folder; default: build random weights of --size")
     parser.add_argument("--size", default="full", choices=["full", "tiny"], help="random weights to build")
     parser.add_argument("--config", help="config preset or YAML (default: the built-in defaults, i.e. default.yaml)")

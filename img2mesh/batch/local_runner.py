@@ -2,11 +2,14 @@
 
 Per item, the GPU phases (Zero123++ views, then field fitting) take seconds, and the CPU phase (marching cubes, UV
 unwrap, texture baking, export, preview) takes about as long again. Run in sequence, the GPU would sit idle for the
-whole CPU phase. Here the main thread only does GPU work, item after item: photos are read and cut out ahead of it by a
-helper thread, each grid is posed (masks, cameras) by another while the GPU fits the previous item, and each fitted item
-is handed to a small pool of CPU worker processes that finish and write it while the GPU goes on. The hand-off is
-bounded (at most as many fitted items wait as there are workers), so a slow CPU holds the GPU back instead of filling
-memory.
+whole CPU phase. Here photos are read and cut out ahead of the GPU by a helper thread; the main thread runs the
+diffusion, item after item; each grid is posed (masks, cameras) by a second helper thread and then fitted by a third,
+on a CUDA stream of its own, while the main thread already runs the next item's diffusion on another stream. The two
+GPU phases are each bound by how fast the host launches their work rather than by the card, so side by side they fill
+each other's gaps (``overlap=False`` runs them one at a time, for comparison). Each fitted item is handed to a small
+pool of CPU worker processes that finish and write it while the GPU goes on. Every hand-off is bounded (one item
+being fitted, at most as many fitted items waiting as there are workers), so a slow stage holds the GPU back instead
+of filling memory.
 
 Each CPU worker is its own single-process pool with one item in flight, so when a worker dies (segfault, the
 out-of-memory killer) the runner knows which item it was holding: the worker is replaced, the item retried up to
@@ -16,8 +19,10 @@ out-of-memory killer) the runner knows which item it was holding: the worker is 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,6 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.manifest import ItemRecord
@@ -42,6 +48,9 @@ from img2mesh.batch.phases import (
 )
 from img2mesh.config import Img2MeshConfig
 from img2mesh.pipeline import Img2Mesh
+
+if TYPE_CHECKING:
+    import torch
 
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
@@ -68,6 +77,7 @@ class LocalRunner:
         max_retries: int = 1,
         crash: CrashPlan | None = None,
         pipeline: type[Img2Mesh] = Img2Mesh,
+        overlap: bool = True,
     ) -> None:
         self.config = config
         self.out_root = Path(out_root)
@@ -75,6 +85,8 @@ class LocalRunner:
         self.max_retries = max_retries
         self.crash = crash or CrashPlan()
         self.pipeline = pipeline
+        self.overlap = overlap
+        """Fit an item beside the next item's diffusion; False runs the two GPU phases one at a time."""
         self.cache = self.out_root / ".inputs"
 
     def run(self, items: list[BatchItem], report: Report) -> None:
@@ -82,12 +94,17 @@ class LocalRunner:
         if not items:
             return
         pipe = self.pipeline(self.config, progress=False).load()
+        gpu_turn = contextlib.nullcontext() if self.overlap else threading.Lock()
         finishers: FinishPool | None = None
-        posed: Future | None = None  # the previous item, being posed on the CPU while the GPU makes this one's grid
+        fitting: Future | None = None  # the previous item, posed then fitted beside this item's diffusion
         try:
             with (
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-read") as reader,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-pose") as poser,
+                ThreadPoolExecutor(
+                    1, thread_name_prefix="img2mesh-fit", initializer=_use_own_stream, initargs=(pipe.device,)
+                ) as fitter,
+                _own_stream(pipe.device),
             ):
                 for item, cutout in self._prefetched(pipe, items, reader):
                     try:
@@ -98,17 +115,19 @@ class LocalRunner:
                     # Workers start with the first readable photo, so they warm up while the GPU makes its views.
                     finishers = finishers or FinishPool(self, report)
                     try:
-                        made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
+                        with gpu_turn:
+                            made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
                     except ItemFailed as failed:
                         report(failed.record)
                         continue
                     made.timings = {"prepare_input": seconds, **made.timings}
-                    if posed is not None:
-                        self._fit(pipe, posed, finishers, report)
                     posed = poser.submit(pose_item, pipe, made)
-                if posed is not None:
+                    if fitting is not None:
+                        self._hand_on(fitting, finishers, report)
+                    fitting = fitter.submit(_fit_posed, pipe, posed, self.crash, gpu_turn)
+                if fitting is not None:
                     assert finishers is not None
-                    self._fit(pipe, posed, finishers, report)
+                    self._hand_on(fitting, finishers, report)
             if finishers is not None:
                 finishers.drain()
         finally:
@@ -125,15 +144,60 @@ class LocalRunner:
                 yield queue.popleft()
         yield from queue
 
-    def _fit(self, pipe: Img2Mesh, posed: Future, finishers: FinishPool, report: Report) -> None:
-        """Fit a posed item on the GPU and hand it to the CPU workers."""
+    def _hand_on(self, fitting: Future, finishers: FinishPool, report: Report) -> None:
+        """Wait for an item's fit and hand it to the CPU workers (or report why it failed)."""
         try:
-            fitted = fit_item(pipe, posed.result(), self.crash)
+            fitted = fitting.result()
         except ItemFailed as failed:
             report(failed.record)
         else:
             finishers.submit(fitted)
         finishers.collect(block=False)
+
+
+def _fit_posed(
+    pipe: Img2Mesh, posed: Future, crash: CrashPlan, gpu_turn: contextlib.AbstractContextManager
+) -> FittedItem:
+    """The fit thread's task: wait for the item's posed views, then fit them. Raises :class:`ItemFailed`."""
+    made = posed.result()
+    with gpu_turn:
+        return fit_item(pipe, made, crash)
+
+
+def _use_own_stream(device: torch.device | None) -> None:
+    """Thread initialiser: this thread's CUDA work goes to a stream of its own from now on."""
+    stream = _new_stream(device)
+    if stream is not None:
+        import torch
+
+        torch.cuda.set_stream(stream)
+
+
+@contextlib.contextmanager
+def _own_stream(device: torch.device | None) -> Iterator[None]:
+    """This thread's CUDA work goes to a stream of its own inside the block."""
+    stream = _new_stream(device)
+    if stream is None:
+        yield
+        return
+    import torch
+
+    with torch.cuda.stream(stream):
+        yield
+
+
+def _new_stream(device: torch.device | None) -> torch.cuda.Stream | None:
+    """A new CUDA stream on ``device`` that starts after the work already queued (the weights' upload); None off CUDA.
+
+    Two threads on one stream would queue their kernels one behind the other; on two, the GPU can run both.
+    """
+    import torch
+
+    if device is None or device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
 
 
 def _timed_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path):

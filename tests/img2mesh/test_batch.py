@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -59,6 +61,27 @@ class ExampleViewsPipeline(Img2Mesh):
     def generate_views(self, cutout, seed=None):
         super().generate_views(cutout, seed)
         return Image.open(EXAMPLE_GRID).convert("RGB")
+
+
+class OverlapProbePipeline(ExampleViewsPipeline):
+    """Notes whether the second diffusion ran while the first item was being fitted (the local runner's overlap).
+
+    The second diffusion waits (bounded) for the first fit to start: a runner that fits on the diffusion's thread, or
+    between diffusions, makes it wait in vain.
+    """
+
+    fit_started = threading.Event()
+    diffusions: ClassVar[list[bool]] = []
+    """Per diffusion: whether a fit had started (the second waits for one)."""
+
+    def generate_views(self, cutout, seed=None):
+        cls = type(self)
+        cls.diffusions.append(cls.fit_started.wait(timeout=60) if cls.diffusions else cls.fit_started.is_set())
+        return super().generate_views(cutout, seed)
+
+    def fit(self, views):
+        type(self).fit_started.set()
+        return super().fit(views)
 
 
 @pytest.fixture(autouse=True)
@@ -239,10 +262,12 @@ def check_job(out: Path, latest: dict[str, ItemRecord], lost: str) -> None:
 def test_local_runner_reports_failures_and_rerun_does_nothing(config, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     crash = CrashPlan(frozenset({("finish", "crash")}))
-    runner = LocalRunner(config, out, cpu_workers=1, max_retries=1, crash=crash, pipeline=ExampleViewsPipeline)
+    runner = LocalRunner(config, out, cpu_workers=1, max_retries=1, crash=crash, pipeline=OverlapProbePipeline)
     result = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert not result.ok and result.done == 1 and len(result.records) == 3
     check_job(out, Manifest(out).latest(), lost="worker process died 2 time(s)")
+    # Two items reached the GPU; the first was fitted while the second's diffusion ran.
+    assert OverlapProbePipeline.diffusions == [False, True]
 
     # A rerun does nothing: no item processed, no manifest line, the finished folder untouched.
     lines = Manifest(out).path.read_text()
