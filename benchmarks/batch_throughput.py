@@ -15,9 +15,10 @@ a time, for comparison) and ``ray`` (``--ray`` on a local Ray started here with 
 Columns: "img/min" is done items over the whole run (model load and the pipeline's fill and drain included);
 "steady img/min" counts from the first finished item to the last; "GPU busy" is the mean NVML utilisation (the share
 of time a kernel runs) over the whole run and over that steady window ("idle" is its complement); "GPU phase" is the
-share of the steady window in which a GPU phase (diffusion or fit) was running in this process (default runners only:
-Ray runs them in actors), and "both" the share in which the two ran side by side; "sequential" is what the same stages
-cost one after another (sum of each item's stage times), i.e. ``img2mesh run`` on the same machine.
+share of the steady window in which a GPU phase (diffusion or fit) was running, in whichever process, and "both" the
+share in which the two ran side by side; "host CPU busy" is the share of all cores in use (``/proc/stat``) over the
+steady window; "sequential" is what the same stages cost one after another (sum of each item's stage times), i.e.
+``img2mesh run`` on the same machine.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,22 +46,22 @@ RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- batch_throughput:begin -->", "<!-- batch_throughput:end -->"
 EXAMPLE_GRID = REPO / "examples" / "spot_views.png"
 EXAMPLE_PHOTOS = REPO / "examples" / "photos"
+PHASES_ENV = "BATCH_BENCH_PHASES"
 
 
 class OracleViewsPipeline(Img2Mesh):
     """The real pipeline; after the diffusion has run, its noise grid is swapped for real oracle views.
 
-    Notes when each GPU phase ran (``phases``: name, start, end on the monotonic clock) in this process.
+    Each GPU phase appends its name, start and end (monotonic clock, shared by the machine's processes) to the file
+    named by ``$BATCH_BENCH_PHASES``, from whichever process or Ray actor runs it.
     """
-
-    phases: ClassVar[list[tuple[str, float, float]]] = []
 
     def generate_views(self, cutout, seed=None):
         from PIL import Image
 
         start = time.monotonic()
         super().generate_views(cutout, seed)
-        self.phases.append(("views", start, time.monotonic()))
+        note_phase("views", start)
         return Image.open(EXAMPLE_GRID).convert("RGB")
 
     def fit(self, views):
@@ -69,7 +69,18 @@ class OracleViewsPipeline(Img2Mesh):
         try:
             return super().fit(views)
         finally:
-            self.phases.append(("fit", start, time.monotonic()))
+            note_phase("fit", start)
+
+
+def note_phase(name: str, start: float) -> None:
+    path = os.environ.get(PHASES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps([name, start, time.monotonic()]) + "\n")
+
+
+def read_phases(path: Path) -> list[tuple[str, float, float]]:
+    return [tuple(json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
@@ -144,6 +155,42 @@ class GpuSampler:
         return max(m for _, _, m in self.samples) / 1024 if self.samples else None
 
 
+class CpuSampler:
+    """Samples the host's busy share of all cores (``/proc/stat``, every 500 ms) in the background."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        if Path("/proc/stat").exists():
+            self._thread.start()
+        return self
+
+    @staticmethod
+    def _times() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def _read(self) -> None:
+        busy, total = self._times()
+        while not self._stop.wait(self.period_s):
+            now_busy, now_total = self._times()
+            if now_total > total:
+                self.samples.append((time.monotonic(), (now_busy - busy) / (now_total - total)))
+            busy, total = now_busy, now_total
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    def busy(self, start: float, end: float) -> float | None:
+        window = [u for t, u in self.samples if start <= t <= end]
+        return sum(window) / len(window) if window else None
+
+
 class StampedRunner:
     """A runner whose reports are time-stamped on arrival."""
 
@@ -178,6 +225,10 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
     from img2mesh.batch import collect_items, run_job
 
     out = work / f"out-{runner_name}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh job: nothing skipped as done by an earlier measurement
+    phases_file = work / f"phases-{runner_name}.jsonl"
+    phases_file.unlink(missing_ok=True)
+    os.environ[PHASES_ENV] = str(phases_file)  # before Ray starts and the workers spawn: they inherit it
     if runner_name == "ray":
         from img2mesh.batch.ray_runner import RayRunner
 
@@ -189,11 +240,10 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
         overlap = runner_name != "local-serial"
         local = LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline, overlap=overlap)
         runner = StampedRunner(local)
-    OracleViewsPipeline.phases.clear()
     warnings = WarningCounter()
     logging.getLogger("img2mesh.zero123pp.fast_step").addHandler(warnings)
     try:
-        with GpuSampler() as sampler:
+        with GpuSampler() as sampler, CpuSampler() as cpu:
             start = time.monotonic()
             result = run_job(collect_items([str(photos)]), out, runner, progress=False)
             end = time.monotonic()
@@ -210,7 +260,7 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
     for record in done:
         for stage, seconds in record.timings.items():
             stages[stage] = stages.get(stage, 0.0) + seconds / len(done)
-    phases = list(OracleViewsPipeline.phases)
+    phases = read_phases(phases_file)
     return {
         "runner": runner_name,
         "items": len(result.records),
@@ -225,6 +275,7 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
         "gpu_phase_steady": covered([(a, b) for _, a, b in phases], first, last) if phases else None,
         "both_phases_steady": both_running(phases, first, last) if phases else None,
         "peak_gpu_memory_gib": sampler.peak_memory_gib(),
+        "host_cpu_busy_steady": cpu.busy(first, last),
         "sequential_img_per_min": 60 / (sum(stage_sums) / len(stage_sums)) if stage_sums else None,
         "stages": stages,
         "fast_path_warnings": warnings.messages,
@@ -254,8 +305,9 @@ def table(rows: list[dict]) -> str:
 
     lines = [
         "| runner | items | done | wall s | first done s | img/min | steady img/min | GPU busy (all) "
-        "| GPU busy (steady) | GPU phase / both (steady) | peak GPU GiB | sequential img/min | mean s per stage |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| GPU busy (steady) | GPU phase / both (steady) | host CPU busy (steady) | peak GPU GiB | sequential img/min "
+        "| mean s per stage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
@@ -263,7 +315,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {r['first_done_s']:.1f} "
             f"| {num(r['img_per_min'])} | {num(r['steady_img_per_min'])} | {pct(r['gpu_busy'])} "
             f"| {pct(r['gpu_busy_steady'])} | {pct(r['gpu_phase_steady'])} / {pct(r['both_phases_steady'])} "
-            f"| {num(r['peak_gpu_memory_gib'])} | {num(r['sequential_img_per_min'])} | {stages} |"
+            f"| {pct(r['host_cpu_busy_steady'])} | {num(r['peak_gpu_memory_gib'])} "
+            f"| {num(r['sequential_img_per_min'])} | {stages} |"
         )
     return "\n".join(lines)
 

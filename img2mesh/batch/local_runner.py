@@ -1,20 +1,24 @@
-"""The default batch runner: one process, the model loaded once, the GPU never waiting for the CPU's half.
+"""The default batch runner: one machine, the model loaded once, the GPU never waiting for the CPU's half.
 
 Per item, the GPU phases (Zero123++ views, then field fitting) take seconds, and the CPU phase (marching cubes, UV
 unwrap, texture baking, export, preview) takes about as long again. Run in sequence, the GPU would sit idle for the
-whole CPU phase. Here photos are read and cut out ahead of the GPU by a helper thread; the main thread runs the
-diffusion, item after item; each grid is posed (masks, cameras) by a second helper thread and then fitted by a third,
-on a CUDA stream of its own, while the main thread already runs the next item's diffusion on another stream. The two
-GPU phases are each bound by how fast the host launches their work rather than by the card, so side by side they fill
-each other's gaps (``overlap=False`` runs them one at a time, for comparison). Each fitted item is handed to a small
+whole CPU phase. Here the main thread runs the diffusion, item after item, with the model loaded once; photos are
+read and cut out ahead of it by a helper thread; each grid is posed (masks, cameras) by a second thread, then fitted
+in a GPU worker process while the main thread already runs the next item's diffusion. Neither GPU phase keeps the
+card busy alone (host work between the diffusion's steps, the fit's set-up and read-back), so side by side they fill
+each other's gaps; ``overlap=False`` runs them one at a time, for comparison. Each fitted item goes on to a small
 pool of CPU worker processes that finish and write it while the GPU goes on. Every hand-off is bounded (one item
-being fitted, at most as many fitted items waiting as there are workers), so a slow stage holds the GPU back instead
-of filling memory.
+being fitted, at most as many fitted items waiting as there are CPU workers), so a slow stage holds the GPU back
+instead of filling memory.
 
-Each CPU worker is its own single-process pool with one item in flight, so when a worker dies (segfault, the
-out-of-memory killer) the runner knows which item it was holding: the worker is replaced, the item retried up to
-``max_retries`` times, then reported as failed, and the others go on. The GPU phases run in this process by design
-(one model, one CUDA context); a crash there ends the job, and a rerun resumes where it stopped.
+Why the fit runs in a process of its own rather than a thread: each fitting stage captures a CUDA graph, and a
+capture in one thread forbids memory allocation in every other thread of the process (CUDA's default capture mode),
+which the diffusion beside it does all the time. A second process has its own CUDA context, so nothing it captures
+can disturb the diffusion; the GPU interleaves the two contexts' work. It also makes the fit crash-safe like the CPU
+phase: every worker process (the fitting one and each CPU worker) holds one item at a time, so when it dies
+(segfault, the out-of-memory killer) the runner knows which item it held: the worker is replaced, the item retried up
+to ``max_retries`` times, then reported as failed, and the others go on. The diffusion runs in this process (one
+model, one CUDA context); a crash there ends the job, and a rerun resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.manifest import ItemRecord
@@ -38,6 +41,7 @@ from img2mesh.batch.phases import (
     CrashPlan,
     FittedItem,
     ItemFailed,
+    ViewsOutput,
     failure_record,
     finish_item,
     fit_item,
@@ -49,14 +53,14 @@ from img2mesh.batch.phases import (
 from img2mesh.config import Img2MeshConfig
 from img2mesh.pipeline import Img2Mesh
 
-if TYPE_CHECKING:
-    import torch
-
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
 
 #: Photos read and cut out ahead of the GPU.
 PREFETCH = 2
+
+#: Torch CPU threads of the fitting process when it fits on a GPU: the cores are the CPU workers'.
+GPU_FIT_THREADS = 2
 
 
 def default_cpu_workers() -> int:
@@ -95,16 +99,14 @@ class LocalRunner:
             return
         pipe = self.pipeline(self.config, progress=False).load()
         gpu_turn = contextlib.nullcontext() if self.overlap else threading.Lock()
+        fit_process: FitProcess | None = None
         finishers: FinishPool | None = None
         fitting: Future | None = None  # the previous item, posed then fitted beside this item's diffusion
         try:
             with (
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-read") as reader,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-pose") as poser,
-                ThreadPoolExecutor(
-                    1, thread_name_prefix="img2mesh-fit", initializer=_use_own_stream, initargs=(pipe.device,)
-                ) as fitter,
-                _own_stream(pipe.device),
+                ThreadPoolExecutor(1, thread_name_prefix="img2mesh-fit") as fitter,
             ):
                 for item, cutout in self._prefetched(pipe, items, reader):
                     try:
@@ -113,6 +115,7 @@ class LocalRunner:
                         report(failure_record(item, exc, None, {}))
                         continue
                     # Workers start with the first readable photo, so they warm up while the GPU makes its views.
+                    fit_process = fit_process or FitProcess(self, on_gpu=pipe.device.type == "cuda")
                     finishers = finishers or FinishPool(self, report)
                     try:
                         with gpu_turn:
@@ -124,13 +127,15 @@ class LocalRunner:
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
                         self._hand_on(fitting, finishers, report)
-                    fitting = fitter.submit(_fit_posed, pipe, posed, self.crash, gpu_turn)
+                    fitting = fitter.submit(_fit_posed, fit_process, posed, gpu_turn)
                 if fitting is not None:
                     assert finishers is not None
                     self._hand_on(fitting, finishers, report)
             if finishers is not None:
                 finishers.drain()
         finally:
+            if fit_process is not None:
+                fit_process.shutdown()
             if finishers is not None:
                 finishers.shutdown()
 
@@ -155,49 +160,48 @@ class LocalRunner:
         finishers.collect(block=False)
 
 
-def _fit_posed(
-    pipe: Img2Mesh, posed: Future, crash: CrashPlan, gpu_turn: contextlib.AbstractContextManager
-) -> FittedItem:
-    """The fit thread's task: wait for the item's posed views, then fit them. Raises :class:`ItemFailed`."""
+def _fit_posed(fit_process: FitProcess, posed: Future, gpu_turn: contextlib.AbstractContextManager) -> FittedItem:
+    """The fit thread's task: wait for the item's posed views, then have them fitted. Raises :class:`ItemFailed`."""
     made = posed.result()
     with gpu_turn:
-        return fit_item(pipe, made, crash)
+        return fit_process.fit(made)
 
 
-def _use_own_stream(device: torch.device | None) -> None:
-    """Thread initialiser: this thread's CUDA work goes to a stream of its own from now on."""
-    stream = _new_stream(device)
-    if stream is not None:
-        import torch
+class FitProcess:
+    """The GPU worker process that fits posed views, one item at a time; replaced when it dies."""
 
-        torch.cuda.set_stream(stream)
+    def __init__(self, runner: LocalRunner, on_gpu: bool) -> None:
+        self.runner = runner
+        self.threads = GPU_FIT_THREADS if on_gpu else None  # on the CPU, fitting is the work: torch's default
+        self.executor = self._new_executor()
+        self.executor.submit(_warm_up_gpu)  # while the main process loads the model
 
+    def _new_executor(self) -> ProcessPoolExecutor:
+        runner = self.runner
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),  # never fork a process that holds a CUDA context
+            initializer=_init_worker,
+            initargs=(runner.pipeline, runner.config, self.threads),
+        )
 
-@contextlib.contextmanager
-def _own_stream(device: torch.device | None) -> Iterator[None]:
-    """This thread's CUDA work goes to a stream of its own inside the block."""
-    stream = _new_stream(device)
-    if stream is None:
-        yield
-        return
-    import torch
+    def fit(self, made: ViewsOutput) -> FittedItem:
+        """Fit ``made`` in the worker process. Raises :class:`ItemFailed` (also when the worker died too often)."""
+        attempts = self.runner.max_retries + 1
+        for _ in range(attempts):
+            try:
+                return self.executor.submit(_fit_in_worker, made, self.runner.crash).result()
+            except BrokenProcessPool:  # it died holding this item: replace it, then retry the item or give up on it
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                self.executor = self._new_executor()
+        error = (
+            f"The fitting process died {attempts} time(s) while fitting this item (crash or out of memory); "
+            "rerun with --retry-failed once the cause is fixed."
+        )
+        raise ItemFailed(lost_record(made.item, error))
 
-    with torch.cuda.stream(stream):
-        yield
-
-
-def _new_stream(device: torch.device | None) -> torch.cuda.Stream | None:
-    """A new CUDA stream on ``device`` that starts after the work already queued (the weights' upload); None off CUDA.
-
-    Two threads on one stream would queue their kernels one behind the other; on two, the GPU can run both.
-    """
-    import torch
-
-    if device is None or device.type != "cuda":
-        return None
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    return stream
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _timed_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path):
@@ -229,8 +233,9 @@ class FinishPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         runner = self.runner
-        # Two cores stay free for the threads that feed the GPU (a starved launcher thread idles the GPU).
-        threads = max(1, ((os.cpu_count() or 2) - 2) // runner.cpu_workers)
+        # Three cores stay free for what feeds the GPU: the diffusion thread, the fitting process and the posing
+        # thread (a starved launcher idles the GPU).
+        threads = max(1, ((os.cpu_count() or 2) - 3) // runner.cpu_workers)
         return ProcessPoolExecutor(
             1,
             mp_context=self.context,
@@ -297,17 +302,32 @@ class FinishPool:
 _WORKER_PIPE: Img2Mesh | None = None
 
 
-def _init_worker(pipeline: type[Img2Mesh], config: Img2MeshConfig, threads: int) -> None:
-    """Set up a CPU worker: an unloaded pipeline (finishing needs no model) and its share of the cores."""
+def _init_worker(pipeline: type[Img2Mesh], config: Img2MeshConfig, threads: int | None) -> None:
+    """Set up a worker process: an unloaded pipeline (fitting and finishing need no model), its share of the cores."""
     global _WORKER_PIPE
     import torch
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     _WORKER_PIPE = pipeline(config, progress=False)
 
 
 def _warm_up() -> None:
-    import recon.reconstruct  # noqa: F401  (the heavy imports of the finishing phase, done before the first item)
+    import recon.reconstruct  # noqa: F401  (the heavy imports of the worker's phase, done before the first item)
+
+
+def _warm_up_gpu() -> None:
+    """The imports and the CUDA context of the fitting process, before the first item."""
+    import torch
+
+    _warm_up()
+    if torch.cuda.is_available():
+        torch.cuda.init()
+
+
+def _fit_in_worker(made: ViewsOutput, crash: CrashPlan) -> FittedItem:
+    assert _WORKER_PIPE is not None
+    return fit_item(_WORKER_PIPE, made, crash)
 
 
 def _finish_in_worker(fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:

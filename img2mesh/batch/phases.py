@@ -112,6 +112,9 @@ class ItemFailed(Exception):
         super().__init__(record.error)
         self.record = record
 
+    def __reduce__(self):
+        return type(self), (self.record,)  # travels back from a worker process whole
+
 
 def prepare_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path) -> Image.Image:
     """Fetch (when remote) and preprocess the item's photo; CPU work a runner may do ahead of the GPU."""

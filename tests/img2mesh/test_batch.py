@@ -12,9 +12,10 @@ Worker deaths are real process deaths, made with the documented fault-injection 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -64,23 +65,25 @@ class ExampleViewsPipeline(Img2Mesh):
 
 
 class OverlapProbePipeline(ExampleViewsPipeline):
-    """Notes whether the second diffusion ran while the first item was being fitted (the local runner's overlap).
+    """Notes whether each diffusion ran while an earlier item was being fitted (the local runner's overlap).
 
-    The second diffusion waits (bounded) for the first fit to start: a runner that fits on the diffusion's thread, or
-    between diffusions, makes it wait in vain.
+    A fit (in the fitting process) leaves a file in ``$BATCH_PROBE``; every diffusion after the first waits for it
+    (bounded), so a runner that fits only between diffusions makes the second one wait in vain.
     """
 
-    fit_started = threading.Event()
     diffusions: ClassVar[list[bool]] = []
-    """Per diffusion: whether a fit had started (the second waits for one)."""
+    """Per diffusion: whether a fit had started."""
 
     def generate_views(self, cutout, seed=None):
-        cls = type(self)
-        cls.diffusions.append(cls.fit_started.wait(timeout=60) if cls.diffusions else cls.fit_started.is_set())
+        started = Path(os.environ["BATCH_PROBE"]) / "fit-started"
+        deadline = time.monotonic() + 60
+        while self.diffusions and not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.diffusions.append(started.exists())
         return super().generate_views(cutout, seed)
 
     def fit(self, views):
-        type(self).fit_started.set()
+        (Path(os.environ["BATCH_PROBE"]) / "fit-started").touch()
         return super().fit(views)
 
 
@@ -237,10 +240,11 @@ def test_cli_summary_exit_status_and_retry_failed(tiny_zero123pp: Path, tmp_path
 # ----------------------------------------------------------------------------------------------------- runners
 
 
-def check_job(out: Path, latest: dict[str, ItemRecord], lost: str) -> None:
-    """The good item is complete; the unreadable one failed with its sentence; the crashed one is reported lost."""
+def check_job(out: Path, latest: dict[str, ItemRecord], lost: dict[str, str]) -> None:
+    """The good item is complete; the unreadable one failed with its sentence; each crashed one (``lost``: stem →
+    words of its error) is reported lost."""
     records = by_stem(latest)
-    assert set(records) == {"spot", "crash", "broken"}
+    assert set(records) == {"spot", "broken", *lost}
     spot = records["spot"]
     assert spot.status == "done" and is_complete(out / spot.key)
     run = RunRecord.load(out / spot.key)
@@ -252,29 +256,35 @@ def check_job(out: Path, latest: dict[str, ItemRecord], lost: str) -> None:
     assert all((out / name).is_file() for name in spot.outputs)
     assert records["broken"].status == "failed" and "not a readable image" in records["broken"].error
     assert records["broken"].traceback is None  # bad input, not a bug
-    assert records["crash"].status == "failed" and lost in records["crash"].error
-    for failed in ("broken", "crash"):
+    for stem, words in lost.items():
+        assert records[stem].status == "failed" and words in records[stem].error, records[stem].error
+    for failed in ("broken", *lost):
         assert not (out / records[failed].key).exists()
     # Nothing half-written beside the finished folder: only items, the manifest and the input cache.
     assert {p.name for p in out.iterdir()} <= {spot.key, "manifest.jsonl", ".inputs"}
 
 
-def test_local_runner_reports_failures_and_rerun_does_nothing(config, photos: Path, tmp_path: Path) -> None:
+def test_local_runner_reports_failures_and_rerun_does_nothing(
+    config, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
-    crash = CrashPlan(frozenset({("finish", "crash")}))
+    shutil.copy(EXAMPLE_PHOTO, photos / "fitcrash.png")
+    monkeypatch.setenv("BATCH_PROBE", str(tmp_path))
+    crash = CrashPlan(frozenset({("finish", "crash"), ("fit", "fitcrash")}))
     runner = LocalRunner(config, out, cpu_workers=1, max_retries=1, crash=crash, pipeline=OverlapProbePipeline)
     result = run_job(collect_items([str(photos)]), out, runner, progress=False)
-    assert not result.ok and result.done == 1 and len(result.records) == 3
-    check_job(out, Manifest(out).latest(), lost="worker process died 2 time(s)")
-    # Two items reached the GPU; the first was fitted while the second's diffusion ran.
-    assert OverlapProbePipeline.diffusions == [False, True]
+    assert not result.ok and result.done == 1 and len(result.records) == 4
+    lost = {"crash": "worker process died 2 time(s)", "fitcrash": "fitting process died 2 time(s)"}
+    check_job(out, Manifest(out).latest(), lost)
+    # Three items reached the GPU (crash, fitcrash, spot); from the second on, each diffusion ran beside a fit.
+    assert OverlapProbePipeline.diffusions == [False, True, True]
 
     # A rerun does nothing: no item processed, no manifest line, the finished folder untouched.
     lines = Manifest(out).path.read_text()
     spot_key = next(r.key for r in result.records if r.status == "done")
     stamp = (out / spot_key / "run.json").stat().st_mtime_ns
     again = run_job(collect_items([str(photos)]), out, runner, progress=False)
-    assert again.records == [] and len(again.plan.already_done) == 1 and len(again.plan.failed_before) == 2
+    assert again.records == [] and len(again.plan.already_done) == 1 and len(again.plan.failed_before) == 3
     assert Manifest(out).path.read_text() == lines
     assert (out / spot_key / "run.json").stat().st_mtime_ns == stamp
 
@@ -310,7 +320,7 @@ def test_ray_runner_reports_failures_and_rerun_does_nothing(ray_session, config,
     runner = RayRunner(config, out, max_retries=1, crash=crash, pipeline=ExampleViewsPipeline)
     result = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert not result.ok and result.done == 1 and len(result.records) == 3
-    check_job(out, Manifest(out).latest(), lost="never came back from Ray after 2 attempt(s)")
+    check_job(out, Manifest(out).latest(), {"crash": "never came back from Ray after 2 attempt(s)"})
     again = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert again.records == [] and len(again.plan.already_done) == 1
 
