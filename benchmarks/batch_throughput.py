@@ -13,12 +13,13 @@ Runners: ``local`` (the default runner), ``local-serial`` (the same with ``overl
 a time, for comparison) and ``ray`` (``--ray`` on a local Ray started here with this machine's CPUs and GPUs).
 
 Columns: "img/min" is done items over the whole run (model load and the pipeline's fill and drain included);
-"steady img/min" counts from the first finished item to the last; "GPU busy" is the mean NVML utilisation (the share
-of time a kernel runs) over the whole run and over that steady window ("idle" is its complement); "GPU phase" is the
-share of the steady window in which a GPU phase (diffusion or fit) was running, in whichever process, and "both" the
-share in which the two ran side by side; "host CPU busy" is the share of all cores in use (``/proc/stat``) over the
-steady window; "sequential" is what the same stages cost one after another (sum of each item's stage times), i.e.
-``img2mesh run`` on the same machine.
+"steady img/min" counts from the first finished item to the last. "GPU busy" is the mean NVML utilisation (the share
+of time a kernel runs; "idle" is its complement) over the whole run, over that steady window, and over the "GPU
+window", from the first fit's start to the last fit's end (the pipeline full: both GPU phases have work, model load
+and the CPU drain left out). "GPU phase" is the share of the GPU window in which a GPU phase (diffusion or fit) was
+running, in whichever process, and "both" the share in which the two ran side by side. "host CPU busy" is the share
+of all cores in use (``/proc/stat``) over the steady window. "sequential" is what the same stages cost one after
+another (sum of each item's stage times), i.e. ``img2mesh run`` on the same machine.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ class StampedRunner:
 def make_inputs(folder: Path, count: int) -> Path:
     """``count`` photos (the examples, cycled) under distinct names."""
     photos = sorted(EXAMPLE_PHOTOS.glob("*.png"))
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     for i in range(count):
         shutil.copy(photos[i % len(photos)], folder / f"photo{i:03d}.png")
     return folder
@@ -261,6 +263,8 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
         for stage, seconds in record.timings.items():
             stages[stage] = stages.get(stage, 0.0) + seconds / len(done)
     phases = read_phases(phases_file)
+    fits = [(a, b) for name, a, b in phases if name == "fit"]
+    window = (min(a for a, _ in fits), max(b for _, b in fits)) if fits else None
     return {
         "runner": runner_name,
         "items": len(result.records),
@@ -272,8 +276,10 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
         "steady_img_per_min": 60 * (len(done) - 1) / (last - first) if len(done) > 1 and last > first else None,
         "gpu_busy": sampler.busy(start, end),
         "gpu_busy_steady": sampler.busy(first, last),
-        "gpu_phase_steady": covered([(a, b) for _, a, b in phases], first, last) if phases else None,
-        "both_phases_steady": both_running(phases, first, last) if phases else None,
+        "gpu_window_s": window[1] - window[0] if window else None,
+        "gpu_busy_window": sampler.busy(*window) if window else None,
+        "gpu_phase_window": covered([(a, b) for _, a, b in phases], *window) if window else None,
+        "both_phases_window": both_running(phases, *window) if window else None,
         "peak_gpu_memory_gib": sampler.peak_memory_gib(),
         "host_cpu_busy_steady": cpu.busy(first, last),
         "sequential_img_per_min": 60 / (sum(stage_sums) / len(stage_sums)) if stage_sums else None,
@@ -304,19 +310,19 @@ def table(rows: list[dict]) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [
-        "| runner | items | done | wall s | first done s | img/min | steady img/min | GPU busy (all) "
-        "| GPU busy (steady) | GPU phase / both (steady) | host CPU busy (steady) | peak GPU GiB | sequential img/min "
-        "| mean s per stage |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| runner | items | done | wall s | first done s | img/min | steady img/min "
+        "| GPU busy: all / steady / GPU window | GPU phase / both (GPU window) | host CPU busy (steady) "
+        "| peak GPU GiB | sequential img/min | mean s per stage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
+        busy = " / ".join(pct(r[k]) for k in ("gpu_busy", "gpu_busy_steady", "gpu_busy_window"))
         lines.append(
             f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {r['first_done_s']:.1f} "
-            f"| {num(r['img_per_min'])} | {num(r['steady_img_per_min'])} | {pct(r['gpu_busy'])} "
-            f"| {pct(r['gpu_busy_steady'])} | {pct(r['gpu_phase_steady'])} / {pct(r['both_phases_steady'])} "
-            f"| {pct(r['host_cpu_busy_steady'])} | {num(r['peak_gpu_memory_gib'])} "
-            f"| {num(r['sequential_img_per_min'])} | {stages} |"
+            f"| {num(r['img_per_min'])} | {num(r['steady_img_per_min'])} | {busy} "
+            f"| {pct(r['gpu_phase_window'])} / {pct(r['both_phases_window'])} | {pct(r['host_cpu_busy_steady'])} "
+            f"| {num(r['peak_gpu_memory_gib'])} | {num(r['sequential_img_per_min'])} | {stages} |"
         )
     return "\n".join(lines)
 
