@@ -2,9 +2,9 @@
 
 Builds full-size random weights of the real architecture (they cost exactly what the real ones cost) unless
 ``--model`` names a folder, then runs every mode in a fresh process (so warm-up is a first run's): compiled modes
-first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached").
-Two last rows run the default mode ("auto") under a simulated card of ``--card-gb`` GB
-(``torch.cuda.set_per_process_memory_fraction``), as is and with model CPU offload (the low-memory mode).
+first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached"); each
+compiling family ("fused", "blocks") has its own cache. The last row is the low-memory mode (model CPU offload,
+eager) under a simulated card of ``--card-gb`` GB (``torch.cuda.set_per_process_memory_fraction``).
 
     python benchmarks/multiview_speed.py --write-results         # on a CUDA machine
     python benchmarks/multiview_speed.py --size tiny --device cpu --modes off --steps 2,3   # smoke test
@@ -12,7 +12,8 @@ Two last rows run the default mode ("auto") under a simulated card of ``--card-g
 Columns: "step ms" is one denoiser call (reference + main pass) timed alone with CUDA events (median of 20);
 "ms/step" is the end-to-end slope (total(75) − total(28)) / 47, which includes the scheduler and the reference
 noising; totals include the encoders and the VAE decode; "max diff" is the largest absolute difference of the
-75-step output image from eager's (0-255 scale) with the same seeds.
+75-step output image from eager's (0-255 scale) with the same seeds. Graphed modes also report "1-stream ms": the
+step captured again with the reference pass inline instead of on its side stream (what the concurrency gains).
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def run_child(args) -> dict:
         result["step_ms"] = time_denoiser(pipe, device, dtype)
         if args.profile:
             profile_denoiser(pipe, device, dtype)
+        if "graphs" in mode and not pipe.denoiser._failed:
+            from img2mesh.zero123pp.fast_step import GraphedStep
+
+            pipe.denoiser.denoiser.bank.stream = None  # reference pass inline, before the main pass
+            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
+            result["step_ms_serial"] = time_denoiser(pipe, device, dtype)
     fallback = getattr(pipe.denoiser, "_failed", False)
     result["fell_back"] = bool(fallback)
     return result
@@ -216,12 +223,13 @@ def environment(args) -> dict:
 
 def table(rows: list[dict], args) -> str:
     s, long = args.steps
-    head = f"| mode | warm-up s | step ms | ms/step | {s} steps s | {long} steps s | peak GB | max diff ({long}) |"
-    lines = [head, "|" + " --- |" * 8]
+    head = "| mode | warm-up s | step ms | 1-stream ms | ms/step | "
+    head += f"{s} steps s | {long} steps s | peak GB | max diff ({long}) |"
+    lines = [head, "|" + " --- |" * 9]
     for r in rows:
         name = r["label"]
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 6)
+            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 7)
             continue
 
         def f(key, fmt="{:.1f}", r=r):
@@ -231,7 +239,8 @@ def table(rows: list[dict], args) -> str:
         resolved = "" if r["resolved"] == r["mode"] else f" → {r['resolved']}"
         fell = " (fell back to eager)" if r.get("fell_back") else ""
         lines.append(
-            f"| {name}{resolved}{fell} | {f('warmup_s')} | {f('step_ms')} | {f('ms_per_step')} | "
+            f"| {name}{resolved}{fell} | {f('warmup_s')} | {f('step_ms')} | {f('step_ms_serial')} | "
+            f"{f('ms_per_step')} | "
             f"{f(f'total_{s}', '{:.2f}')} | {f(f'total_{long}', '{:.2f}')} | {f(f'peak_gb_{long}', '{:.2f}')} | "
             f"{f('diff', '{:.2g}')} |"
         )
@@ -253,7 +262,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="Zero123++ folder (default: build random weights of --size)")
     parser.add_argument("--size", default="full", choices=["full", "tiny"])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--modes", default="off,graphs,blocks+graphs,blocks", help="comma-separated fast-path modes")
+    parser.add_argument(
+        "--modes", default="off,graphs,fused+graphs,blocks+graphs", help="comma-separated fast-path modes"
+    )
     parser.add_argument("--steps", default="28,75", help="two step counts: short,long")
     parser.add_argument("--card-gb", type=float, default=8.0, help="simulated card size of the low-memory row")
     parser.add_argument("--no-low-memory", action="store_true", help="skip the low-memory (offload) row")
@@ -283,27 +294,22 @@ def main() -> None:
     caches = Path(tempfile.mkdtemp(prefix="inductor_"))
     rows = []
     modes = ["off", *[m for m in args.modes.split(",") if m != "off"]]
-    compiled_cache = caches / "compiled"
     for mode in modes:
-        if "blocks" in mode and not compiled_cache.exists():
-            # First compiled mode: a cold run on an empty cache, then the same mode again on the filled cache.
-            rows.append(
-                {**spawn(args, mode, mode.replace("+", "_") + "_cold", compiled_cache), "label": f"{mode}, cold cache"}
-            )
-            print(json.dumps(rows[-1]), flush=True)
-            rows.append({**spawn(args, mode, mode.replace("+", "_"), compiled_cache), "label": f"{mode}, cached"})
+        tag = mode.replace("+", "_")
+        family = next((f for f in ("blocks", "fused") if f in mode), None)
+        if family is None:
+            rows.append({**spawn(args, mode, tag, caches / tag), "label": mode})
         else:
-            cache = compiled_cache if "blocks" in mode else caches / mode
-            label = f"{mode}, cached" if "blocks" in mode else mode
-            rows.append({**spawn(args, mode, mode.replace("+", "_"), cache), "label": label})
+            cache = caches / family
+            if not cache.exists():  # first mode of its family: a cold run on an empty cache, then on the filled one
+                rows.append({**spawn(args, mode, tag + "_cold", cache), "label": f"{mode}, cold cache"})
+                print(json.dumps(rows[-1]), flush=True)
+            rows.append({**spawn(args, mode, tag, cache), "label": f"{mode}, cached"})
         print(json.dumps(rows[-1]), flush=True)
     if args.device.startswith("cuda") and not args.no_low_memory:
-        for offload in (False, True):
-            tag = "capped_offload" if offload else "capped"
-            row = spawn(args, "auto", tag, compiled_cache, offload=offload, card_gb=args.card_gb)
-            label = f"{'offload + ' if offload else ''}auto, capped at {args.card_gb:g} GB"
-            rows.append({**row, "label": label})
-            print(json.dumps(rows[-1]), flush=True)
+        row = spawn(args, "off", "offload_capped", caches / "off", offload=True, card_gb=args.card_gb)
+        rows.append({**row, "label": f"low memory (offload, eager), capped at {args.card_gb:g} GB"})
+        print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         if "error" not in r:
             r["diff"] = max_diff(args, r["tag"], args.steps[1])

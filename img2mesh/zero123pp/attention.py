@@ -1,10 +1,26 @@
 """Reference attention: how Zero123++ feeds the condition image to an unmodified SD2 UNet.
 
 Every denoising step runs the UNet twice (spec §3). The *reference pass* runs on the noised condition latent and
-each self-attention layer (``attn1`` of every transformer block, 16 in SD2) records its input, i.e. the output of
-the block's ``norm1``. The *main pass* runs on the sample, and each ``attn1`` appends the recorded tokens of the same
+each self-attention layer (``attn1`` of every transformer block, 16 in SD2) sees its input, i.e. the output of the
+block's ``norm1``. The *main pass* runs on the sample, and each ``attn1`` appends those reference tokens of the same
 layer to its keys and values (queries come from the sample alone; same projections, no mask, no new weights).
 Cross-attention (``attn2``) is untouched.
+
+What the processors skip, without changing a bit of the result (the fidelity test holds them to the spec's
+literal algorithm in fp32 on the CPU):
+
+- The reference pass keeps the projected keys and values of its tokens rather than the tokens: the main pass would
+  project them again with the same weights (``to_k(cat[h, r]) == cat[to_k(h), to_k(r)]`` row by row).
+- The reference pass stops as soon as the last reference layer has its keys and values: the rest of the last up
+  block, ``norm_out`` and ``conv_out`` cannot affect the output (:class:`ReferenceComplete`).
+- The prompt embedding is the same in both passes, so the cross-attention keys and values of every layer are
+  projected once per step (:meth:`ReferenceUNet.forward`), not once per pass.
+- Fast paths also stack projections (:meth:`ReferenceUNet.fuse_projections`): each self-attention layer projects
+  query, key and value in one GEMM, and one GEMM projects the prompt for the cross-attention of all layers. This
+  changes the rounding of fp16 GEMMs, not the maths, so the eager path leaves it off.
+- With a side stream (:attr:`ReferenceBank.stream`, set by the CUDA-graph fast path), the reference pass runs on
+  it, concurrently with the main pass: each main-pass layer waits only for its own layer's reference keys and
+  values (one CUDA event per layer), so the two passes' kernels fill the GPU together.
 
 The state shared by the two passes is a :class:`ReferenceBank` that the processors hold, so nothing travels through
 ``cross_attention_kwargs``. :class:`ReferenceUNet` is the one callable that evaluates the model for a step
@@ -13,35 +29,91 @@ The state shared by the two passes is a :class:`ReferenceBank` that the processo
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 
 BankMode = Literal["off", "write", "read"]
+#: Attribute of an ``attn2`` module holding this step's (key, value) of the prompt embedding, or None. An attribute
+#: of the module rather than an entry keyed by layer name, so that code compiled around the module (regional
+#: compilation) sees the same structure in every layer and compiles once per shape, not once per layer.
+CROSS_KV = "_zero123pp_cross_kv"
+#: Attribute of an ``attn1`` module holding its query, key and value weights stacked into one matrix, or None
+#: (:meth:`ReferenceUNet.fuse_projections`): one projection GEMM instead of three.
+FUSED_QKV = "_zero123pp_qkv"
+
+
+class ReferenceComplete(Exception):
+    """Raised by the last reference layer in the reference pass: everything after it is wasted work."""
 
 
 class ReferenceBank:
-    """The reference tokens recorded by one reference pass, keyed by layer name, and what the layers do now."""
+    """The reference keys and values recorded by one reference pass, keyed by layer name, and what layers do now."""
 
     def __init__(self) -> None:
         self.mode: BankMode = "off"
-        """"write": record inputs; "read": attend to the recorded ones (consuming them); "off": plain attention."""
-        self.tokens: dict[str, torch.Tensor] = {}
-        """Layer name → recorded ``norm1`` output of the reference pass, shape (batch, tokens, channels)."""
+        """"write": record keys and values; "read": attend to the recorded ones (consuming them); "off": plain."""
+        self.keys_values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Layer name → projected (key, value) of the reference pass's tokens, each (batch, tokens, channels)."""
+        self.last_layer: str | None = None
+        """The layer after which the reference pass stops (the last reference layer in execution order)."""
+        self.stream: torch.cuda.Stream | None = None
+        """Side stream the reference pass runs on, concurrently with the main pass; None runs it first, inline."""
+        self.ready: dict[str, torch.cuda.Event] = {}
+        """Layer name → event recorded on :attr:`stream` once that layer's keys and values exist."""
+
+    def clear(self) -> None:
+        self.mode = "off"
+        self.keys_values.clear()
+        self.ready.clear()
+
+
+def check_plain_attention(attn: Attention) -> None:
+    """Raise ValueError unless ``attn`` is the plain attention of SD UNets, the only kind the processors implement
+    (what diffusers' ``AttnProcessor2_0`` does for it, operation for operation)."""
+    unsupported = [
+        name
+        for name, present in (
+            ("spatial_norm", attn.spatial_norm is not None),
+            ("group_norm", attn.group_norm is not None),
+            ("norm_cross", bool(attn.norm_cross)),
+            ("norm_q/norm_k", attn.norm_q is not None or attn.norm_k is not None),
+            ("residual_connection", attn.residual_connection),
+            ("rescale_output_factor", attn.rescale_output_factor != 1.0),
+            ("added key/value projections", getattr(attn, "add_k_proj", None) is not None),
+        )
+        if present
+    ]
+    if unsupported:
+        raise ValueError(f"Zero123++ attention supports plain SD attention only; this layer has {unsupported}")
+
+
+def attend(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of projected (batch, tokens, channels) tensors, then ``to_out``."""
+    batch = query.shape[0]
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+    return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
 class ReferenceAttnProcessor:
-    """Self-attention processor with reference attention; the attention itself is delegated to ``base``.
+    """Self-attention (``attn1``) with reference attention.
 
-    ``base`` defaults to diffusers' ``AttnProcessor2_0`` (what the reference pipeline chains to), so in "read" mode
-    the result is exactly ``base`` applied with ``encoder_hidden_states = cat([hidden_states, reference], dim=1)``.
+    "read" gives exactly ``AttnProcessor2_0`` applied with ``encoder_hidden_states = cat([hidden_states,
+    reference], dim=1)`` (the reference's processor), with the reference half of the projections taken from the
+    bank; "write" is plain self-attention that leaves its keys and values in the bank.
     """
 
-    def __init__(self, name: str, bank: ReferenceBank, base=None) -> None:
+    def __init__(self, name: str, bank: ReferenceBank) -> None:
         self.name = name
         self.bank = bank
-        self.base = base if base is not None else AttnProcessor2_0()
 
     def __call__(
         self,
@@ -51,13 +123,52 @@ class ReferenceAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("reference self-attention takes neither encoder states nor a mask")
+        stacked = getattr(attn, FUSED_QKV, None)
+        if stacked is not None and stacked.device == hidden_states.device:
+            query, key, value = F.linear(hidden_states, stacked).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         mode = self.bank.mode
         if mode == "write":
-            self.bank.tokens[self.name] = hidden_states
+            self.bank.keys_values[self.name] = (key, value)
+            if self.bank.stream is not None:
+                event = torch.cuda.Event()
+                event.record()  # on the side stream, where the reference pass runs
+                self.bank.ready[self.name] = event
+            if self.name == self.bank.last_layer:
+                raise ReferenceComplete
         elif mode == "read":
-            reference = self.bank.tokens.pop(self.name)
-            encoder_hidden_states = torch.cat([hidden_states, reference], dim=1)
-        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask)
+            if self.name in self.bank.ready:
+                torch.cuda.current_stream().wait_event(self.bank.ready.pop(self.name))
+            ref_key, ref_value = self.bank.keys_values.pop(self.name)
+            key = torch.cat([key, ref_key], dim=1)
+            value = torch.cat([value, ref_value], dim=1)
+        return attend(attn, query, key, value)
+
+
+class CrossAttnProcessor:
+    """Cross-attention (``attn2``) that takes the prompt's keys and values from the module when the step has
+    projected them already (attribute :data:`CROSS_KV`), else projects them itself."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if attention_mask is not None:
+            raise ValueError("Zero123++ cross-attention takes no mask")
+        projected = getattr(attn, CROSS_KV, None)
+        if projected is not None:
+            key, value = projected
+        else:
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            key, value = attn.to_k(context), attn.to_v(context)
+        return attend(attn, attn.to_q(hidden_states), key, value)
 
 
 def is_reference_layer(processor_name: str) -> bool:
@@ -65,11 +176,19 @@ def is_reference_layer(processor_name: str) -> bool:
     return processor_name.endswith("attn1.processor")
 
 
+def execution_order(names: list[str]) -> list[str]:
+    """UNet module names in the order ``UNet2DConditionModel.forward`` runs them: down blocks, mid block, up blocks
+    (``named_modules`` lists the mid block last, after the up blocks)."""
+    section = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(names, key=lambda name: section.get(name.split(".")[0], 1))
+
+
 class ReferenceUNet(torch.nn.Module):
     """A ``UNet2DConditionModel`` evaluated with reference attention: ``forward`` is one model evaluation of a step.
 
-    Installing it replaces the UNet's attention processors (``attn1``: :class:`ReferenceAttnProcessor`, the rest:
-    ``AttnProcessor2_0``); the UNet object itself stays a plain diffusers model (offload hooks, ``.to`` still work).
+    Installing it replaces the UNet's attention processors (``attn1``: :class:`ReferenceAttnProcessor`, ``attn2``:
+    :class:`CrossAttnProcessor`); the UNet object itself stays a plain diffusers model (offload hooks and ``.to``
+    still work).
     """
 
     def __init__(self, unet) -> None:
@@ -78,15 +197,59 @@ class ReferenceUNet(torch.nn.Module):
         self.bank = ReferenceBank()
         processors = {}
         for name in unet.attn_processors:
-            processors[name] = (
-                ReferenceAttnProcessor(name, self.bank) if is_reference_layer(name) else AttnProcessor2_0()
-            )
+            reference = is_reference_layer(name)
+            processors[name] = ReferenceAttnProcessor(name, self.bank) if reference else CrossAttnProcessor()
+        for module in unet.modules():
+            if isinstance(module, Attention):
+                check_plain_attention(module)
         unet.set_attn_processor(processors)
+        self.bank.last_layer = self.reference_layers[-1] if self.reference_layers else None
+        # Keep the attention modules outside the registered submodules (they are the UNet's): plain lists.
+        self._self = [m for name, m in unet.named_modules() if name.endswith("attn1") and isinstance(m, Attention)]
+        self._cross = [m for name, m in unet.named_modules() if name.endswith("attn2") and isinstance(m, Attention)]
+        self._cross_stacked: torch.Tensor | None = None
+
+    def fuse_projections(self) -> None:
+        """Stack the projection weights as they are now (device, dtype, values): per self-attention layer its
+        query/key/value matrices, and the key/value matrices of every cross-attention layer into one. Costs a
+        copy of those weights (~125 MB in fp16 for SD2); call again after moving or changing the UNet."""
+        for attn in self._self:
+            if attn.to_q.bias is None and attn.to_k.bias is None and attn.to_v.bias is None:
+                setattr(attn, FUSED_QKV, torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]).detach())
+        if self._cross and all(a.to_k.bias is None and a.to_v.bias is None for a in self._cross):
+            weights = [w for a in self._cross for w in (a.to_k.weight, a.to_v.weight)]
+            self._cross_stacked = torch.cat(weights).detach()
+
+    def unfuse_projections(self) -> None:
+        """Drop the stacked weights of :meth:`fuse_projections`."""
+        for attn in self._self:
+            setattr(attn, FUSED_QKV, None)
+        self._cross_stacked = None
+
+    def _project_prompt(self, encoder_hidden_states: torch.Tensor) -> None:
+        """This step's cross-attention keys and values of every layer, left on the modules (:data:`CROSS_KV`)."""
+        device = encoder_hidden_states.device
+        stacked = self._cross_stacked
+        if stacked is not None and stacked.device == device:
+            projected = F.linear(encoder_hidden_states, stacked)
+            start = 0
+            for attn in self._cross:
+                width = attn.to_k.weight.shape[0]
+                key = projected[..., start : start + width]
+                value = projected[..., start + width : start + 2 * width]
+                setattr(attn, CROSS_KV, (key, value))
+                start += 2 * width
+            return
+        for attn in self._cross:
+            # Not while CPU offload still has the weights elsewhere (the UNet's hook moves them at its call).
+            if attn.to_k.weight.device == device:
+                setattr(attn, CROSS_KV, (attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)))
 
     @property
     def reference_layers(self) -> list[str]:
-        """Names of the attention processors that carry reference attention (16 for the SD2 UNet)."""
-        return [name for name in self.unet.attn_processors if is_reference_layer(name)]
+        """Names of the attention processors that carry reference attention (16 for the SD2 UNet), in the order
+        the UNet runs them."""
+        return execution_order([name for name in self.unet.attn_processors if is_reference_layer(name)])
 
     def forward(
         self,
@@ -102,10 +265,16 @@ class ReferenceUNet(torch.nn.Module):
         ``reference_sample`` is None to switch reference attention off. ControlNet residuals go to the main pass
         only (spec §6).
         """
+        stream = self.bank.stream
         try:
+            self._project_prompt(encoder_hidden_states)
             if reference_sample is not None:
-                self.bank.mode = "write"
-                self.unet(reference_sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)
+                if stream is not None:
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        self._reference_pass(reference_sample, timestep, encoder_hidden_states)
+                else:
+                    self._reference_pass(reference_sample, timestep, encoder_hidden_states)
                 self.bank.mode = "read"
             return self.unet(
                 sample,
@@ -116,5 +285,13 @@ class ReferenceUNet(torch.nn.Module):
                 return_dict=False,
             )[0]
         finally:
-            self.bank.mode = "off"
-            self.bank.tokens.clear()
+            if stream is not None and reference_sample is not None:
+                torch.cuda.current_stream().wait_stream(stream)  # join: the step ends when both passes have
+            self.bank.clear()
+            for attn in self._cross:
+                setattr(attn, CROSS_KV, None)
+
+    def _reference_pass(self, reference_sample, timestep, encoder_hidden_states) -> None:
+        self.bank.mode = "write"
+        with contextlib.suppress(ReferenceComplete):
+            self.unet(reference_sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)

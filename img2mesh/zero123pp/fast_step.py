@@ -35,11 +35,13 @@ from typing import Literal
 
 import torch
 
+from img2mesh.zero123pp import fused_blocks
+
 logger = logging.getLogger(__name__)
 
-FastMode = Literal["auto", "off", "graphs", "blocks", "blocks+graphs"]
+FastMode = Literal["auto", "off", "graphs", "fused", "fused+graphs", "blocks", "blocks+graphs"]
 #: Modes that do something, from most to least demanding.
-ACTIVE_MODES = ("blocks+graphs", "graphs", "blocks")
+ACTIVE_MODES = ("blocks+graphs", "fused+graphs", "graphs", "blocks", "fused")
 #: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need dozens in the two passes, more
 #: than dynamo's default limit of 8 per function (process-wide setting, raised, never lowered).
 RECOMPILE_LIMIT = 128
@@ -64,7 +66,7 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     can_compile = _can_compile(device)
     wanted = requested if requested != "auto" else ("graphs" if cuda else "off")
     mode = "+".join(
-        part for part in wanted.split("+") if (part == "graphs" and can_graph) or (part == "blocks" and can_compile)
+        part for part in wanted.split("+") if (part == "graphs" and can_graph) or (part != "graphs" and can_compile)
     )
     mode = mode or "off"
     if mode != wanted and requested != "auto":
@@ -264,7 +266,7 @@ class FastDenoiser:
             logger.warning("fast path %r failed (%s: %s); continuing eager", self.mode, type(error).__name__, error)
             self._failed = True
             self._graphed = None
-            uncompile_blocks(self.unet)
+            _undo(self.denoiser, self.unet)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
@@ -275,6 +277,9 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, backend: s
 
     Call after the pipeline is on its device and in its dtype. ``offload`` says CPU offload hooks are installed.
     ``backend`` is ``torch.compile``'s (tests use "eager" to exercise the wrapping without code generation).
+    Graphed modes also run the reference pass on a side stream, concurrently with the main pass
+    (:class:`~img2mesh.zero123pp.attention.ReferenceBank`): inside one CUDA graph the two become parallel
+    branches that wait for each other only layer by layer.
     """
     disable_fast_path(pipe)
     device = pipe.unet.device if not offload else pipe._execution_device
@@ -282,10 +287,16 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, backend: s
     if mode == "off":
         return mode
     pipe.unet.to(memory_format=torch.channels_last)
+    if not offload:  # offload moves the UNet's weights, which the stacked copies would not follow
+        pipe.denoiser.fuse_projections()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape once, at warm-up
     if "blocks" in mode:
         compile_blocks(pipe.unet, backend=backend)
+    if "fused" in mode:
+        fused_blocks.install(pipe.unet, fused_blocks.FusedOps.compiled(backend))
+    if "graphs" in mode:
+        pipe.denoiser.bank.stream = torch.cuda.Stream(device)
     pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, mode)
     logger.info("Zero123++ fast path: %s", mode)
     return mode
@@ -295,4 +306,11 @@ def disable_fast_path(pipe) -> None:
     """Back to the eager denoiser (weights stay channels-last, which only changes their layout)."""
     if isinstance(pipe.denoiser, FastDenoiser):
         pipe.denoiser = pipe.denoiser.denoiser
-    uncompile_blocks(pipe.unet)
+    _undo(pipe.denoiser, pipe.unet)
+
+
+def _undo(denoiser, unet: torch.nn.Module) -> None:
+    uncompile_blocks(unet)
+    fused_blocks.uninstall(unet)
+    denoiser.unfuse_projections()
+    denoiser.bank.stream = None

@@ -1,6 +1,6 @@
 """The Zero123++ fast path on the CPU: mode resolution and fallbacks, and every mode that can run here giving the
-eager output (regional compilation through torch.compile's "eager" backend, channels-last, the compile-failure
-fallback, the CUDA-graph wrapper's argument plumbing). Budget: ~1 min on 2 cores."""
+eager output (regional compilation and the fused blocks through torch.compile's "eager" backend, channels-last,
+the compile-failure fallback, the CUDA-graph wrapper's argument plumbing). Budget: ~1.5 min on 2 cores."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 
+from img2mesh.zero123pp import fused_blocks
 from img2mesh.zero123pp.fast_step import (
     FastDenoiser,
     _flatten,
@@ -52,10 +53,12 @@ def test_auto_is_off_on_cpu_and_impossible_modes_degrade_with_a_log(caplog) -> N
     assert resolve_mode("auto", "cpu") == "off"
     assert resolve_mode("off", "cpu") == "off"
     assert resolve_mode("blocks", "cpu") == "blocks"
+    assert resolve_mode("fused", "cpu") == "fused"
     with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.fast_step"):
         assert resolve_mode("graphs", "cpu") == "off"
         assert resolve_mode("blocks+graphs", "cpu") == "blocks"
-    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 2
+        assert resolve_mode("fused+graphs", "cpu") == "fused"
+    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 3
     with pytest.raises(ValueError, match="compile mode"):
         resolve_mode("turbo", "cpu")
 
@@ -105,6 +108,47 @@ def test_compiled_blocks_give_the_eager_output_with_reference_attention(pipe) ->
     assert (with_ref - without_ref).abs().max() > 1e-3
     with torch.no_grad():
         torch.testing.assert_close(pipe.denoiser(*inputs), with_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
+    """The patched resnet and transformer forwards with the plain (uncompiled) fused functions: same denoiser output
+    as diffusers' forwards up to float rounding (channels-last changes the CPU convolution algorithm), every block
+    of the tiny UNet patched, and uninstalling restores diffusers' forwards exactly."""
+    inputs = denoiser_inputs(pipe, size=12)
+    with torch.no_grad():
+        expected = pipe.denoiser(*inputs)
+        patched = fused_blocks.install(pipe.unet, fused_blocks.FusedOps())
+        try:
+            fused = pipe.denoiser(*inputs)
+        finally:
+            fused_blocks.uninstall(pipe.unet)
+        restored = pipe.denoiser(*inputs)
+    resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in pipe.unet.modules())
+    transformers = sum(type(m).__name__ == "Transformer2DModel" for m in pipe.unet.modules())
+    assert patched == resnets + transformers > 0
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(restored, expected)
+
+
+def test_fused_mode_compiles_a_few_graphs_for_every_shape_and_pass(pipe) -> None:
+    """ "fused": the pipeline's guided step equals eager, and the fused functions are compiled with symbolic shapes:
+    a handful of graphs serve every block of both passes, and a new latent size compiles nothing more."""
+    eager = guided_prediction(pipe)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    assert enable_fast_path(pipe, "fused", backend="eager") == "fused"
+    try:
+        fast = guided_prediction(pipe)
+        graphs = counters["unique_graphs"] - before
+        with torch.no_grad():
+            pipe.denoiser(*denoiser_inputs(pipe, size=24))
+        assert counters["unique_graphs"] - before == graphs
+        assert not pipe.denoiser._failed
+    finally:
+        disable_fast_path(pipe)
+    assert 0 < graphs <= 16
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
 
 
 def failing_backend(graph_module, example_inputs):

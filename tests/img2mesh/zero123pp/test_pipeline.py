@@ -91,21 +91,34 @@ def test_each_conditioning_path_matters(tiny_pipe, photo, switch):
 
 
 def test_reference_attention_sees_the_condition_through_every_self_attention_layer(tiny_pipe, photo):
-    recorded = []
+    calls = []
     hooks = []
     for name, module in tiny_pipe.unet.named_modules():
-        if name.endswith("attn1"):
-            hooks.append(module.register_forward_hook(lambda m, args, out, name=name: recorded.append(name)))
+        if name.endswith("attn1") or name == "conv_out":
+            hooks.append(module.register_forward_pre_hook(lambda m, args, name=name: calls.append(name)))
     try:
         latents(tiny_pipe, photo)
     finally:
         for hook in hooks:
             hook.remove()
-    layers = {n.removesuffix(".processor") for n in tiny_pipe.denoiser.reference_layers}
+    layers = [n.removesuffix(".processor") for n in tiny_pipe.denoiser.reference_layers]
     assert len(layers) == 7  # tiny UNet: 2 down + 1 mid + 4 up transformer blocks
-    # Every attn1 runs twice per step (reference pass, then main pass).
-    assert sorted(recorded) == sorted(list(layers) * 2 * STEPS)
-    assert tiny_pipe.denoiser.bank.tokens == {}
+    # Per step, the reference pass reaches every attn1 in execution order and stops after the last one (its conv_out
+    # would be wasted work); then the main pass runs every attn1 again, and conv_out.
+    assert calls == (layers + layers + ["conv_out"]) * STEPS
+    assert tiny_pipe.denoiser.bank.keys_values == {} and tiny_pipe.denoiser.bank.mode == "off"
+
+
+def test_the_prompt_keys_and_values_are_projected_once_per_step_for_both_passes(tiny_pipe, photo):
+    cross = [m for name, m in tiny_pipe.unet.named_modules() if name.endswith("attn2")]
+    calls = []
+    hooks = [m.to_k.register_forward_hook(lambda *_: calls.append(1)) for m in cross]
+    try:
+        latents(tiny_pipe, photo)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(cross) == 7 and len(calls) == len(cross) * STEPS
 
 
 def test_guidance_one_runs_a_single_unet_batch(tiny_pipe, photo):
