@@ -24,6 +24,7 @@ another (sum of each item's stage times), i.e. ``img2mesh run`` on the same mach
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import datetime
 import json
@@ -199,6 +200,7 @@ class StampedRunner:
         self.runner = runner
         self.name = runner.name
         self.arrivals: list[float] = []
+        self.records: list = []
 
     def run(self, items, report) -> None:
         start = time.monotonic()
@@ -208,6 +210,7 @@ class StampedRunner:
             elapsed = self.arrivals[-1] - start
             stages = " ".join(f"{k}={v:.2f}" for k, v in record.timings.items())
             print(f"  {elapsed:7.1f} s  (unix {time.time():.1f})  {record.key}  {record.status}  {stages}", flush=True)
+            self.records.append(record)
             report(record)
 
         self.runner.run(items, stamped)
@@ -223,7 +226,10 @@ def make_inputs(folder: Path, count: int) -> Path:
     return folder
 
 
-def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int | None) -> dict:
+def measure(
+    runner_name: str, config, photos: Path, work: Path, cpu_workers: int | None, time_limit: float | None = None
+) -> dict:
+    """Run one job and measure it; after ``time_limit`` seconds the job is interrupted and what finished counts."""
     from img2mesh.batch import collect_items, run_job
 
     out = work / f"out-{runner_name}"
@@ -244,18 +250,30 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
         runner = StampedRunner(local)
     warnings = WarningCounter()
     logging.getLogger("img2mesh.zero123pp.fast_step").addHandler(warnings)
+    items = collect_items([str(photos)])
+    # Interrupts the main thread alone (as Ctrl-C would): the runner shuts its workers down in order.
+    limit = threading.Timer(time_limit, _thread.interrupt_main) if time_limit else None
+    interrupted = False
     try:
         with GpuSampler() as sampler, CpuSampler() as cpu:
             start = time.monotonic()
-            result = run_job(collect_items([str(photos)]), out, runner, progress=False)
-            end = time.monotonic()
+            if limit is not None:
+                limit.start()
+            try:
+                run_job(items, out, runner, progress=False)
+            except KeyboardInterrupt:
+                interrupted = True
+            end = time.monotonic() if not interrupted else start + time_limit  # not the shutdown after it
     finally:
+        if limit is not None:
+            limit.cancel()
         logging.getLogger("img2mesh.zero123pp.fast_step").removeHandler(warnings)
         if runner_name == "ray":
             import ray
 
             ray.shutdown()
-    done = [r for r in result.records if r.status == "done"]
+    records = runner.records
+    done = [r for r in records if r.status == "done"]
     first, last = (runner.arrivals[0], runner.arrivals[-1]) if runner.arrivals else (end, end)
     stage_sums = [sum(r.timings.values()) for r in done]
     stages: dict[str, float] = {}
@@ -267,9 +285,10 @@ def measure(runner_name: str, config, photos: Path, work: Path, cpu_workers: int
     window = (min(a for a, _ in fits), max(b for _, b in fits)) if fits else None
     return {
         "runner": runner_name,
-        "items": len(result.records),
+        "items": len(items),
         "done": len(done),
-        "failed": [f"{r.key}: {r.error}" for r in result.records if r.status != "done"],
+        "interrupted_after_s": time_limit if interrupted else None,
+        "failed": [f"{r.key}: {r.error}" for r in records if r.status != "done"],
         "wall_s": end - start,
         "first_done_s": first - start,
         "img_per_min": 60 * len(done) / (end - start),
@@ -318,8 +337,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
         busy = " / ".join(pct(r[k]) for k in ("gpu_busy", "gpu_busy_steady", "gpu_busy_window"))
+        done = f"{r['done']}" + (f" (stopped at {r['interrupted_after_s']:.0f} s)" if r["interrupted_after_s"] else "")
         lines.append(
-            f"| {r['runner']} | {r['items']} | {r['done']} | {r['wall_s']:.1f} | {r['first_done_s']:.1f} "
+            f"| {r['runner']} | {r['items']} | {done} | {r['wall_s']:.1f} | {r['first_done_s']:.1f} "
             f"| {num(r['img_per_min'])} | {num(r['steady_img_per_min'])} | {busy} "
             f"| {pct(r['gpu_phase_window'])} / {pct(r['both_phases_window'])} | {pct(r['host_cpu_busy_steady'])} "
             f"| {num(r['peak_gpu_memory_gib'])} | {num(r['sequential_img_per_min'])} | {stages} |"
@@ -361,6 +381,7 @@ def main() -> None:
     parser.add_argument("--config", help="config preset or YAML (default: the built-in defaults, i.e. default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (YAML)")
     parser.add_argument("--cpu-workers", type=int, help="CPU processes of the default runner")
+    parser.add_argument("--time-limit", type=float, help="stop each job after this many seconds; what finished counts")
     parser.add_argument("--work", type=Path, help="folder for inputs and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--write-results", action="store_true", help=f"write the table into {RESULTS.name}")
@@ -383,7 +404,7 @@ def main() -> None:
 
     rows = []
     for name in args.runners.split(","):
-        row = measure(name.strip(), config, photos, work, args.cpu_workers)
+        row = measure(name.strip(), config, photos, work, args.cpu_workers, args.time_limit)
         rows.append(row)
         print(json.dumps(row), flush=True)
     weights = f"{args.size}-size random" if args.model is None else args.model
