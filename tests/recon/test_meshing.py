@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import trimesh
 
 from recon.errors import InputError
-from recon.meshing import MeshConfig, extract_mesh
+from recon.meshing import MeshConfig, extract_mesh, orient
 
 
 def sphere_grid(n: int, centre=(0.0, 0.0, 0.0), radius: float = 0.6, extra: tuple | None = None):
@@ -53,3 +54,32 @@ def test_a_field_without_surface_is_refused():
     sdf = np.ones((16, 16, 16), np.float32)
     with pytest.raises(InputError, match="no surface"):
         extract_mesh(sdf, np.zeros(3), np.ones(3))
+
+
+def test_a_thin_neck_pinched_by_decimation_still_comes_out_outward():
+    axis = np.linspace(-1, 1, 64)
+    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    balls = np.minimum(
+        np.linalg.norm(points - [-0.5, 0, 0], axis=-1) - 0.35, np.linalg.norm(points - [0.5, 0, 0], axis=-1) - 0.35
+    )
+    neck = np.maximum(np.linalg.norm(points[..., 1:], axis=-1) - 0.03, np.abs(points[..., 0]) - 0.5)
+    sdf = np.minimum(balls, neck).astype(np.float32)
+    mesh = extract_mesh(sdf, -np.ones(3), np.ones(3), MeshConfig(faces=200))
+    assert mesh.volume > 0
+    outward = np.sum(mesh.vertex_normals * (mesh.vertices - np.sign(mesh.vertices[:, :1]) * [0.5, 0, 0]), axis=1)
+    assert (outward > 0).mean() > 0.9
+
+
+def test_orient_turns_an_inward_mesh_with_a_non_manifold_edge_outward():
+    # Decimation can pinch thin parts into non-manifold edges: the mesh is then no volume in trimesh's strict sense.
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    sphere.invert()
+    a, b = sphere.edges_unique[0]
+    fin = (sphere.vertices[a] + sphere.vertices[b]) * 0.6
+    mesh = trimesh.Trimesh(
+        np.vstack([sphere.vertices, fin]), np.vstack([sphere.faces, [[a, b, len(sphere.vertices)]]]), process=False
+    )
+    assert not mesh.is_volume and mesh.volume < 0
+    mesh = orient(mesh)
+    assert mesh.volume > 0
+    assert (np.sum(mesh.vertex_normals * mesh.vertices, axis=1) > 0).mean() > 0.99
