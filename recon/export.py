@@ -24,6 +24,10 @@ from recon.errors import InputError
 Format = Literal["glb", "obj", "ply"]
 FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 
+#: zlib level of the PNG texture (GLB, OBJ): 1 encodes a 1024² baked texture in about 40% of the time of Pillow's
+#: default 6 (0.07 vs 0.15 CPU s) for a ~20% larger file; textures are recompressed by any game asset pipeline.
+PNG_COMPRESS_LEVEL = 1
+
 
 @dataclass
 class ExportConfig:
@@ -71,9 +75,14 @@ def export_target(path: str | Path, format: str | None = None) -> tuple[Path, st
 
 
 def gltf_axes(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """A copy of a world z-up mesh turned into glTF axes (a proper rotation: winding and normals stay valid)."""
+    """A copy of a world z-up mesh turned into glTF axes (a proper rotation: winding and normals stay valid), its
+    texture set to encode at :data:`PNG_COMPRESS_LEVEL`."""
     out = mesh.copy()
     out.vertices = world_to_gltf(mesh.vertices)
+    image = getattr(getattr(out.visual, "material", None), "baseColorTexture", None)
+    if image is not None:
+        # trimesh saves the texture with no options; Pillow merges an image's own encoderinfo into every save.
+        image.encoderinfo = {**getattr(image, "encoderinfo", {}), "compress_level": PNG_COMPRESS_LEVEL}
     return out
 
 

@@ -45,6 +45,10 @@ class TextureConfig:
     """A texel counts as visible in a view when its depth is within this (world units) of the mesh's depth map."""
     mask_erosion: int = 2
     """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
+    unwrap_pieces: int = 16
+    """Spatially compact pieces of equal face count the mesh is cut into before xatlas charts it (1: the mesh whole).
+    Chart growing costs superlinearly in the faces of a piece and xatlas charts separate pieces on parallel threads:
+    a 20k-face mesh took 4-6 CPU seconds whole and 1.5-2 in 16 pieces, with the same atlas utilisation."""
 
 
 def bake_texture(
@@ -63,7 +67,7 @@ def bake_texture(
     config = config or TextureConfig()
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    vmapping, faces, uv = unwrap(mesh, config.size, config.padding)
+    vmapping, faces, uv = unwrap(mesh, config.size, config.padding, config.unwrap_pieces)
     timings["unwrap"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -96,19 +100,60 @@ def bake_texture(
     return trimesh.Trimesh(mesh.vertices[vmapping], faces, visual=visual, process=False)
 
 
-def unwrap(mesh: trimesh.Trimesh, size: int, padding: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas charts packed into a ``size``² atlas: (vertex mapping, faces, UVs in [0, 1] with v up)."""
+def unwrap(
+    mesh: trimesh.Trimesh, size: int, padding: int, pieces: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts packed into a ``size``² atlas: (vertex mapping, faces, UVs in [0, 1] with v up).
+
+    With ``pieces`` > 1 the faces are first cut into that many compact pieces (:func:`split_faces`), each charted
+    separately (in parallel) and all packed into the one atlas; a piece's border becomes a chart border.
+    """
     import xatlas
 
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    groups = split_faces(mesh, pieces)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+    used = []
+    for group in groups:
+        piece_vertices, piece_faces = np.unique(faces[group], return_inverse=True)
+        used.append(piece_vertices)
+        atlas.add_mesh(vertices[piece_vertices], piece_faces.reshape(-1, 3).astype(np.uint32))
     pack = xatlas.PackOptions()
     pack.resolution = size
     pack.padding = padding
     pack.bilinear = True
     atlas.generate(pack_options=pack)
-    vmapping, faces, uv = atlas[0]
-    return vmapping.astype(np.int64), faces.astype(np.int64), uv.astype(np.float32)
+    vmappings, out_faces, uvs = [], [], []
+    offset = 0
+    for i, piece_vertices in enumerate(used):
+        vmapping, piece_faces, uv = atlas[i]
+        vmappings.append(piece_vertices[vmapping.astype(np.int64)])
+        out_faces.append(piece_faces.astype(np.int64) + offset)
+        uvs.append(uv)
+        offset += len(vmapping)
+    return np.concatenate(vmappings), np.concatenate(out_faces), np.concatenate(uvs).astype(np.float32)
+
+
+#: Fewest faces per unwrap piece: below this xatlas is fast anyway and more cuts only add seams.
+MIN_PIECE_FACES = 1000
+
+
+def split_faces(mesh: trimesh.Trimesh, pieces: int) -> list[np.ndarray]:
+    """Face indices of about ``pieces`` compact pieces of equal size (recursive median cuts across the longest side)."""
+    pieces = max(1, min(pieces, len(mesh.faces) // MIN_PIECE_FACES))
+    centres = np.asarray(mesh.triangles_center)
+
+    def cut(index: np.ndarray, parts: int) -> list[np.ndarray]:
+        if parts == 1:
+            return [index]
+        points = centres[index]
+        axis = int(np.argmax(points.max(0) - points.min(0)))
+        order = index[np.argsort(points[:, axis], kind="stable")]
+        half = len(order) * (parts // 2) // parts
+        return cut(order[:half], parts // 2) + cut(order[half:], parts - parts // 2)
+
+    return cut(np.arange(len(mesh.faces)), pieces)
 
 
 def rasterize_uv(uv: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +192,60 @@ def rasterize_uv(uv: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[torc
     b = _barycentrics(tri[owner[ys, xs]], xs.float() + 0.5, ys.float() + 0.5).clamp_min(0)
     bary[ys, xs] = b / b.sum(-1, keepdim=True).clamp_min(1e-12)
     return owner, bary
+
+
+@dataclass
+class AtlasReport:
+    """What a UV atlas looks like at its texture size: the checks a game engine's texture needs."""
+
+    charts: int
+    """UV charts (connected pieces of the UV mesh)."""
+    coverage: float
+    """Share of the texels whose centre lies in some face."""
+    overlap: int
+    """Texels covered by two different charts (0 for a valid atlas)."""
+    gap: int
+    """Fewest texels between two charts' covered texels (Chebyshev distance, capped at ``max_gap`` + 1)."""
+
+
+def atlas_report(uv: np.ndarray, faces: np.ndarray, size: int, max_gap: int = 8) -> AtlasReport:
+    """Charts, coverage, overlap and the smallest gap between charts of UVs (V, 2) in [0, 1] on a ``size``² texture.
+
+    The rasteriser keeps the highest face index per texel, so rasterising the faces sorted by chart, then in the
+    reverse order, gives each texel the highest and the lowest chart covering it: two charts overlap where they differ.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(uv)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    charts, label = connected_components(graph, directed=False)
+    chart = label[faces[:, 0]]
+    order = np.argsort(chart, kind="stable")
+    uv_t = torch.as_tensor(uv, dtype=torch.float32)
+    high = _chart_raster(uv_t, faces[order], chart[order], size)
+    low = _chart_raster(uv_t, faces[order[::-1]], chart[order[::-1]], size)
+    covered = high >= 0
+    overlap = int((covered & (high != low)).sum())
+    big = charts + 1
+    hi_map = torch.where(covered, high, torch.full_like(high, -1)).float()[None, None]
+    lo_map = torch.where(covered, low, torch.full_like(low, big)).float()[None, None]
+    gap = max_gap + 1
+    for r in range(1, max_gap + 1):
+        top = F.max_pool2d(hi_map, 2 * r + 1, stride=1, padding=r)[0, 0]
+        bottom = -F.max_pool2d(-lo_map, 2 * r + 1, stride=1, padding=r)[0, 0]
+        if (covered & ((top != high.float()) | (bottom != low.float()))).any():
+            gap = r
+            break
+    return AtlasReport(int(charts), float(covered.float().mean()), overlap, gap)
+
+
+def _chart_raster(uv: torch.Tensor, faces: np.ndarray, chart: np.ndarray, size: int) -> torch.Tensor:
+    """Chart (size, size) of the last face (in the given order) covering each texel centre, -1 where none does."""
+    face_id, _ = rasterize_uv(uv, torch.as_tensor(np.ascontiguousarray(faces), dtype=torch.int64), size)
+    charts = torch.as_tensor(np.ascontiguousarray(chart), dtype=torch.int64)
+    return torch.where(face_id >= 0, charts[face_id.clamp_min(0)], torch.full_like(face_id, -1))
 
 
 def _barycentrics(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:

@@ -93,3 +93,14 @@ def test_bad_targets_are_refused_before_writing(textured, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         export_mesh(textured, tmp_path / "missing" / "mesh.glb")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_textures_are_written_with_fast_png_compression(textured, tmp_path):
+    glb = export_mesh(textured, tmp_path / "mesh.glb")[0].read_bytes()
+    obj_png = export_mesh(textured, tmp_path / "mesh.obj")
+    for data in (glb, next(p for p in obj_png if p.suffix == ".png").read_bytes()):
+        start = data.index(b"IDAT") + 4  # the zlib stream of the first image data chunk
+        cmf, flg = data[start], data[start + 1]
+        assert cmf & 0x0F == 8 and (cmf * 256 + flg) % 31 == 0  # a zlib header
+        assert flg >> 6 == 0  # FLEVEL 0: zlib levels 0-1 (Pillow's default 6 writes 2)
+    assert not hasattr(textured.visual.material.baseColorTexture, "encoderinfo")  # the caller's image untouched

@@ -9,7 +9,16 @@ import trimesh
 
 from recon.cameras import intrinsics, orbit_cam_to_world
 from recon.render import render_views
-from recon.texture import TextureConfig, bake_texture, fill_outside, rasterize_uv
+from recon.texture import (
+    MIN_PIECE_FACES,
+    TextureConfig,
+    atlas_report,
+    bake_texture,
+    fill_outside,
+    rasterize_uv,
+    split_faces,
+    unwrap,
+)
 from recon.views import PosedViews
 
 RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9), (0.0, 1.0, 0.0)
@@ -91,3 +100,36 @@ def test_texels_no_view_sees_take_the_colour_field(sphere):
     inside = alpha > 0.99
     np.testing.assert_allclose(np.median(front[inside], axis=0), RED, atol=0.05)  # its rim is grazing: field
     np.testing.assert_allclose(np.median(back[inside], axis=0), GREEN, atol=0.05)
+
+
+def two_quads(gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """UVs and faces of two rectangles side by side, ``gap`` apart in u (negative: overlapping)."""
+    a, b = 0.4, 0.4 + gap
+    uv = np.array([[0.1, 0.1], [a, 0.1], [a, 0.9], [0.1, 0.9], [b, 0.1], [0.8, 0.1], [0.8, 0.9], [b, 0.9]])
+    return uv, np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+
+
+def test_atlas_report_counts_charts_overlap_and_the_gap_between_charts():
+    report = atlas_report(*two_quads(3 / 16), 16)
+    assert report.charts == 2 and report.overlap == 0 and report.gap == 4  # texel centres 4 columns apart
+    report = atlas_report(*two_quads(-0.1), 16)
+    assert report.overlap > 0 and report.gap == 1
+
+
+def test_unwrap_in_pieces_keeps_every_face_and_gives_a_valid_padded_atlas():
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.8)  # 5120 faces
+    pieces = split_faces(mesh, 4)
+    assert sorted(len(p) for p in pieces) == [1280] * 4
+    assert np.array_equal(np.sort(np.concatenate(pieces)), np.arange(len(mesh.faces)))
+    assert len(split_faces(mesh, 64)) == len(mesh.faces) // MIN_PIECE_FACES  # no piece below the minimum
+    vmapping, faces, uv = unwrap(mesh, 256, 2, pieces=4)
+    # the same triangles, in another order, over vertices split along the seams
+    before = np.sort(np.sort(mesh.faces, axis=1), axis=0)
+    after = np.sort(np.sort(vmapping[faces], axis=1), axis=0)
+    assert np.array_equal(before, after)
+    assert uv.min() >= 0 and uv.max() <= 1
+    report = atlas_report(uv, faces, 256)
+    assert report.overlap == 0 and report.gap >= 2 and report.coverage > 0.3
+    _, whole_faces, whole_uv = unwrap(mesh, 256, 2)
+    whole = atlas_report(whole_uv, whole_faces, 256)
+    assert report.coverage > 0.85 * whole.coverage  # cutting into pieces wastes little texture
