@@ -124,10 +124,7 @@ def compile_blocks(unet: torch.nn.Module, backend: str = "inductor") -> int:
     270 s instead of 180 s, 67 s instead of 22 s with a warm cache, and 24.2 instead of 22.5 ms per step.)
     Compilation itself is lazy: it happens at the first call with each shape, i.e. at the first denoising step.
     """
-    compile_cache_dir()
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
+    _prepare_compilation()
     for attn in _reference_attentions(unet):
         # The reference tokens live in a dict the attn1 processors fill and empty layer by layer; traced, every
         # fill level would be a guard and a recompile. Run attn1 itself eagerly (its work is GEMMs and SDPA, which
@@ -137,6 +134,14 @@ def compile_blocks(unet: torch.nn.Module, backend: str = "inductor") -> int:
     for block in blocks:
         block.compile(backend=backend, dynamic=False, fullgraph=False)
     return len(blocks)
+
+
+def _prepare_compilation() -> None:
+    """Inductor's on-disk cache folder, and a recompile limit that the blocks' shapes fit in."""
+    compile_cache_dir()
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
 
 
 def _reference_attentions(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -294,6 +299,7 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, backend: s
     if "blocks" in mode:
         compile_blocks(pipe.unet, backend=backend)
     if "fused" in mode:
+        _prepare_compilation()
         fused_blocks.install(pipe.unet, fused_blocks.FusedOps.compiled(backend))
     if "graphs" in mode:
         pipe.denoiser.bank.stream = torch.cuda.Stream(device)

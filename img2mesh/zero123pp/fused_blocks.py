@@ -22,34 +22,34 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-def group_norm_act(x, norm: torch.nn.GroupNorm, act: bool, shift=None):
-    """``silu(norm(x + shift))`` (``shift`` broadcast per channel, optional; SiLU when ``act``), returned
-    channels-last like the convolution weights that read it. The norm goes in as a module so that its group count
-    and epsilon stay compile-time constants (module attributes), while the shapes are symbolic."""
+def group_norm_act(x, norm: torch.nn.GroupNorm, weight, bias, act: bool, shift=None):
+    """``silu(group_norm(x + shift))`` (``shift`` broadcast per channel, optional; SiLU when ``act``), returned
+    channels-last like the convolution weights that read it. ``norm`` supplies the group count and epsilon, which
+    stay compile-time constants (module attributes); its weight and bias come separately as plain tensors, whose
+    sizes are symbolic like the activation's (parameters would pin every channel count: a compilation each)."""
     if shift is not None:
         x = x + shift
-    y = norm(x)
+    y = F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
     if act:
         y = F.silu(y)
     return y.contiguous(memory_format=torch.channels_last)
 
 
-def group_norm_tokens(x, norm: torch.nn.GroupNorm):
-    """``norm(x)`` of a (B, C, H, W) map as (B, H·W, C) tokens (the transformer's input layout)."""
+def group_norm_tokens(x, norm: torch.nn.GroupNorm, weight, bias):
+    """``group_norm(x)`` of a (B, C, H, W) map as (B, H·W, C) tokens (the transformer's input layout)."""
     b, c, h, w = x.shape
-    return norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+    return F.group_norm(x, norm.num_groups, weight, bias, norm.eps).permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
-def add_layer_norm(x, residual, norm: torch.nn.LayerNorm):
-    """``(x + residual, norm(x + residual))``: a transformer's residual add and the next sub-block's norm."""
+def add_layer_norm(x, residual, norm: torch.nn.LayerNorm, weight, bias):
+    """``(x + residual, layer_norm(x + residual))``: a transformer's residual add and the next sub-block's norm."""
     h = x + residual
-    return h, norm(h)
+    return h, F.layer_norm(h, (h.shape[-1],), weight, bias, norm.eps)
 
 
 def geglu(x):
@@ -58,23 +58,38 @@ def geglu(x):
     return value * F.gelu(gate)
 
 
-@dataclass
-class FusedOps:
-    """The fused functions a patched block calls: compiled, or the plain functions (same results as diffusers)."""
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
-    group_norm_act: Callable = group_norm_act
-    group_norm_tokens: Callable = group_norm_tokens
-    add_layer_norm: Callable = add_layer_norm
-    geglu: Callable = geglu
+
+class FusedOps:
+    """The fused functions a patched block calls, each given a norm module: compiled, or the plain functions (then
+    the patched blocks compute what diffusers' do).
+
+    Inputs are normalised before the call so that compiled code sees one layout and symbolic sizes: activations
+    channels-last, norm parameters as plain tensors (``detach``: same storage).
+    """
+
+    def __init__(self, compile_fn: Callable[[Callable], Callable] | None = None) -> None:
+        wrap = compile_fn or (lambda fn: fn)
+        self._group_norm_act = wrap(group_norm_act)
+        self._group_norm_tokens = wrap(group_norm_tokens)
+        self._add_layer_norm = wrap(add_layer_norm)
+        self.geglu = wrap(geglu)
 
     @classmethod
     def compiled(cls, backend: str | Callable = "inductor") -> FusedOps:
         """Each function under ``torch.compile`` with symbolic shapes (compilation happens at the first call)."""
+        return cls(lambda fn: torch.compile(fn, backend=backend, dynamic=True, fullgraph=True))
 
-        def compile_(fn):
-            return torch.compile(fn, backend=backend, dynamic=True, fullgraph=True)
+    def group_norm_act(self, x, norm: torch.nn.GroupNorm, act: bool, shift=None):
+        return self._group_norm_act(_channels_last(x), norm, norm.weight.detach(), norm.bias.detach(), act, shift)
 
-        return cls(compile_(group_norm_act), compile_(group_norm_tokens), compile_(add_layer_norm), compile_(geglu))
+    def group_norm_tokens(self, x, norm: torch.nn.GroupNorm):
+        return self._group_norm_tokens(_channels_last(x), norm, norm.weight.detach(), norm.bias.detach())
+
+    def add_layer_norm(self, x, residual, norm: torch.nn.LayerNorm):
+        return self._add_layer_norm(x, residual, norm, norm.weight.detach(), norm.bias.detach())
 
 
 def resnet_forward(block, ops: FusedOps, input_tensor, temb, *args, **kwargs):
