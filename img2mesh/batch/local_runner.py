@@ -69,7 +69,7 @@ def default_cpu_workers() -> int:
 
 
 class LocalRunner:
-    """Runs items in this process with the model loaded once; see the module docstring."""
+    """Runs items on this machine with the model loaded once in this process; see the module docstring."""
 
     name = "local"
 
