@@ -6,15 +6,22 @@ because ~1,000 small kernels are launched from Python and cuDNN converts NCHW ac
 convolution (``../shared/reference/zero123pp_gpu_profile.md``). The modes (H100 numbers: benchmarks/RESULTS.md):
 
 - **CUDA graphs** (``"graphs"``, the default on CUDA): the whole step (both passes) is captured once per input
-  shape and replayed, which removes the launch overhead without changing the kernels. 101 → 33 ms per step; the
-  first call pays ~15 s (cuDNN autotuning of every convolution shape, capture).
+  shape and replayed, which removes the launch overhead without changing the kernels. The reference pass runs on
+  a side stream (:mod:`~img2mesh.zero123pp.attention`), so inside the graph the two passes are parallel branches
+  that meet layer by layer: 31.1 ms per step on an H100 (32.8 ms with the passes in series), warm-up ~7 s.
 - **Regional compilation** (``"blocks"``): ``torch.compile`` on each ``ResnetBlock2D`` and ``Transformer2DModel``
   with static shapes fuses normalisation and elementwise work. Compiling the repeated blocks instead of the whole
   UNet means each distinct (block, shape) pair is compiled once and shared by every block like it, in both passes;
   the compiled code lands in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it
   (first warm-up ~180 s, later ~22 s). Alone it gains nothing: guards and graph breaks cost what fusion saves.
-- ``"blocks+graphs"``: compiled kernels replayed from one graph, 22.5 ms per step; worth its warm-up for batches.
-- **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout.
+- ``"blocks+graphs"``: compiled kernels replayed from one graph, 22.5 ms per step (measured before the stream
+  and projection changes); worth its warm-up for batches.
+- **Fused runs** (``"fused"``, ``"fused+graphs"``, :mod:`~img2mesh.zero123pp.fused_blocks`): the same fusion
+  between the library calls, but as four small functions compiled with symbolic shapes, 8 graphs for the whole
+  UNet instead of ~45, for a first warm-up meant to fit in a minute. Not yet timed on a GPU (its first H100 run
+  hit dynamo's recompile limit, since fixed; see benchmarks/RESULTS.md).
+- **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout, and
+  stacked projection weights (one GEMM for each self-attention's query/key/value, one for all prompt keys/values).
 
 What stays outside the captured region, so that every mode draws the same random numbers in the same order as the
 eager path: the per-step reference noise, the scheduler's sigma lookups and its noise, guidance. The captured
@@ -51,8 +58,8 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     """The mode that will actually run for ``requested`` on ``device``; never raises for an unsupported setup.
 
     "auto" is "graphs" on CUDA (without offload hooks), else "off". Measured on an H100 (benchmarks/RESULTS.md),
-    "graphs" gives the shortest run for one image per process: 15 s of warm-up and 2.7 s for 75 steps, against
-    22 s (warm compile cache; 180 s cold) and 1.85 s for "blocks+graphs", which pays off from about eight images
+    "graphs" gives the shortest run for one image per process: ~7 s of warm-up and 2.5 s for 75 steps, against
+    22 s (warm compile cache; 180 s cold) and 1.85 s for "blocks+graphs", which pays off from about twenty images
     per process. An explicit mode that cannot run degrades (graphs need CUDA and no offload hooks; blocks need
     a compiler backend) and the change is logged.
     """

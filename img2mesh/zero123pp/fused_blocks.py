@@ -10,8 +10,9 @@ Here the fusible runs are plain functions (:func:`group_norm_act`, :func:`group_
 :func:`add_layer_norm`, :func:`geglu`) compiled with symbolic shapes, so a handful of compilations serve every
 block at every resolution in both passes; the blocks' own ``forward`` is replaced by :func:`resnet_forward` /
 :func:`transformer_forward`, which call those functions around the unchanged library calls and keep activations
-channels-last end to end. With the functions left uncompiled the patched forwards compute exactly what diffusers'
-do (the CPU tests check bit equality); compiled, they differ by fp16 rounding only.
+channels-last end to end (8 compilations for the full SD2 UNet at the real shapes: the CPU tests count them on
+meta tensors). Uncompiled, the patched forwards compute what diffusers' do up to the rounding of a different
+convolution algorithm for the channels-last layout; compiled, up to fp16 rounding.
 
 Only the plain SD configuration is patched (what Zero123++'s SD2 UNet uses: GroupNorm + SiLU resnets without
 up/down sampling inside, linear-projection transformers of LayerNorm blocks with GEGLU); anything else keeps its
