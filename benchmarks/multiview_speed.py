@@ -285,6 +285,7 @@ def main() -> None:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="multiview_speed_"))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="multiview_outputs_"))
+    args.work.mkdir(parents=True, exist_ok=True)
     if args.model is None:
         from img2mesh.zero123pp.random_weights import save_random_zero123pp
 
