@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from recon.sdf_grid import (
     carve_hull,
     hull_box,
     initial_colour,
+    initial_light,
     occupancy_to_sdf,
     sample_grid,
 )
@@ -81,6 +83,21 @@ class ReconConfig:
     """Weight of the squared-Laplacian term near the surface (falls to a tenth over each stage)."""
     colour_smoothness_weight: float = 0.01
     """Weight of the colour grid's total variation."""
+    shading: Literal["lambertian", "none"] = "lambertian"
+    """Colour model. "lambertian": the colour grid is albedo, shaded by one directional light (direction and ambient
+    share learnt with the fields) through the SDF's normals, so shading is a cue for the shape; "none": a free,
+    view-independent colour per point, which absorbs shading and leaves the shape to silhouettes and texture."""
+    light_learning_rate: float = 0.01
+    """Adam step of the light's direction and ambient share ("lambertian" shading)."""
+    volume_weight: float = 0.05
+    """Weight of the enclosed volume (as a share of the visual hull's): a pressure that empties hull space the views
+    leave undecided (the wedges of hull under table tops and seats, seen only at grazing angles); photometric and mask
+    terms hold what the views do show. It falls linearly to zero over the fit, so that the views have the last word:
+    held to the end, it thins flat plates such as table tops until they tear."""
+    area_weight: float = 0.05
+    """Weight of the surface area (as a share of the visual hull's), falling to zero like ``volume_weight``: the
+    minimal-surface prior, which keeps what the pressure opens flat between silhouette rims (a flat base rather than
+    a dome carved into it). Much more thins legs and rods."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
     cuda_graphs: bool = True
@@ -174,9 +191,12 @@ def fit_fields(
     allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
     box = hull_box(occupied, recon.bound, margin=3 * cube_voxel)
     rays = clip_to_hull(pixel_rays(views, recon.image_size, dev), allowed, cube, recon.hull_resolution, 2 * cube_voxel)
+    # The volume term is a share of the hull's volume, so its weight does not depend on the object's size.
+    volume_weight = recon.volume_weight / (float(occupied.sum()) * cube_voxel**3)
     timings["hull"] = time.perf_counter() - start
 
     grid: SdfGrid | None = None
+    area_weight = 0.0
     total = sum(recon.iterations)
     longest = float((box.hi - box.lo).max())
     s_start = recon.sharpness[0] * (recon.resolutions[0] - 1) / longest
@@ -194,24 +214,33 @@ def fit_fields(
             colour_points = box.grid_points(box.shape(colour_res))
             colour = initial_colour(views, colour_points.reshape(-1, 3), dev)
             colour = colour.T.reshape(3, *colour_points.shape[:3])
-            grid = SdfGrid(sdf, colour, box)
+            grid = SdfGrid(sdf, colour, box, initial_light(dev) if recon.shading == "lambertian" else None)
+            with torch.no_grad():
+                area_weight = recon.area_weight / float(grid.surface_area())
         else:
             grid = grid.resample(resolution, colour_res)
         band = 4 * grid.voxel
         schedule = _StageSchedule.draw(
             len(rays), min(recon.rays, len(rays)), iterations, done, total, recon, stage, (s_start, s_end), generator
         )
+        groups = [(grid.sdf, schedule.sdf_lr), (grid.colour, schedule.colour_lr)]
+        if grid.light is not None:
+            groups.append((grid.light, schedule.light_lr))
         optimiser = torch.optim.Adam(
-            [
-                {"params": [grid.sdf], "lr": schedule.sdf_lr[0].clone()},
-                {"params": [grid.colour], "lr": schedule.colour_lr[0].clone()},
-            ],
+            [{"params": [param], "lr": lrs[0].clone()} for param, lrs in groups],
             betas=(0.9, 0.99),
             fused=True,
             capturable=dev.type == "cuda",
         )
 
-        def step(grid: SdfGrid = grid, schedule: _StageSchedule = schedule, optimiser=optimiser, band=band) -> None:
+        def step(
+            grid: SdfGrid = grid,
+            schedule: _StageSchedule = schedule,
+            optimiser=optimiser,
+            band=band,
+            groups=groups,
+            area_weight=area_weight,
+        ) -> None:
             # One optimisation step, read entirely from device tensors indexed by the step counter (graph-capturable).
             i = schedule.counter
             batch = rays[schedule.index.index_select(0, i)[0]]
@@ -230,10 +259,12 @@ def fit_fields(
                 + recon.eikonal_weight * eikonal
                 + schedule.smoothness_weight.index_select(0, i)[0] * smooth
                 + recon.colour_smoothness_weight * grid.colour_tv()
+                + schedule.prior_weight.index_select(0, i)[0]
+                * (volume_weight * grid.volume() + area_weight * grid.surface_area())
             )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            for group, lrs in zip(optimiser.param_groups, (schedule.sdf_lr, schedule.colour_lr), strict=True):
+            for group, (_, lrs) in zip(optimiser.param_groups, groups, strict=True):
                 group["lr"].copy_(lrs.index_select(0, i)[0])
             optimiser.step()
             schedule.counter.add_(1)
@@ -261,9 +292,9 @@ def fit_fields(
         points = box.grid_points(tuple(grid.sdf.shape[-3:]))
         outside = sample_grid(allowed, cube, points)[..., 0] < 0.5
         grid.sdf[0, 0][outside] = grid.sdf[0, 0][outside].clamp_min(grid.voxel)
-    cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu"))).requires_grad_(
-        False
-    )
+    light = None if grid.light is None else grid.light.detach().cpu()
+    cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu")), light)
+    cpu_grid.requires_grad_(False)
     timings["fit"] = time.perf_counter() - start
     return Fields(cpu_grid, timings, losses, str(dev))
 
@@ -339,6 +370,10 @@ class _StageSchedule:
     """(steps,) Adam step of the SDF grid, falling to a tenth over the stage."""
     colour_lr: torch.Tensor
     """(steps,) Adam step of the colour grid, falling to a tenth over the stage."""
+    light_lr: torch.Tensor
+    """(steps,) Adam step of the light (shaded colour), falling to a tenth over the stage."""
+    prior_weight: torch.Tensor
+    """(steps,) factor of the volume and area priors, falling from 1 to 0 over all stages."""
     counter: torch.Tensor
     """(1,) long: the step about to run."""
 
@@ -372,6 +407,8 @@ class _StageSchedule:
             (recon.smoothness_weight * decay).float(),
             (lr * decay).float(),
             (recon.colour_learning_rate * decay).float(),
+            (recon.light_learning_rate * decay).float(),
+            (1 - (done + it) / max(1, total - 1)).float(),
             torch.zeros(1, dtype=torch.long, device=dev),
         )
 

@@ -109,12 +109,18 @@ def sample_image(image: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") 
 
 
 class SdfGrid(torch.nn.Module):
-    """A signed-distance grid and a colour grid (logits) over one box: the reconstruction's two fields."""
+    """A signed-distance grid and a colour grid (logits) over one box: the reconstruction's two fields.
 
-    def __init__(self, sdf: torch.Tensor, colour_logits: torch.Tensor, box: Box) -> None:
+    With a ``light``, the colour grid holds albedo and :meth:`rgb` shades it Lambertian-style under one directional
+    light, ``albedo · (a + (1 - a) · max(0, n · l))``, with the normal ``n`` from the SDF's gradient (see
+    :func:`shade`); without one, the colour grid is the (view-independent) colour itself.
+    """
+
+    def __init__(self, sdf: torch.Tensor, colour_logits: torch.Tensor, box: Box, light: torch.Tensor | None = None):
         super().__init__()
         self.sdf = torch.nn.Parameter(sdf.reshape(1, 1, *sdf.shape[-3:]).contiguous())
         self.colour = torch.nn.Parameter(colour_logits.reshape(1, 3, *colour_logits.shape[-3:]).contiguous())
+        self.light = None if light is None else torch.nn.Parameter(light.detach().clone().reshape(4))
         self.box = box
         # Read once here: reading the box (a device tensor) inside an optimisation step would synchronise the host
         # with the GPU, which a CUDA-graph-captured step may not do.
@@ -129,16 +135,26 @@ class SdfGrid(torch.nn.Module):
         """SDF (...,) at world points (..., 3)."""
         return sample_grid(self.sdf, self.box, points)[..., 0]
 
-    def rgb(self, points: torch.Tensor) -> torch.Tensor:
-        """Colour (..., 3) in [0, 1] at world points (..., 3)."""
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        """Colour grid value (..., 3) in [0, 1] at world points (..., 3): albedo when shaded, else the colour."""
         return torch.sigmoid(sample_grid(self.colour, self.box, points))
+
+    def normals(self, points: torch.Tensor) -> torch.Tensor:
+        """Unit SDF gradient (..., 3) at world points (..., 3), from central differences of the grid."""
+        return F.normalize(sample_grid(sdf_gradient(self.sdf, self.voxel), self.box, points), dim=-1, eps=1e-6)
+
+    def rgb(self, points: torch.Tensor) -> torch.Tensor:
+        """Colour (..., 3) in [0, 1] at world points (..., 3), shaded when the grid has a light."""
+        if self.light is None:
+            return self.albedo(points)
+        return self.albedo(points) * shade(self.normals(points), self.light)[..., None]
 
     def resample(self, resolution: int, colour_resolution: int) -> SdfGrid:
         """The same fields on finer (or coarser) grids, for coarse-to-fine optimisation."""
         with torch.no_grad():
             sdf = resize(self.sdf, self.box.shape(resolution))
             colour = resize(self.colour, self.box.shape(colour_resolution))
-        return SdfGrid(sdf, colour, self.box)
+        return SdfGrid(sdf, colour, self.box, self.light)
 
     def eikonal_and_smoothness(self, band: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Eikonal residual ``(|∇f| - 1)²`` and squared Laplacian ``(Δf · h)²``, averaged over voxels near the surface.
@@ -168,6 +184,27 @@ class SdfGrid(torch.nn.Module):
         smooth = (laplacian**2 * near).sum() / count
         return eikonal, smooth
 
+    def volume(self) -> torch.Tensor:
+        """Volume (world units³) inside the surface, with a one-voxel soft step so that it is differentiable.
+
+        As a penalty it is a uniform inward pressure on the surface: it removes what no view rules out but nothing
+        shows either (the wedge of visual hull under a table top or a stool's seat, seen only at grazing angles from
+        below), and the photometric and mask terms hold whatever the views do show.
+        """
+        return torch.sigmoid(-self.sdf / self.voxel).sum() * self.voxel**3
+
+    def surface_area(self) -> torch.Tensor:
+        """Area (world units²) of the zero level set: ``∫ δ(f) |∇f|`` with a one-voxel logistic ``δ``.
+
+        As a penalty it is the minimal-surface prior (its gradient flow is mean-curvature flow): where the views leave
+        a surface undecided between silhouette rims, the flattest one spanning them wins, e.g. a flat base rather
+        than the dome that the volume pressure alone would carve into it.
+        """
+        h = self.voxel
+        step = torch.sigmoid(self.sdf / h)
+        gradient = sdf_gradient(self.sdf, h)
+        return (step * (1 - step) / h * torch.sqrt((gradient**2).sum(1, keepdim=True) + 1e-10)).sum() * h**3
+
     def colour_tv(self) -> torch.Tensor:
         """Total variation of the colour logits (keeps unseen colour smooth and views' disagreements averaged)."""
         c = self.colour
@@ -176,6 +213,34 @@ class SdfGrid(torch.nn.Module):
             + (c[..., 1:, :] - c[..., :-1, :]).abs().mean()
             + (c[..., 1:, :, :] - c[..., :-1, :, :]).abs().mean()
         )
+
+
+def initial_light(device: torch.device) -> torch.Tensor:
+    """Light parameters (4,) to start from: straight from above (the usual studio light), ambient share one half."""
+    return torch.tensor([0.0, 0.0, 1.0, 0.0], device=device)
+
+
+def shade(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Lambertian shading (...,) of unit normals (..., 3) under ``light`` (4,): direction (any length) and the logit
+    of the ambient share ``a``, so that ``a + (1 - a) · max(0, n · l)`` is 1 where a surface faces the light.
+
+    Tying the rendered colour to the surface normal is what makes shading a cue for geometry: with a free colour per
+    point, a bulge over a flat, evenly lit top can take whatever colour the views show; shaded, its slopes turn
+    brighter and darker than the views unless the albedo varies to cancel it, which the colour smoothness term
+    charges for.
+    """
+    ambient = torch.sigmoid(light[3])
+    direction = F.normalize(light[:3], dim=0)
+    return ambient + (1 - ambient) * (normals @ direction).clamp_min(0)
+
+
+def sdf_gradient(sdf: torch.Tensor, voxel: float) -> torch.Tensor:
+    """Central-difference gradient ``(1, 3, Z, Y, X)`` (x, y, z channels) of a ``(1, 1, Z, Y, X)`` grid."""
+    padded = F.pad(sdf, (1, 1, 1, 1, 1, 1), mode="replicate")
+    gx = padded[..., 1:-1, 1:-1, 2:] - padded[..., 1:-1, 1:-1, :-2]
+    gy = padded[..., 1:-1, 2:, 1:-1] - padded[..., 1:-1, :-2, 1:-1]
+    gz = padded[..., 2:, 1:-1, 1:-1] - padded[..., :-2, 1:-1, 1:-1]
+    return torch.cat([gx, gy, gz], dim=1) / (2 * voxel)
 
 
 def resize(grid: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
