@@ -8,12 +8,22 @@ kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use reco
 
     python benchmarks/recon_speed.py --device cuda                       # default preset, every test mesh
     python benchmarks/recon_speed.py --device cpu --config cpu --meshes spot duck
+
+``--fields-dir DIR`` times the CPU half alone (marching cubes and clean-up, UV unwrap, bake, GLB export) from fitted
+fields saved in DIR (``<mesh>/grid.pt`` and ``<mesh>/views``; fitted with ``--config`` on ``--device`` and saved
+when missing), so the finishing can be measured and tuned on any machine, as often as needed, from the fields of the
+real preset. Its table adds the process CPU seconds of the whole finish and the UV atlas checks of
+:func:`recon.texture.atlas_report` (charts, texel coverage, overlapping texels, fewest texels between charts).
+
+    python benchmarks/recon_speed.py --device cuda --fields-dir fields --no-quality   # fit and save once (GPU)
+    python benchmarks/recon_speed.py --fields-dir fields --threads 1                  # finishing times (CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +39,10 @@ from img2mesh.config import load_config  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
 from recon.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
 from recon.oracle import load_mesh, oracle_views  # noqa: E402
-from recon.reconstruct import reconstruct  # noqa: E402
+from recon.reconstruct import Fields, finish_mesh, fit_fields, reconstruct  # noqa: E402
+from recon.sdf_grid import Box, SdfGrid  # noqa: E402
+from recon.texture import atlas_report  # noqa: E402
+from recon.views import PosedViews  # noqa: E402
 
 STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr")
@@ -42,7 +55,15 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="preset name or YAML path (default: the dataclass defaults)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-quality", action="store_true", help="times only")
+    parser.add_argument("--fields-dir", type=Path, help="finishing mode: time the CPU half from fields saved here")
+    parser.add_argument("--bake-device", default="cpu", help="finishing mode: device of the texel bake")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fields_dir:
+        finishing(args)
+        return
 
     settings = load_config(args.config)
     paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
@@ -92,6 +113,65 @@ def main() -> None:
     command = "python benchmarks/recon_speed.py " + " ".join(sys.argv[1:])
     print(f"\n{device}, torch {torch.__version__}, {date}, command: {command}")
     print("\n".join(lines))
+
+
+def finishing(args: argparse.Namespace) -> None:
+    """Stage times of :func:`recon.reconstruct.finish_mesh` and the GLB export from saved fields, one row per mesh."""
+    settings = load_config(args.config)
+    paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
+    if args.meshes:
+        paths = [p for p in paths if p.stem in set(args.meshes)]
+    rows: dict[str, dict[str, float]] = {}
+    for path in paths:
+        gt = load_mesh(path)
+        fields, views = saved_fields(args.fields_dir / path.stem, gt, settings.recon, args.device)
+        finish_mesh(fields, views, settings.mesh, settings.texture, device=args.bake_device)  # warm-up
+        timings: dict[str, float] = {}
+        cpu = time.process_time()
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            mesh = finish_mesh(fields, views, settings.mesh, settings.texture, timings, device=args.bake_device)
+            mid = time.perf_counter()
+            export_mesh(mesh, Path(tmp) / f"{path.stem}.glb")
+            timings["export"] = time.perf_counter() - mid
+            timings["total"] = time.perf_counter() - start
+        timings["cpu"] = time.process_time() - cpu
+        report = atlas_report(np.asarray(mesh.visual.uv), mesh.faces, settings.texture.size)
+        row = {**timings, "faces": len(mesh.faces), **vars(report)}
+        if not args.no_quality:
+            row.update(novel_view_metrics(mesh, gt, device=args.bake_device))
+        rows[path.stem] = row
+        print(path.stem, {k: round(float(v), 4) for k, v in row.items()}, flush=True)
+
+    metrics = [] if args.no_quality else ["psnr"]
+    stages = ["mesh", "unwrap", "bake", "export", "total", "cpu"]
+    header = ["mesh", "faces", "charts", "coverage", "overlap", "gap", *metrics, *(f"{s} s" for s in stages)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    keys = ["faces", "charts", "coverage", "overlap", "gap", *metrics, *stages]
+    means = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
+    for name, row in [*rows.items(), ("**mean**", means)]:
+        cells = [f"{row[k]:.0f}" for k in ("faces", "charts")] + [f"{row['coverage']:.3f}"]
+        cells += [f"{row[k]:.0f}" for k in ("overlap", "gap")] + [f"{row[m]:.2f}" for m in metrics]
+        cells += [f"{row[s]:.2f}" for s in stages]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/recon_speed.py " + " ".join(sys.argv[1:])
+    cpus = len(os.sched_getaffinity(0))
+    print(f"\nCPU finishing, {cpus} CPUs, torch threads {torch.get_num_threads()}, {date}, command: {command}")
+    print("\n".join(lines))
+
+
+def saved_fields(folder: Path, gt, recon, device: str) -> tuple[Fields, PosedViews]:
+    """The fitted fields and oracle views saved in ``folder``; fitted and saved first when absent."""
+    if not (folder / "grid.pt").is_file():
+        views = oracle_views(gt, device=device).views
+        grid = fit_fields(views, recon, device=device, progress=False).grid
+        views.save(folder / "views")
+        saved = {"sdf": grid.sdf.detach(), "colour": grid.colour.detach(), "lo": grid.box.lo, "hi": grid.box.hi}
+        torch.save({k: v.cpu() for k, v in saved.items()}, folder / "grid.pt")
+    data = torch.load(folder / "grid.pt")
+    grid = SdfGrid(data["sdf"], data["colour"], Box(data["lo"], data["hi"]))
+    return Fields(grid), PosedViews.load(folder / "views")
 
 
 if __name__ == "__main__":
