@@ -7,8 +7,11 @@ Two halves, so that a batch runner can keep the GPU busy on the next object whil
   (Charbonnier) photometric error against the views composited on a random background (so the background colour
   cannot be explained by geometry), binary cross-entropy of the rendered opacity against the masks, and eikonal and
   Laplacian terms that keep the SDF a smooth distance (the generated views are never perfectly consistent, and six
-  views under-constrain the surface; smoothness is the prior that fills the gaps). The surface may not leave the
-  hull: the masks bound it, and this forbids floaters in space no ray ever checks.
+  views under-constrain the surface; smoothness is the prior that fills the gaps). The colour grid holds albedo lit
+  through the SDF's normals by one learnt light (``shading``), so shading ties colour to geometry; volume and
+  surface-area priors, fading out over the fit, empty hull wedges that no view rules out. The surface may not leave
+  the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
+  one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation.
 - :func:`finish_mesh` (CPU-friendly): marching cubes, clean-up and decimation (:mod:`recon.meshing`), then UV unwrap
   and a texture baked from the views, with the colour field filling what no view sees (:mod:`recon.texture`).
 
