@@ -38,7 +38,8 @@ class TextureConfig:
     size: int = 1024
     """Side of the square base-colour texture in pixels."""
     padding: int = 4
-    """Texels between UV charts (xatlas packing), so seams survive bilinear filtering and mip-mapping."""
+    """Texels of margin xatlas packs around each UV chart (neighbouring charts end up at least twice this apart), so
+    seams survive bilinear filtering and mip-mapping."""
     angle_power: float = 4.0
     """Exponent of the cosine view-angle weight: higher favours the most frontal view (sharper, more seams)."""
     depth_tolerance: float = 0.02
