@@ -42,9 +42,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from results_file import RESULTS, replace_section  # noqa: E402  (benchmarks/, the script's folder)
+
 from img2mesh.pipeline import Img2Mesh  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- batch_throughput:begin -->", "<!-- batch_throughput:end -->"
 EXAMPLE_GRID = REPO / "examples" / "spot_views.png"
 EXAMPLE_PHOTOS = REPO / "examples" / "photos"
@@ -361,17 +362,6 @@ def environment() -> str:
     return f"{card}; {', '.join(versions)}; {datetime.date.today().isoformat()}"
 
 
-def write_results(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=16, help="photos in the batch")
@@ -424,7 +414,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if args.write_results:
-        write_results(report)
+        replace_section(BEGIN, END, report)
 
 
 if __name__ == "__main__":

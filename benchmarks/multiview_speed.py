@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+from results_file import replace_section  # noqa: E402  (benchmarks/, the script's folder)
+
 BEGIN, END = "<!-- multiview_speed:begin -->", "<!-- multiview_speed:end -->"
 
 
@@ -247,16 +248,6 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="Zero123++ folder (default: build random weights of --size)")
@@ -326,7 +317,7 @@ def main() -> None:
     print(text)
     (args.out / "results.json").write_text(json.dumps({"env": env, "rows": rows, "section": text}, indent=1))
     if args.write_results:
-        write_results(text)
+        replace_section(BEGIN, END, text)
 
 
 if __name__ == "__main__":

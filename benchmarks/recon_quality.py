@@ -30,18 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import RESULTS, replace_section  # noqa: E402  (benchmarks/, the script's folder)
+
 from recon.hull import visual_hull  # noqa: E402
 from recon.metrics import chamfer_fscore, novel_view_metrics, volume_iou  # noqa: E402
 from recon.oracle import load_mesh, oracle_views  # noqa: E402
 
 MESHES = ROOT.parent / "shared" / "testdata" / "meshes"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "iou", "psnr", "ssim")
 STAGES = ("load", "oracle", "recon", "metrics")
-HEADER = (
-    "# Benchmark results\n\n"
-    "Each section names the script, machine, command and date that produced it; scripts rewrite only their own.\n"
-)
 
 
 def mesh_paths(names: list[str] | None) -> list[Path]:
@@ -128,14 +125,7 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def write_section(method: str, device: str, body: str) -> None:
     """Replace (or append) this method/device's section of RESULTS.md, leaving other sections alone."""
     kind = "cuda" if device.startswith("cuda") else device
-    begin, end = f"<!-- recon_quality:{method}:{kind} -->", f"<!-- /recon_quality:{method}:{kind} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    section = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    replace_section(f"<!-- recon_quality:{method}:{kind} -->", f"<!-- /recon_quality:{method}:{kind} -->", body)
 
 
 def main() -> None:
