@@ -250,12 +250,13 @@ def fit_fields(
             background = schedule.background.index_select(0, i)[0]
             jitter = schedule.jitter.index_select(0, i)[0]
             inv_s = schedule.inv_s.index_select(0, i)[0]
-            out = render_rays(grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample)
+            gradient = grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
+            out = render_rays(grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample, gradient)
             target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
             photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
             opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
             mask = F.binary_cross_entropy(opacity, batch.mask)
-            eikonal, smooth = grid.eikonal_and_smoothness(band)
+            eikonal, smooth = grid.eikonal_and_smoothness(band, gradient)
             loss = (
                 photometric
                 + recon.mask_weight * mask
@@ -263,7 +264,7 @@ def fit_fields(
                 + schedule.smoothness_weight.index_select(0, i)[0] * smooth
                 + recon.colour_smoothness_weight * grid.colour_tv()
                 + schedule.prior_weight.index_select(0, i)[0]
-                * (volume_weight * grid.volume() + area_weight * grid.surface_area())
+                * (volume_weight * grid.volume() + area_weight * grid.surface_area(gradient))
             )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -139,15 +139,24 @@ class SdfGrid(torch.nn.Module):
         """Colour grid value (..., 3) in [0, 1] at world points (..., 3): albedo when shaded, else the colour."""
         return torch.sigmoid(sample_grid(self.colour, self.box, points))
 
-    def normals(self, points: torch.Tensor) -> torch.Tensor:
-        """Unit SDF gradient (..., 3) at world points (..., 3), from central differences of the grid."""
-        return F.normalize(sample_grid(sdf_gradient(self.sdf, self.voxel), self.box, points), dim=-1, eps=1e-6)
+    def gradient(self) -> torch.Tensor:
+        """Central-difference SDF gradient ``(1, 3, Z, Y, X)`` of the whole grid (see :func:`sdf_gradient`).
 
-    def rgb(self, points: torch.Tensor) -> torch.Tensor:
+        An optimisation step computes it once and passes it to :meth:`rgb`, :meth:`eikonal_and_smoothness` and
+        :meth:`surface_area`, which otherwise each compute it again (a full-grid pass, forward and backward).
+        """
+        return sdf_gradient(self.sdf, self.voxel)
+
+    def normals(self, points: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit SDF gradient (..., 3) at world points (..., 3), from central differences of the grid."""
+        gradient = self.gradient() if gradient is None else gradient
+        return F.normalize(sample_grid(gradient, self.box, points), dim=-1, eps=1e-6)
+
+    def rgb(self, points: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
         """Colour (..., 3) in [0, 1] at world points (..., 3), shaded when the grid has a light."""
         if self.light is None:
             return self.albedo(points)
-        return self.albedo(points) * shade(self.normals(points), self.light)[..., None]
+        return self.albedo(points) * shade(self.normals(points, gradient), self.light)[..., None]
 
     def resample(self, resolution: int, colour_resolution: int) -> SdfGrid:
         """The same fields on finer (or coarser) grids, for coarse-to-fine optimisation."""
@@ -156,7 +165,9 @@ class SdfGrid(torch.nn.Module):
             colour = resize(self.colour, self.box.shape(colour_resolution))
         return SdfGrid(sdf, colour, self.box, self.light)
 
-    def eikonal_and_smoothness(self, band: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def eikonal_and_smoothness(
+        self, band: float, gradient: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eikonal residual ``(|∇f| - 1)²`` and squared Laplacian ``(Δf · h)²``, averaged over voxels near the surface.
 
         Finite differences on the whole grid cost one pass over it and reach every voxel, which random point samples
@@ -164,9 +175,8 @@ class SdfGrid(torch.nn.Module):
         """
         f = self.sdf[0, 0]
         h = self.voxel
-        gx = (f[1:-1, 1:-1, 2:] - f[1:-1, 1:-1, :-2]) / (2 * h)
-        gy = (f[1:-1, 2:, 1:-1] - f[1:-1, :-2, 1:-1]) / (2 * h)
-        gz = (f[2:, 1:-1, 1:-1] - f[:-2, 1:-1, 1:-1]) / (2 * h)
+        gradient = self.gradient() if gradient is None else gradient
+        gx, gy, gz = gradient[0, :, 1:-1, 1:-1, 1:-1]  # interior voxels: plain central differences
         centre = f[1:-1, 1:-1, 1:-1]
         laplacian = (
             f[1:-1, 1:-1, 2:]
@@ -193,7 +203,7 @@ class SdfGrid(torch.nn.Module):
         """
         return torch.sigmoid(-self.sdf / self.voxel).sum() * self.voxel**3
 
-    def surface_area(self) -> torch.Tensor:
+    def surface_area(self, gradient: torch.Tensor | None = None) -> torch.Tensor:
         """Area (world units²) of the zero level set: ``∫ δ(f) |∇f|`` with a one-voxel logistic ``δ``.
 
         As a penalty it is the minimal-surface prior (its gradient flow is mean-curvature flow): where the views leave
@@ -202,7 +212,7 @@ class SdfGrid(torch.nn.Module):
         """
         h = self.voxel
         step = torch.sigmoid(self.sdf / h)
-        gradient = sdf_gradient(self.sdf, h)
+        gradient = self.gradient() if gradient is None else gradient
         return (step * (1 - step) / h * torch.sqrt((gradient**2).sum(1, keepdim=True) + 1e-10)).sum() * h**3
 
     def colour_tv(self) -> torch.Tensor:

@@ -133,11 +133,13 @@ def render_rays(
     background: torch.Tensor,
     jitter: torch.Tensor | None = None,
     colour_per_sample: bool = True,
+    gradient: torch.Tensor | None = None,
 ) -> Rendered:
     """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3).
 
     ``jitter`` (R, 1) in [0, 1) shifts each ray's samples within their segments (stratified sampling); None samples
-    segment centres. ``inv_s`` may be a float or a 0-d tensor (a schedule read on the device).
+    segment centres. ``inv_s`` may be a float or a 0-d tensor (a schedule read on the device). ``gradient``: the
+    field's SDF gradient when the caller has it already (:meth:`SdfGrid.gradient`), for shading.
     """
     r = len(rays)
     device = rays.origins.device
@@ -157,9 +159,9 @@ def render_rays(
     t_mid = (t[:, 1:] + t[:, :-1]) / 2
     depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
     if colour_per_sample:  # full volume rendering: photo-consistency along the ray moves the surface
-        colour = field.rgb((points[:, 1:] + points[:, :-1]) / 2)
+        colour = field.rgb((points[:, 1:] + points[:, :-1]) / 2, gradient)
         rgb = (weights[..., None] * colour).sum(1) + (1 - opacity[:, None]) * background
     else:  # one colour lookup per ray at the expected surface point: several times cheaper, weaker on geometry
         surface = rays.origins + depth[:, None] * rays.directions
-        rgb = field.rgb(surface) * opacity[:, None] + (1 - opacity[:, None]) * background
+        rgb = field.rgb(surface, gradient) * opacity[:, None] + (1 - opacity[:, None]) * background
     return Rendered(rgb, opacity, depth)
