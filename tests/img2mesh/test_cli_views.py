@@ -52,7 +52,9 @@ def test_views_writes_a_complete_folder_reproducibly(tiny_zero123pp: Path, photo
         view = Image.open(folder / "views" / f"{i:02d}.png")
         assert view.mode == "RGBA" and view.size == (320, 320)
     assert (folder / "transforms.json").is_file()
-    assert "1/1" in output  # the denoising progress bar ran
+    # The denoising progress bar ran. Its opening line is printed at once; "1/1" only when the step outlasts tqdm's
+    # refresh interval (the bar is cleared on close), so asserting that failed on a fast, idle machine.
+    assert "diffusion:   0%" in output
     assert f"written to {folder}/" in output
 
     grids = {}
