@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--fields-dir", type=Path, help="finishing mode: time the CPU half from fields saved here")
     parser.add_argument("--bake-device", default="cpu", help="finishing mode: device of the texel bake")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--save-meshes", type=Path, help="also write each reconstruction's geometry here (<mesh>.ply)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +93,9 @@ def main() -> None:
             row["export"] = end - mid
             row["total"] = end - start
             row["faces"] = len(result.mesh.faces)
+            if args.save_meshes:
+                args.save_meshes.mkdir(parents=True, exist_ok=True)
+                trimesh.Trimesh(result.mesh.vertices, result.mesh.faces).export(args.save_meshes / f"{path.stem}.ply")
             if not args.no_quality:
                 row.update(chamfer_fscore(result.mesh, gt))
                 row.update(novel_view_metrics(result.mesh, gt, device=args.device))

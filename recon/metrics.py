@@ -55,7 +55,9 @@ def _normalising_transform(mesh) -> np.ndarray:
 
 
 def chamfer_fscore(pred, gt, samples: int = 100_000, seed: int = 0, thresholds=FSCORE_THRESHOLDS) -> dict[str, float]:
-    """Chamfer distance and F-scores (keys ``chamfer``, ``fscore@0.02``, ``fscore@0.05``) of two meshes/scenes."""
+    """Chamfer distance and F-scores (keys ``chamfer``, ``fscore@0.02``, ``fscore@0.05``) of two meshes/scenes, with
+    the precision and recall behind each F-score (``precision@0.05``, ``recall@0.05``, ...): a low precision is
+    surface where the object is not, a low recall object surface the reconstruction misses."""
     from scipy.spatial import cKDTree
     from trimesh.sample import sample_surface
 
@@ -67,6 +69,7 @@ def chamfer_fscore(pred, gt, samples: int = 100_000, seed: int = 0, thresholds=F
     for tau in thresholds:
         precision, recall = float((pred_to_gt < tau).mean()), float((gt_to_pred < tau).mean())
         result[f"fscore@{tau:g}"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        result[f"precision@{tau:g}"], result[f"recall@{tau:g}"] = precision, recall
     return result
 
 

@@ -70,6 +70,17 @@ def test_a_removed_part_costs_recall(blob):
     assert volume_iou(blob, scene) < volume_iou(scene, scene)
 
 
+def test_surface_inside_the_ground_truth_costs_recall_not_precision():
+    # Like the cake's inner layers: an interior plate leaves the bounding box (and so the normalisation) unchanged;
+    # a closed box without it puts every point on the ground truth but misses the plate's surface.
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    layered = trimesh.util.concatenate([cube, trimesh.creation.box(extents=(0.9, 0.9, 0.02))])
+    scores = chamfer_fscore(cube, layered)
+    plate_share = 2 * 0.81 / layered.area  # its two faces, all at least 0.05 from the box; the thin rim is not
+    assert scores["precision@0.05"] > 0.999
+    assert scores["recall@0.05"] == pytest.approx(1 - plate_share, abs=0.01)
+
+
 def test_volume_iou_of_nested_boxes_is_analytic():
     cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
     slab = trimesh.creation.box(extents=(1.0, 1.0, 0.5))  # same footprint after normalisation, half the height
