@@ -113,10 +113,13 @@ def oracle_views(
     photo_size: int = 512,
     supersample: int = 2,
     device: str = "cpu",
+    normals: bool = False,
 ) -> OracleViews:
     """Render a (normalised, world z-up) mesh into a Zero123++ grid, an input photo and PosedViews with exact alpha.
 
     The input photo uses the same field of view and distance as the views, at azimuth 0 and ``photo_elevation``.
+    ``normals`` also gives the views the mesh's exact camera-space normal maps (:attr:`PosedViews.normals`, zero on
+    the background), a stand-in for those of the normal ControlNet.
     """
     from PIL import Image
 
@@ -124,7 +127,7 @@ def oracle_views(
 
     prepared = prepare_mesh(mesh, device)
     k, c2w = zero123pp_cameras(version, radius, VIEW_SIZE)
-    tiles = render_views(prepared, k, c2w, VIEW_SIZE, VIEW_SIZE, lighting, GRAY, supersample, device)
+    tiles = render_views(prepared, k, c2w, VIEW_SIZE, VIEW_SIZE, lighting, GRAY, supersample, device, normals)
     tiles_u8 = np.stack([_to_uint8(tile) for tile in tiles.rgb])
     grid = np.zeros((GRID_ROWS * VIEW_SIZE, GRID_COLS * VIEW_SIZE, 3), np.uint8)
     for index, tile in enumerate(tiles_u8):
@@ -136,6 +139,7 @@ def oracle_views(
         intrinsics=k,
         cam_to_world=c2w,
         poses=version,
+        normals=tiles.normals,
     )
 
     photo_k = intrinsics(pose_set(version).fov, photo_size)

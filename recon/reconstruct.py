@@ -101,6 +101,11 @@ class ReconConfig:
     """Weight of the surface area (as a share of the visual hull's), falling to zero like ``volume_weight``: the
     minimal-surface prior, which keeps what the pressure opens flat between silhouette rims (a flat base rather than
     a dome carved into it). Much more thins legs and rods."""
+    normal_weight: float = 0.1
+    """Weight of the normal term, used only when the views carry normal maps (``PosedViews.normals``, from the normal
+    ControlNet): 1 − cos between each ray's rendered expected normal and its pixel's normal, averaged over the
+    pixels that have one. Bounded per ray, so that the generated maps' errors and their small disagreements between
+    views pull gently rather than dominate the photometric and mask terms."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
     cuda_graphs: bool = True
@@ -193,7 +198,9 @@ def fit_fields(
     # Dilated by two voxels: the surface may move a little outside a hull carved from area-resampled masks.
     allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
     box = hull_box(occupied, recon.bound, margin=3 * cube_voxel)
-    rays = clip_to_hull(pixel_rays(views, recon.image_size, dev), allowed, cube, recon.hull_resolution, 2 * cube_voxel)
+    normals = views.normals is not None and recon.normal_weight > 0
+    rays = pixel_rays(views, recon.image_size, dev, normals=normals)
+    rays = clip_to_hull(rays, allowed, cube, recon.hull_resolution, 2 * cube_voxel)
     # The volume term is a share of the hull's volume, so its weight does not depend on the object's size.
     volume_weight = recon.volume_weight / (float(occupied.sum()) * cube_voxel**3)
     timings["hull"] = time.perf_counter() - start
@@ -251,7 +258,9 @@ def fit_fields(
             jitter = schedule.jitter.index_select(0, i)[0]
             inv_s = schedule.inv_s.index_select(0, i)[0]
             gradient = grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
-            out = render_rays(grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample, gradient)
+            out = render_rays(
+                grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample, gradient, normals
+            )
             target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
             photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
             opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
@@ -266,6 +275,10 @@ def fit_fields(
                 + schedule.prior_weight.index_select(0, i)[0]
                 * (volume_weight * grid.volume() + area_weight * grid.surface_area(gradient))
             )
+            if normals:
+                normal = _normal_error(out.normal, batch.normal)
+                loss = loss + recon.normal_weight * normal
+                terms["normal"] = normal.detach()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             for group, (_, lrs) in zip(optimiser.param_groups, groups, strict=True):
@@ -415,6 +428,14 @@ class _StageSchedule:
             (1 - (done + it) / max(1, total - 1)).float(),
             torch.zeros(1, dtype=torch.long, device=dev),
         )
+
+
+def _normal_error(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 − cos`` between rendered (R, 3) and target (R, 3) normals, each ray weighted by its target's length
+    (the pixel's share of normal map: 0 on the background, so those rays do not count)."""
+    share = target.norm(dim=-1)
+    agreement = (F.normalize(rendered, dim=-1, eps=1e-6) * target).sum(-1)
+    return (share - agreement).sum() / share.sum().clamp_min(1.0)
 
 
 def _progress(total: int, enabled: bool):

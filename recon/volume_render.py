@@ -37,12 +37,26 @@ class RayBatch:
     """(R,) target opacity in [0, 1]."""
     view: torch.Tensor
     """(R,) index of the view each ray comes from."""
+    normal: torch.Tensor | None = None
+    """(R, 3) target surface normal in world space when the views carry normal maps: the area-average of the unit
+    normals the pixel covers, so its length (at most 1) is the share of the pixel that has one, 0 on the background."""
 
     def __getitem__(self, index: torch.Tensor) -> RayBatch:
-        return RayBatch(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+        return RayBatch(*(_select(getattr(self, name), index) for name in self.__dataclass_fields__))
 
     def __len__(self) -> int:
         return self.origins.shape[0]
+
+    def to(self, device: torch.device) -> RayBatch:
+        return RayBatch(*(_to(getattr(self, name), device) for name in self.__dataclass_fields__))
+
+
+def _select(values: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if values is None else values[index]
+
+
+def _to(values: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else values.to(device)
 
 
 def resized_views(views: PosedViews, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,8 +73,11 @@ def resized_views(views: PosedViews, size: int) -> tuple[torch.Tensor, torch.Ten
     return images.clamp(0, 1), masks[:, 0].clamp(0, 1), k
 
 
-def pixel_rays(views: PosedViews, size: int, device: torch.device) -> RayBatch:
-    """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now."""
+def pixel_rays(views: PosedViews, size: int, device: torch.device, normals: bool = False) -> RayBatch:
+    """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now.
+
+    ``normals`` (views with :attr:`PosedViews.normals` only) also gives each ray its target normal in world space.
+    """
     images, masks, k = resized_views(views, size)
     c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
     j, i = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
@@ -82,8 +99,24 @@ def pixel_rays(views: PosedViews, size: int, device: torch.device) -> RayBatch:
         images.permute(0, 2, 3, 1).reshape(-1, 3),
         masks.reshape(-1),
         torch.cat(view),
+        world_normals(views, size, c2w).reshape(-1, 3) if normals else None,
     )
-    return RayBatch(*(getattr(rays, name).to(device) for name in rays.__dataclass_fields__))
+    return rays.to(device)
+
+
+def world_normals(views: PosedViews, size: int, cam_to_world: torch.Tensor) -> torch.Tensor:
+    """The views' camera-space normal maps area-averaged to side ``size`` and turned into world space, (N, s, s, 3).
+
+    Averaging keeps the zero background zero, so the length of a result is the pixel's share of normal (see
+    :attr:`RayBatch.normal`); the direction is the mean normal, as the pixel's ray should see it.
+    """
+    if views.normals is None:
+        raise ValueError("these views carry no normal maps")
+    normals = torch.as_tensor(views.normals, dtype=torch.float32).permute(0, 3, 1, 2)
+    if normals.shape[-2:] != (size, size):
+        normals = F.interpolate(normals, size=(size, size), mode="area")
+    # camera frame → world: the columns of the camera-to-world rotation are the camera's axes in the world
+    return torch.einsum("nij,njhw->nhwi", cam_to_world[:, :3, :3], normals)
 
 
 def clip_to_hull(rays: RayBatch, occupancy: torch.Tensor, box: Box, steps: int, pad: float) -> RayBatch:
@@ -123,6 +156,9 @@ class Rendered:
     """(R,) accumulated opacity."""
     depth: torch.Tensor
     """(R,) expected ray parameter of the surface (weights-normalised)."""
+    normal: torch.Tensor | None = None
+    """(R, 3) when asked for: expected surface normal in world space, the unit SDF gradients of the samples summed
+    with the compositing weights (not renormalised: its length is at most the opacity)."""
 
 
 def render_rays(
@@ -134,12 +170,14 @@ def render_rays(
     jitter: torch.Tensor | None = None,
     colour_per_sample: bool = True,
     gradient: torch.Tensor | None = None,
+    normals: bool = False,
 ) -> Rendered:
     """NeuS-composite ``samples`` stratified segments per ray between near and far over ``background`` (R, 3).
 
     ``jitter`` (R, 1) in [0, 1) shifts each ray's samples within their segments (stratified sampling); None samples
     segment centres. ``inv_s`` may be a float or a 0-d tensor (a schedule read on the device). ``gradient``: the
-    field's SDF gradient when the caller has it already (:meth:`SdfGrid.gradient`), for shading.
+    field's SDF gradient when the caller has it already (:meth:`SdfGrid.gradient`), for shading and ``normals``
+    (which also renders :attr:`Rendered.normal`).
     """
     r = len(rays)
     device = rays.origins.device
@@ -158,10 +196,12 @@ def render_rays(
     opacity = weights.sum(-1)
     t_mid = (t[:, 1:] + t[:, :-1]) / 2
     depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
+    mid = (points[:, 1:] + points[:, :-1]) / 2
+    normal = (weights[..., None] * field.normals(mid, gradient)).sum(1) if normals else None
     if colour_per_sample:  # full volume rendering: photo-consistency along the ray moves the surface
-        colour = field.rgb((points[:, 1:] + points[:, :-1]) / 2, gradient)
+        colour = field.rgb(mid, gradient)
         rgb = (weights[..., None] * colour).sum(1) + (1 - opacity[:, None]) * background
     else:  # one colour lookup per ray at the expected surface point: several times cheaper, weaker on geometry
         surface = rays.origins + depth[:, None] * rays.directions
         rgb = field.rgb(surface, gradient) * opacity[:, None] + (1 - opacity[:, None]) * background
-    return Rendered(rgb, opacity, depth)
+    return Rendered(rgb, opacity, depth, normal)
