@@ -4,6 +4,10 @@ Marching cubes on a grid whose border is outside the surface gives a closed, con
 step keeps it that way where it can: parts much smaller than the object are floaters and are dropped, Taubin
 smoothing removes the grid's staircase without shrinking the object (plain Laplacian smoothing would), and quadric
 decimation (fast-simplification) brings the face count to what a game engine and xatlas (superlinear in faces) want.
+Decimation does not keep the surface a 2-manifold (most 20k-face meshes of the default preset came out with a few
+pinched edges and flattened fins), so :func:`make_manifold` repairs what it breaks, for a few hundredths of a second:
+fast-simplification is several times faster than the manifold-keeping quadric decimation of Open3D (0.5-2.3 s for
+these meshes), which moreover does not travel to the GPU host, and no library there offers one.
 """
 
 from __future__ import annotations
@@ -277,7 +281,7 @@ def topology_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
     e.g. ``trimesh.Trimesh(v, f, process=True)``, to judge it as a game engine would).
 
     ``boundary_edges`` (in one face), ``non_manifold_edges`` (in more than two), ``non_manifold_vertices`` (whose
-    faces' opposite edges, the vertex's link, form more than one chain: the vertex joins several fans of faces).
+    faces' opposite edges, the vertex's link, fall apart: fans of faces that meet at the vertex alone).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
