@@ -57,11 +57,15 @@ def condition_image(size: int = 320):
 
 def run_child(args) -> dict:
     """One mode in this (fresh) process: load, enable, warm up, time, save outputs; returns the measurements."""
+    import logging
+
     import torch
 
-    from img2mesh.zero123pp.fast_step import enable_fast_path
+    from img2mesh.zero123pp.fast_step import compile_cache_dir, enable_fast_path
     from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
 
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("img2mesh.zero123pp").setLevel(logging.INFO)  # the fast path's choices and precompilation
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and args.card_gb:
@@ -78,7 +82,7 @@ def run_child(args) -> dict:
     else:
         pipe.to(device)
     load_s = time.perf_counter() - t0
-    mode = enable_fast_path(pipe, args.child, offload=args.offload)
+    mode = enable_fast_path(pipe, args.child, offload=args.offload, precompile_workers=args.precompile_workers)
     image = condition_image()
     steps_short, steps_long = args.steps
 
@@ -93,6 +97,12 @@ def run_child(args) -> dict:
 
     _, first_s = sample(steps_short)  # the first run pays compilation, cuDNN autotuning and graph capture
     result = {"mode": args.child, "resolved": mode, "load_s": load_s, "first_s": first_s}
+    if mode != "off":
+        result["precompile_workers"], result["precompile_s"] = getattr(pipe.denoiser, "precompiled", (0, 0.0))
+        # Where the first run's compilation went (dynamo, AOT, Inductor), and the workers' own logs.
+        print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
+        for log in sorted((compile_cache_dir() / "img2mesh_precompiled" / "logs").glob("*.log")):
+            print(f"--- {log.name}\n" + log.read_text()[-3000:], flush=True)
     for steps in (steps_short, steps_long):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -112,7 +122,11 @@ def run_child(args) -> dict:
         if "graphs" in mode and not pipe.denoiser._failed:
             from img2mesh.zero123pp.fast_step import GraphedStep
 
-            pipe.denoiser.denoiser.bank.stream = None  # reference pass inline, before the main pass
+            bank = pipe.denoiser.denoiser.bank
+            bank.share = False  # the main pass concatenates its keys/values with the reference's, as before
+            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
+            result["step_ms_concat"] = time_denoiser(pipe, device, dtype)
+            bank.share, bank.stream = True, None  # reference pass inline, before the main pass
             pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
             result["step_ms_serial"] = time_denoiser(pipe, device, dtype)
     fallback = getattr(pipe.denoiser, "_failed", False)
@@ -179,6 +193,7 @@ def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb
     cmd += ["--device", args.device, "--steps", ",".join(map(str, args.steps)), "--card-gb", str(card_gb)]
     cmd += ["--offload"] if offload else []
     cmd += ["--profile"] if args.profile and "graphs" in mode else []
+    cmd += [] if args.precompile_workers is None else ["--precompile-workers", str(args.precompile_workers)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     try:
@@ -264,6 +279,9 @@ def main() -> None:
     parser.add_argument("--child-timeout", type=int, default=300)
     parser.add_argument("--write-results", action="store_true", help="replace this benchmark's section of RESULTS.md")
     parser.add_argument("--profile", action="store_true", help="log the kernel-time table of graphed modes' step")
+    parser.add_argument(
+        "--precompile-workers", type=int, help="worker processes of the blocks modes' first compile (default: auto)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)

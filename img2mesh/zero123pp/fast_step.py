@@ -10,18 +10,22 @@ convolution (``../shared/reference/zero123pp_gpu_profile.md``). The modes (H100 
   a side stream (:mod:`~img2mesh.zero123pp.attention`), so inside the graph the two passes are parallel branches
   that meet layer by layer: 31.1 ms per step on an H100 (32.8 ms with the passes in series), warm-up ~7 s.
 - **Regional compilation** (``"blocks"``): ``torch.compile`` on each ``ResnetBlock2D`` and ``Transformer2DModel``
-  with static shapes fuses normalisation and elementwise work. Compiling the repeated blocks instead of the whole
-  UNet means each distinct (block, shape) pair is compiled once and shared by every block like it, in both passes;
-  the compiled code lands in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it
-  (first warm-up ~180 s, later ~22 s). Alone it gains nothing: guards and graph breaks cost what fusion saves.
-- ``"blocks+graphs"``: compiled kernels replayed from one graph, 22.5 ms per step (measured before the stream
-  and projection changes); worth its warm-up for batches.
+  (their channels-last forwards from :mod:`~img2mesh.zero123pp.fused_blocks`) with static shapes fuses
+  normalisation and elementwise work. Compiling the repeated blocks instead of the whole UNet means each distinct
+  (block, shape) pair is compiled once and shared by every block like it, in both passes; the compiled code lands
+  in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it. The first compilation
+  is spread over worker processes (:mod:`~img2mesh.zero123pp.precompile`; one after the other it took 160 s on
+  an H100 machine, ~20 s from the cache). Alone it gains nothing: guards and graph breaks cost what fusion saves.
+- ``"blocks+graphs"``: compiled kernels replayed from one graph, the fastest step (21.4 ms on an H100 before the
+  shared key/value buffers and channels-last block outputs; benchmarks/RESULTS.md has the current numbers);
+  worth its warm-up for batches.
 - **Fused runs** (``"fused"``, ``"fused+graphs"``, :mod:`~img2mesh.zero123pp.fused_blocks`): the same fusion
   between the library calls, but as four small functions compiled with symbolic shapes, 8 graphs for the whole
   UNet instead of ~45, for a first warm-up meant to fit in a minute. Not yet timed on a GPU (its first H100 run
   hit dynamo's recompile limit, since fixed; see benchmarks/RESULTS.md).
 - **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout, and
-  stacked projection weights (one GEMM for each self-attention's query/key/value, one for all prompt keys/values).
+  stacked projection weights (one GEMM for each self-attention's query/key/value, one for all prompt keys/values);
+  with them, the two passes project each layer's keys and values into one shared buffer instead of concatenating.
 
 What stays outside the captured region, so that every mode draws the same random numbers in the same order as the
 eager path: the per-step reference noise, the scheduler's sigma lookups and its noise, guidance. The captured
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -123,21 +128,35 @@ def compiled_block_types() -> tuple[type, ...]:
     return (ResnetBlock2D, Transformer2DModel)
 
 
-def compile_blocks(unet: torch.nn.Module, backend: str = "inductor") -> int:
-    """``torch.compile`` every repeated block of ``unet`` in place; returns how many were wrapped.
+def compiled_block_names(unet: torch.nn.Module) -> list[str]:
+    """Module names of the blocks :func:`compile_blocks` compiles, in ``named_modules`` order."""
+    return [name for name, m in unet.named_modules() if isinstance(m, compiled_block_types())]
+
+
+def compile_blocks(unet: torch.nn.Module, backend: str = "inductor", only: Sequence[str] | None = None) -> int:
+    """``torch.compile`` every repeated block of ``unet`` (or the blocks named in ``only``) in place; returns how
+    many were wrapped.
 
     Shapes are static: each (block, input and weight shapes) pair is compiled once and shared by every block like
     it. (Symbolic shapes, one compilation per block structure, measured worse on an H100: a cold warm-up over
     270 s instead of 180 s, 67 s instead of 22 s with a warm cache, and 24.2 instead of 22.5 ms per step.)
     Compilation itself is lazy: it happens at the first call with each shape, i.e. at the first denoising step.
+
+    The blocks compiled are the channels-last forwards of :mod:`~img2mesh.zero123pp.fused_blocks` (plain, the
+    compilation fuses them), installed on every plain block whether compiled here or not: diffusers' transformer
+    returns NCHW-contiguous maps, which cost a layout conversion before every following convolution and in every
+    mixed-layout skip concatenation (~13 strided copies per step on an H100), while the fused forward's output is
+    channels-last, its tokens reinterpreted without a copy.
     """
     _prepare_compilation()
+    fused_blocks.install(unet, fused_blocks.FusedOps())
     for attn in _reference_attentions(unet):
         # The reference tokens live in a dict the attn1 processors fill and empty layer by layer; traced, every
         # fill level would be a guard and a recompile. Run attn1 itself eagerly (its work is GEMMs and SDPA, which
         # compilation would call as library kernels anyway) and compile around it.
         attn.forward = torch.compiler.disable(attn.forward, recursive=True)
-    blocks = [m for m in unet.modules() if isinstance(m, compiled_block_types())]
+    modules = dict(unet.named_modules())
+    blocks = [modules[name] for name in (compiled_block_names(unet) if only is None else only)]
     for block in blocks:
         block.compile(backend=backend, dynamic=False, fullgraph=False)
     return len(blocks)
@@ -157,7 +176,8 @@ def _reference_attentions(unet: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def uncompile_blocks(unet: torch.nn.Module) -> None:
-    """Undo :func:`compile_blocks`: every block runs its plain eager ``forward`` again."""
+    """Undo :func:`compile_blocks`: every block runs diffusers' eager ``forward`` again."""
+    fused_blocks.uninstall(unet)
     for block in unet.modules():
         if isinstance(block, compiled_block_types()):
             block._compiled_call_impl = None
@@ -251,14 +271,47 @@ class FastDenoiser:
 
     Inputs go channels-last like the weights. The first call of a compiled/graphed mode pays the warm-up; if that
     call fails (a compiler or capture error), the denoiser logs it and runs eager from then on, same results.
+    Before the first call of the "blocks" modes with Inductor on CUDA, worker processes compile the blocks into
+    the on-disk cache in parallel (:mod:`~img2mesh.zero123pp.precompile`; ``precompile_workers``: None picks the
+    number from the cores and free GPU memory, 0 never starts any).
     """
 
-    def __init__(self, denoiser: torch.nn.Module, unet: torch.nn.Module, mode: str) -> None:
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        unet: torch.nn.Module,
+        mode: str,
+        backend: str | Callable = "inductor",
+        precompile_workers: int | None = None,
+    ) -> None:
         self.denoiser = denoiser
         self.unet = unet
         self.mode = mode
         self._graphed = GraphedStep(self._step) if "graphs" in mode else None
         self._failed = False
+        self._precompile = "blocks" in mode and backend == "inductor" and precompile_workers != 0
+        self._precompile_workers = precompile_workers
+        self.precompiled: tuple[int, float] = (0, 0.0)
+        """Worker processes the first call started to fill the compile cache, and the seconds they took."""
+
+    def _precompile_once(self, sample, timestep, encoder_hidden_states, reference_sample) -> None:
+        self._precompile = False
+        if sample.device.type != "cuda":
+            return
+        from img2mesh.zero123pp.precompile import precompile
+
+        started = time.perf_counter()
+        try:
+            workers = precompile(
+                self.denoiser,
+                self.unet,
+                compiled_block_names(self.unet),
+                (sample, timestep, encoder_hidden_states, reference_sample),
+                workers=self._precompile_workers,
+            )
+            self.precompiled = (workers, time.perf_counter() - started)
+        except Exception as error:  # parallel precompilation only saves time; the step compiles what is missing
+            logger.warning("precompilation in workers failed (%s: %s)", type(error).__name__, error)
 
     def _step(self, sample, timestep, encoder_hidden_states, reference_sample, down=None, mid=None):
         sample = sample.contiguous(memory_format=torch.channels_last)
@@ -269,6 +322,8 @@ class FastDenoiser:
     def __call__(self, sample, timestep, encoder_hidden_states, reference_sample, down=None, mid=None):
         if self._failed:
             return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
+        if self._precompile:
+            self._precompile_once(sample, timestep, encoder_hidden_states, reference_sample)
         try:
             if self._graphed is not None:
                 timestep = torch.as_tensor(timestep, device=sample.device)
@@ -284,11 +339,15 @@ class FastDenoiser:
             return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
 
 
-def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, backend: str = "inductor") -> str:
+def enable_fast_path(
+    pipe, mode: str = "auto", offload: bool = False, backend: str = "inductor", precompile_workers: int | None = None
+) -> str:
     """Switch ``pipe`` (a :class:`~img2mesh.zero123pp.pipeline.Zero123PlusPipeline`) to a fast mode; returns it.
 
     Call after the pipeline is on its device and in its dtype. ``offload`` says CPU offload hooks are installed.
     ``backend`` is ``torch.compile``'s (tests use "eager" to exercise the wrapping without code generation).
+    ``precompile_workers``: worker processes for the first compilation of the "blocks" modes (None: as many as the
+    machine allows, 0: none; :mod:`~img2mesh.zero123pp.precompile`).
     Graphed modes also run the reference pass on a side stream, concurrently with the main pass
     (:class:`~img2mesh.zero123pp.attention.ReferenceBank`): inside one CUDA graph the two become parallel
     branches that wait for each other only layer by layer.
@@ -310,7 +369,7 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, backend: s
         fused_blocks.install(pipe.unet, fused_blocks.FusedOps.compiled(backend))
     if "graphs" in mode:
         pipe.denoiser.bank.stream = torch.cuda.Stream(device)
-    pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, mode)
+    pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, mode, backend, precompile_workers)
     logger.info("Zero123++ fast path: %s", mode)
     return mode
 

@@ -14,6 +14,10 @@ channels-last end to end (8 compilations for the full SD2 UNet at the real shape
 meta tensors). Uncompiled, the patched forwards compute what diffusers' do up to the rounding of a different
 convolution algorithm for the channels-last layout; compiled, up to fp16 rounding.
 
+The "blocks" modes install the same forwards with the plain functions and compile whole blocks around them
+(static shapes), for their channels-last outputs: diffusers' transformer returns NCHW maps, which the following
+convolutions and skip concatenations convert back.
+
 Only the plain SD configuration is patched (what Zero123++'s SD2 UNet uses: GroupNorm + SiLU resnets without
 up/down sampling inside, linear-projection transformers of LayerNorm blocks with GEGLU); anything else keeps its
 diffusers forward.

@@ -5,6 +5,7 @@ the compile-failure fallback, the CUDA-graph wrapper's argument plumbing). Budge
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ from img2mesh.zero123pp.fast_step import (
     _flatten,
     _unflatten,
     compile_cache_dir,
+    compiled_block_names,
     disable_fast_path,
     enable_fast_path,
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
+from img2mesh.zero123pp.precompile import assign, block_groups, precompile
 from img2mesh.zero123pp.random_weights import save_random_zero123pp
 
 
@@ -110,6 +113,45 @@ def test_compiled_blocks_give_the_eager_output_with_reference_attention(pipe) ->
         torch.testing.assert_close(pipe.denoiser(*inputs), with_ref, rtol=1e-4, atol=1e-4)
 
 
+class CountCats(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the concatenations a forward runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cats = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.cats += func is torch.ops.aten.cat.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_stacked_projections_share_one_buffer_per_layer_and_give_the_eager_output(pipe) -> None:
+    """Fast modes' stacked projections: the first call learns each layer's main-pass token count and concatenates;
+    from the second call on, both passes project into one buffer per layer, so no key/value concatenation is left
+    (two fewer per reference layer), and every call gives the eager output. A new sample size is learned again."""
+    inputs = denoiser_inputs(pipe)
+    denoiser = pipe.denoiser
+    denoiser.bank.main_tokens.clear()  # what earlier tests' calls taught it
+    layers = len(denoiser.reference_layers)
+    with torch.no_grad():
+        expected = denoiser(*inputs)
+        other = (torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(5)), *inputs[1:])
+        expected_other = denoiser(*other)
+        denoiser.fuse_projections()
+        try:
+            counts, outputs = [], []
+            for args in (inputs, inputs, other, other):
+                with CountCats() as mode:
+                    outputs.append(denoiser(*args))
+                counts.append(mode.cats)
+        finally:
+            denoiser.unfuse_projections()
+            denoiser.bank.main_tokens.clear()
+    assert counts[0] - counts[1] == 2 * layers and counts[2] - counts[3] == 2 * layers
+    for got, want in zip(outputs, (expected, expected, expected_other, expected_other), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
     """The patched resnet and transformer forwards with the plain (uncompiled) fused functions: same denoiser output
     as diffusers' forwards up to float rounding (channels-last changes the CPU convolution algorithm), every block
@@ -179,6 +221,54 @@ def test_fused_mode_compiles_eight_graphs_for_the_full_unet_at_the_real_shapes()
         denoiser(sample, torch.tensor(300.0), embeds, reference)
     assert first == 8
     assert counters["unique_graphs"] - before == first
+
+
+def test_blocks_that_compile_alike_are_grouped_for_one_worker_and_shares_balance() -> None:
+    """The full-size SD2 UNet (meta): its 38 compiled blocks fall into 18 groups; the transformers of a down block
+    join those of the up block at the same resolution, the resnets of the last down block join the mid block's;
+    every block lands in exactly one share, and no share carries more than a group above the average."""
+    from diffusers import UNet2DConditionModel
+
+    from img2mesh.zero123pp.random_weights import _UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_UNET["full"])
+    names = compiled_block_names(unet)
+    groups = block_groups(unet, names)
+    assert len(names) == 38 and len(groups) == 18
+    members = [set(m) for _, m in groups]
+    assert {"down_blocks.0.attentions.0", "up_blocks.3.attentions.2"} <= next(
+        m for m in members if "up_blocks.3.attentions.0" in m
+    )
+    assert {"down_blocks.3.resnets.1", "mid_block.resnets.0"} <= next(m for m in members if "mid_block.resnets.1" in m)
+    shares = assign(groups, 8)
+    assert sorted(name for share in shares for name in share) == sorted(names)
+    loads = [sum(cost for cost, m in groups if m[0] in share) for share in shares]
+    assert sum(loads) == sum(cost for cost, _ in groups)
+    assert max(loads) <= sum(loads) / len(loads) + max(cost for cost, _ in groups)
+
+
+def test_precompile_workers_compile_their_shares_and_leave_a_marker(pipe, tmp_path, monkeypatch, caplog) -> None:
+    """Two worker processes build the UNet from its configuration, compile their shares of the blocks ("eager"
+    backend here) and run one step at the given shapes; a marker then skips the workers for the same shapes. Workers
+    that fail (an unknown backend) cost a warning and leave no marker."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    inputs = denoiser_inputs(pipe)
+    assert enable_fast_path(pipe, "blocks", backend="eager") == "blocks"
+    try:
+        denoiser, names = pipe.denoiser.denoiser, compiled_block_names(pipe.unet)
+        shares = assign(block_groups(pipe.unet, names), 2)
+        assert precompile(denoiser, pipe.unet, names, inputs, backend="eager", workers=2) == 2
+        logs = sorted((tmp_path / "img2mesh_precompiled" / "logs").glob("worker*.log"))
+        compiled = [re.search(r"compiled (\d+) blocks", log.read_text()) for log in logs]
+        assert sorted(int(m.group(1)) for m in compiled if m) == sorted(len(share) for share in shares)
+        assert precompile(denoiser, pipe.unet, names, inputs, backend="eager", workers=2) == 0
+        with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.precompile"):
+            assert precompile(denoiser, pipe.unet, names, inputs, backend="no_such_backend", workers=1) == 1
+        assert sum("worker failed" in r.getMessage() for r in caplog.records) == 1
+        assert len(list((tmp_path / "img2mesh_precompiled").glob("*.json"))) == 1
+    finally:
+        disable_fast_path(pipe)
 
 
 def failing_backend(graph_module, example_inputs):
