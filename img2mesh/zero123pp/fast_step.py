@@ -14,15 +14,14 @@ convolution (``../shared/reference/zero123pp_gpu_profile.md``). The modes (H100 
   normalisation and elementwise work. Compiling the repeated blocks instead of the whole UNet means each distinct
   (block, shape) pair is compiled once and shared by every block like it, in both passes; the compiled code lands
   in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it. The first compilation
-  is spread over worker processes (:mod:`~img2mesh.zero123pp.precompile`; one after the other it took 160 s on
-  an H100 machine, ~20 s from the cache). Alone it gains nothing: guards and graph breaks cost what fusion saves.
-- ``"blocks+graphs"``: compiled kernels replayed from one graph, the fastest step (21.4 ms on an H100 before the
-  shared key/value buffers and channels-last block outputs; benchmarks/RESULTS.md has the current numbers);
-  worth its warm-up for batches.
+  is spread over worker processes (:mod:`~img2mesh.zero123pp.precompile`): 86 s on an H100 machine (160 s one
+  graph after the other), 21 s from the cache. Alone it gains nothing: guards and graph breaks cost what fusion
+  saves.
+- ``"blocks+graphs"``: compiled kernels replayed from one graph, the fastest step (20.8 ms on an H100, ms/step
+  20.5-21.9); worth its warm-up for batches.
 - **Fused runs** (``"fused"``, ``"fused+graphs"``, :mod:`~img2mesh.zero123pp.fused_blocks`): the same fusion
   between the library calls, but as four small functions compiled with symbolic shapes, 8 graphs for the whole
-  UNet instead of ~45, for a first warm-up meant to fit in a minute. Not yet timed on a GPU (its first H100 run
-  hit dynamo's recompile limit, since fixed; see benchmarks/RESULTS.md).
+  UNet instead of ~60: first warm-up 54 s, 16 s cached, but 27.7 ms per step on an H100 (benchmarks/RESULTS.md).
 - **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout, and
   stacked projection weights (one GEMM for each self-attention's query/key/value, one for all prompt keys/values);
   with them, the two passes project each layer's keys and values into one shared buffer instead of concatenating.
@@ -64,9 +63,9 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
 
     "auto" is "graphs" on CUDA (without offload hooks), else "off". Measured on an H100 (benchmarks/RESULTS.md),
     "graphs" gives the shortest run for one image per process: ~7 s of warm-up and 2.5 s for 75 steps, against
-    22 s (warm compile cache; 180 s cold) and 1.85 s for "blocks+graphs", which pays off from about twenty images
-    per process. An explicit mode that cannot run degrades (graphs need CUDA and no offload hooks; blocks need
-    a compiler backend) and the change is logged.
+    21 s (warm compile cache; 86 s cold, with ~24 GB of GPU memory for the compile workers) and 1.73 s for
+    "blocks+graphs", which pays off from about twenty images per process. An explicit mode that cannot run
+    degrades (graphs need CUDA and no offload hooks; blocks need a compiler backend) and the change is logged.
     """
     if requested not in ("auto", "off", *ACTIVE_MODES):
         raise ValueError(f"compile mode must be one of auto, off, {', '.join(ACTIVE_MODES)}; got {requested!r}")
