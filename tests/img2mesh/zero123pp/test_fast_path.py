@@ -1,6 +1,7 @@
 """The Zero123++ fast path on the CPU: mode resolution and fallbacks, and every mode that can run here giving the
 eager output (regional compilation and the fused blocks through torch.compile's "eager" backend, channels-last,
-the compile-failure fallback, the CUDA-graph wrapper's argument plumbing). Budget: ~2.5 min on 2 cores."""
+the compile-failure fallback, the CUDA-graph wrapper's argument plumbing, the shared key/value buffers, the
+precompile workers). Budget: ~3 min on 2 cores (the precompile test ~50 s: three worker processes)."""
 
 from __future__ import annotations
 
