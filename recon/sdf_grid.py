@@ -152,11 +152,17 @@ class SdfGrid(torch.nn.Module):
         gradient = self.gradient() if gradient is None else gradient
         return F.normalize(sample_grid(gradient, self.box, points), dim=-1, eps=1e-6)
 
-    def rgb(self, points: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
-        """Colour (..., 3) in [0, 1] at world points (..., 3), shaded when the grid has a light."""
+    def rgb(
+        self, points: torch.Tensor, gradient: torch.Tensor | None = None, normals: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Colour (..., 3) in [0, 1] at world points (..., 3), shaded when the grid has a light.
+
+        ``normals``: :meth:`normals` at ``points`` when the caller has them already (not looked up twice).
+        """
         if self.light is None:
             return self.albedo(points)
-        return self.albedo(points) * shade(self.normals(points, gradient), self.light)[..., None]
+        normals = self.normals(points, gradient) if normals is None else normals
+        return self.albedo(points) * shade(normals, self.light)[..., None]
 
     def resample(self, resolution: int, colour_resolution: int) -> SdfGrid:
         """The same fields on finer (or coarser) grids, for coarse-to-fine optimisation."""

@@ -197,9 +197,10 @@ def render_rays(
     t_mid = (t[:, 1:] + t[:, :-1]) / 2
     depth = (weights * t_mid).sum(-1) / opacity.clamp_min(1e-6)
     mid = (points[:, 1:] + points[:, :-1]) / 2
-    normal = (weights[..., None] * field.normals(mid, gradient)).sum(1) if normals else None
+    sample_normals = field.normals(mid, gradient) if normals else None
+    normal = None if sample_normals is None else (weights[..., None] * sample_normals).sum(1)
     if colour_per_sample:  # full volume rendering: photo-consistency along the ray moves the surface
-        colour = field.rgb(mid, gradient)
+        colour = field.rgb(mid, gradient, sample_normals)
         rgb = (weights[..., None] * colour).sum(1) + (1 - opacity[:, None]) * background
     else:  # one colour lookup per ray at the expected surface point: several times cheaper, weaker on geometry
         surface = rays.origins + depth[:, None] * rays.directions
