@@ -9,6 +9,7 @@ writes the table into ``benchmarks/RESULTS.md`` (its own section, replaced on a 
     .venv/bin/python benchmarks/recon_quality.py --method hull                 # the visual-hull floor
     .venv/bin/python benchmarks/recon_quality.py --method recon --device cuda --config fast
     .venv/bin/python benchmarks/recon_quality.py --meshes duck spot --no-write
+    .venv/bin/python benchmarks/recon_quality.py --method recon --config cpu --normals   # with oracle normal maps
 
 ``--method recon`` runs ``recon.reconstruct.reconstruct`` with the recon / mesh / texture sections of ``--config``
 (a preset name or YAML path, loaded by img2mesh.config).
@@ -67,13 +68,13 @@ def make_reconstructor(method: str, device: str, config: str | None, resolution:
     return run
 
 
-def evaluate(path: Path, reconstructor, device: str) -> dict[str, float]:
+def evaluate(path: Path, reconstructor, device: str, normals: bool = False) -> dict[str, float]:
     row: dict[str, float] = {}
     start = time.perf_counter()
     gt = load_mesh(path)
     row["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    views = oracle_views(gt, device=device).views
+    views = oracle_views(gt, device=device, normals=normals).views
     row["oracle"] = time.perf_counter() - start
     start = time.perf_counter()
     pred = reconstructor(views)
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128, help="voxel grid of --method hull")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument(
+        "--normals", action="store_true", help="give the views the meshes' exact normal maps (own RESULTS section)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +149,7 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     for path in mesh_paths(args.meshes):
         try:
-            rows[path.stem] = evaluate(path, reconstructor, args.device)
+            rows[path.stem] = evaluate(path, reconstructor, args.device, args.normals)
         except Exception as error:  # one failing mesh must not hide the others' numbers
             rows[path.stem] = {"error": f"{type(error).__name__}: {error}".replace("|", "/")[:120]}
         print(
@@ -154,9 +158,10 @@ def main() -> None:
 
     command = "python benchmarks/recon_quality.py " + " ".join(sys.argv[1:])
     detail = f"resolution {args.resolution}" if args.method == "hull" else f"config {args.config or 'default'}"
+    method = f"{args.method}+normals" if args.normals else args.method
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = (
-        f"## Reconstruction quality: {args.method} ({detail}) on {args.device}\n\n"
+        f"## Reconstruction quality: {method} ({detail}) on {args.device}\n\n"
         f"{machine(args.device)}, {date}. Command: `{command}`.\n"
         "Oracle views (Zero123++ v1.2 poses, 320 px, exact alpha) of each test mesh; Chamfer (lower is better) and\n"
         "F-score on meshes normalised to longest side 1; IoU on 64^3; PSNR/SSIM over 12 novel views (elevations 0\n"
@@ -166,7 +171,7 @@ def main() -> None:
     print()
     print(body)
     if not args.no_write:
-        write_section(args.method, args.device, body)
+        write_section(method, args.device, body)
         print(f"written to {RESULTS}")
 
 

@@ -8,6 +8,7 @@ kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use reco
 
     python benchmarks/recon_speed.py --device cuda                       # default preset, every test mesh
     python benchmarks/recon_speed.py --device cpu --config cpu --meshes spot duck
+    python benchmarks/recon_speed.py --device cuda --normals            # oracle normal maps too (normal term on)
 
 ``--fields-dir DIR`` times the CPU half alone (marching cubes and clean-up, UV unwrap, bake, GLB export) from fitted
 fields saved in DIR (``<mesh>/grid.pt`` and ``<mesh>/views``; fitted with ``--config`` on ``--device`` and saved
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--bake-device", default="cpu", help="finishing mode: device of the texel bake")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--save-meshes", type=Path, help="also write each reconstruction's geometry here (<mesh>.ply)")
+    parser.add_argument(
+        "--normals", action="store_true", help="give the views the meshes' exact normal maps (the normal ControlNet's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             gt = load_mesh(path)
-            views = oracle_views(gt, device=args.device).views
+            views = oracle_views(gt, device=args.device, normals=args.normals).views
             if not warmed:  # CUDA context, allocator and kernel selection are paid once per process
                 reconstruct(views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False)
                 warmed = True
