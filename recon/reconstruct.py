@@ -9,7 +9,8 @@ Two halves, so that a batch runner can keep the GPU busy on the next object whil
   Laplacian terms that keep the SDF a smooth distance (the generated views are never perfectly consistent, and six
   views under-constrain the surface; smoothness is the prior that fills the gaps). The colour grid holds albedo lit
   through the SDF's normals by one learnt light (``shading``), so shading ties colour to geometry; volume and
-  surface-area priors, fading out over the fit, empty hull wedges that no view rules out. The surface may not leave
+  surface-area priors, fading out over the fit, empty hull wedges that no view rules out. When the views carry normal
+  maps (the normal ControlNet's), a term pulls each ray's rendered normal towards its pixel's. The surface may not leave
   the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
   one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation.
 - :func:`finish_mesh` (CPU-friendly): marching cubes, clean-up and decimation (:mod:`recon.meshing`), then UV unwrap
