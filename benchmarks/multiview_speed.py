@@ -119,6 +119,8 @@ def run_child(args) -> dict:
         result["step_ms"] = time_denoiser(pipe, device, dtype)
         if args.profile:
             profile_denoiser(pipe, device, dtype)
+        if args.attribute:
+            attribute_kernels(pipe, device, dtype, trace=args.out / f"{args.tag}_step_trace.json" if args.out else None)
         if "graphs" in mode and not pipe.denoiser._failed:
             from img2mesh.zero123pp.fast_step import GraphedStep
 
@@ -174,6 +176,73 @@ def profile_denoiser(pipe, device, dtype) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
 
 
+def attribute_kernels(
+    pipe, device, dtype, trace: Path | None = None, copies_only_rows: int = 40, rows: int = 45
+) -> None:
+    """Profile one step WITHOUT its CUDA graph (kernels then correlate with the CPU ops that launched them) and
+    print where its kernels come from: per (kernel, launching op < its parents, input shapes/strides, source line),
+    count and GPU time; first the generic ATen elementwise kernels (copies and broadcasts), then everything."""
+    import collections
+    import re
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    step = getattr(pipe.denoiser, "_step", pipe.denoiser)  # the fast path's step as compiled, but not graphed
+    d = pipe.unet.config.cross_attention_dim
+    sample = torch.randn(2, 4, 120, 80, device=device, dtype=dtype)
+    reference = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
+    embeds = torch.randn(2, 77, d, device=device, dtype=dtype)
+    t = torch.tensor(500.0, device=device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.no_grad():
+        step(sample, t, embeds, reference)
+        sync()
+        with profile(
+            activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])],
+            record_shapes=True,
+            with_stack=True,
+        ) as prof:
+            step(sample, t, embeds, reference)
+            sync()
+    if trace is not None:  # chrome trace: input strides of every op, kernel ↔ launch correlation
+        prof.export_chrome_trace(str(trace))
+
+    def short(name: str) -> str:
+        functor = re.findall(r"at::native::(?!elementwise_kernel|gpu_kernel_impl|vectorized|unrolled)(\w+)", name)
+        return (name.split("<")[0].split("(")[0] + (f"[{functor[0]}]" if functor else ""))[:80]
+
+    def source(evt) -> str:
+        frames = [f for f in (evt.stack or []) if "img2mesh" in f or "diffusers" in f or "torchinductor" in f]
+        return " | ".join(frames[:3])[:300]
+
+    def chain(evt) -> str:
+        names, p = [], evt
+        while p is not None and len(names) < 5:
+            names.append(p.name)
+            p = p.cpu_parent
+        return " < ".join(names)
+
+    by_key: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for evt in prof.events():
+        for kernel in getattr(evt, "kernels", []):
+            strides = getattr(evt, "structured_input_strides", None) or ""
+            key = (short(kernel.name), chain(evt), str(evt.input_shapes)[:160], str(strides)[:160], source(evt))
+            by_key[key][0] += 1
+            by_key[key][1] += kernel.duration
+    total = sum(v[1] for v in by_key.values())
+    print(f"ATTRIBUTION: one non-graphed step, {sum(v[0] for v in by_key.values())} kernels, {total / 1e3:.2f} ms")
+    generic = [(k, v) for k, v in by_key.items() if k[0].startswith("void at::native::elementwise_kernel")]
+    for title, items, limit in (("generic elementwise", generic, copies_only_rows), ("all", by_key.items(), rows)):
+        items = sorted(items, key=lambda kv: -kv[1][1])
+        print(f"--- {title}: {sum(v[0] for _, v in items)} kernels, {sum(v[1] for _, v in items) / 1e3:.2f} ms")
+        for (name, ops, shapes, strides, src), (count, us) in items[:limit]:
+            print(
+                f"{count:4d} {us:9.1f} us  {name}\n        op: {ops}\n        in: {shapes} {strides}\n        at: {src}"
+            )
+
+
 # ----------------------------------------------------------------------------------------------- parent process
 
 
@@ -193,6 +262,7 @@ def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb
     cmd += ["--device", args.device, "--steps", ",".join(map(str, args.steps)), "--card-gb", str(card_gb)]
     cmd += ["--offload"] if offload else []
     cmd += ["--profile"] if args.profile and "graphs" in mode else []
+    cmd += ["--attribute", "--out", str(args.out)] if args.attribute and mode != "off" and tag.endswith("_cold") else []
     cmd += [] if args.precompile_workers is None else ["--precompile-workers", str(args.precompile_workers)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -280,6 +350,10 @@ def main() -> None:
     parser.add_argument("--write-results", action="store_true", help="replace this benchmark's section of RESULTS.md")
     parser.add_argument("--profile", action="store_true", help="log the kernel-time table of graphed modes' step")
     parser.add_argument(
+        "--attribute", action="store_true", help="cold compiled runs: attribute a non-graphed step's kernels to ops"
+    )
+    parser.add_argument("--no-cached", action="store_true", help="compiled modes: only the cold-cache run")
+    parser.add_argument(
         "--precompile-workers", type=int, help="worker processes of the blocks modes' first compile (default: auto)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -314,7 +388,8 @@ def main() -> None:
             if not cache.exists():  # first mode of its family: a cold run on an empty cache, then on the filled one
                 rows.append({**spawn(args, mode, tag + "_cold", cache), "label": f"{mode}, cold cache"})
                 print(json.dumps(rows[-1]), flush=True)
-            rows.append({**spawn(args, mode, tag, cache), "label": f"{mode}, cached"})
+            if not args.no_cached:
+                rows.append({**spawn(args, mode, tag, cache), "label": f"{mode}, cached"})
         print(json.dumps(rows[-1]), flush=True)
     if args.device.startswith("cuda") and not args.no_low_memory:
         row = spawn(args, "off", "offload_capped", caches / "off", offload=True, card_gb=args.card_gb)

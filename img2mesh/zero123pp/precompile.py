@@ -182,17 +182,20 @@ def precompile(
     with tempfile.TemporaryDirectory(prefix="img2mesh_precompile_") as folder:
         for i, share in enumerate(shares):
             path = Path(folder) / f"worker{i}.json"
-            path.write_text(json.dumps({**spec, "blocks": share}, default=str))
+            path.write_text(json.dumps({**spec, "blocks": share, "spawned": time.time()}, default=str))
             log = open(logs / f"worker{i}.log", "w+")  # noqa: SIM115  (closed below, after the wait)
             cmd = [sys.executable, "-m", "img2mesh.zero123pp.precompile", str(path)]
             processes.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         failed = 0
-        for process, log in processes:
+        for i, (process, log) in enumerate(processes):
             try:
                 code = process.wait(timeout=max(1.0, timeout - (time.perf_counter() - started)))
             except subprocess.TimeoutExpired:
                 process.kill()
                 code = process.wait()
+            logger.info(
+                "precompile worker %d: exit %s, waited for until %.1f s", i, code, time.perf_counter() - started
+            )
             if code:
                 failed += 1
                 log.seek(0)
@@ -209,9 +212,16 @@ def precompile(
 def run_worker(spec: dict) -> None:
     """One worker: build the UNet of ``spec`` with uninitialised weights, compile its share of the blocks as the
     main process does, and run one step at the main process's shapes (which compiles, and caches, its graphs)."""
+
+    def since_spawn(what: str) -> None:  # the worker's timeline, for the log (start-up vs compilation)
+        if "spawned" in spec:
+            print(f"{time.time() - spec['spawned']:6.1f} s after spawn: {what}", flush=True)
+
+    since_spawn("torch imported")
     from img2mesh.zero123pp.attention import ReferenceUNet
     from img2mesh.zero123pp.fast_step import FastDenoiser, compile_blocks
 
+    since_spawn("diffusers imported")
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
     module, _, name = spec["unet_class"].rpartition(".")
@@ -228,6 +238,7 @@ def run_worker(spec: dict) -> None:
         if spec["side_stream"]:
             denoiser.bank.stream = torch.cuda.Stream(device)
     compile_blocks(unet, backend=spec["backend"], only=spec["blocks"])
+    since_spawn("UNet built on the device")
 
     def tensor(description):
         if description is None:
@@ -244,6 +255,7 @@ def run_worker(spec: dict) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
+    since_spawn("step compiled and run")
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
     print(f"compiled {len(spec['blocks'])} blocks in {seconds:.1f} s, peak GPU memory {peak:.2f} GB", flush=True)
     print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
