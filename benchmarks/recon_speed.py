@@ -9,6 +9,11 @@ kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use reco
     python benchmarks/recon_speed.py --device cuda                       # default preset, every test mesh
     python benchmarks/recon_speed.py --device cpu --config cpu --meshes spot duck
     python benchmarks/recon_speed.py --device cuda --normals            # oracle normal maps too (normal term on)
+    python benchmarks/recon_speed.py --device cuda --config default mine.yaml --tables-dir out   # A/B, one table each
+
+Several ``--config`` values are measured in one process on the same oracle views, mesh by mesh (each config warmed
+up once first), so that an A/B shares the machine; each config's table is printed and, with ``--tables-dir``, written
+to ``<dir>/<config stem>.md``.
 
 ``--fields-dir DIR`` times the CPU half alone (marching cubes and clean-up, UV unwrap, bake, GLB export) from fitted
 fields saved in DIR (``<mesh>/grid.pt`` and ``<mesh>/views``; fitted with ``--config`` on ``--device`` and saved
@@ -47,14 +52,17 @@ from recon.texture import atlas_report  # noqa: E402
 from recon.views import PosedViews  # noqa: E402
 
 STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")
-METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr")
+METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.05", "psnr")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--meshes-dir", type=Path, default=ROOT.parent / "shared" / "testdata" / "meshes")
     parser.add_argument("--meshes", nargs="*", help="mesh file stems (default: all)")
-    parser.add_argument("--config", default=None, help="preset name or YAML path (default: the dataclass defaults)")
+    parser.add_argument(
+        "--config", nargs="+", default=[None], help="preset names or YAML paths (default: the dataclass defaults)"
+    )
+    parser.add_argument("--tables-dir", type=Path, help="also write each config's table to <dir>/<config stem>.md")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-quality", action="store_true", help="times only")
     parser.add_argument("--fields-dir", type=Path, help="finishing mode: time the CPU half from fields saved here")
@@ -71,44 +79,78 @@ def main() -> None:
         finishing(args)
         return
 
-    settings = load_config(args.config)
+    configs = {_config_name(name): load_config(name) for name in args.config}
     paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
     if args.meshes:
         paths = [p for p in paths if p.stem in set(args.meshes)]
-    rows: dict[str, dict[str, float]] = {}
-    warmed = False
+    rows: dict[str, dict[str, dict[str, float]]] = {name: {} for name in configs}
+    warmed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             gt = load_mesh(path)
             views = oracle_views(gt, device=args.device, normals=args.normals).views
-            if not warmed:  # CUDA context, allocator and kernel selection are paid once per process
-                reconstruct(views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False)
-                warmed = True
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = reconstruct(
-                views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False
-            )
-            mid = time.perf_counter()
-            export_mesh(result.mesh, Path(tmp) / f"{path.stem}.glb")
-            end = time.perf_counter()
-            row = {k: v for k, v in result.timings.items()}
-            row["export"] = end - mid
-            row["total"] = end - start
-            row["faces"] = len(result.mesh.faces)
-            if args.save_meshes:
-                args.save_meshes.mkdir(parents=True, exist_ok=True)
-                trimesh.Trimesh(result.mesh.vertices, result.mesh.faces).export(args.save_meshes / f"{path.stem}.ply")
-            if not args.no_quality:
-                row.update(chamfer_fscore(result.mesh, gt))
-                row.update(novel_view_metrics(result.mesh, gt, device=args.device))
-            rows[path.stem] = row
-            print(path.stem, {k: round(float(v), 4) for k, v in row.items()}, flush=True)
+            for name, settings in configs.items():
+                if name not in warmed:  # CUDA context, allocator and kernel selection are paid once per config
+                    reconstruct(
+                        views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False
+                    )
+                    warmed.add(name)
+                row = _measure(views, gt, path.stem, settings, args, Path(tmp), name)
+                rows[name][path.stem] = row
+                print(name, path.stem, {k: round(float(v), 4) for k, v in row.items()}, flush=True)
+            if args.tables_dir:  # after every mesh, so that a run cut short still leaves its tables
+                _write_tables(rows, args, print_them=False)
+    _write_tables(rows, args, print_them=True)
 
+
+def _write_tables(rows: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace, print_them: bool) -> None:
+    """Each config's table, printed and/or written to ``args.tables_dir``."""
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/recon_speed.py " + " ".join(sys.argv[1:])
+    for name, config_rows in rows.items():
+        table = _table(config_rows, [] if args.no_quality else list(METRICS))
+        text = f"{device}, torch {torch.__version__}, {date}, config {name}, command: {command}\n\n{table}\n"
+        if print_them:
+            print("\n" + text)
+        if args.tables_dir:
+            args.tables_dir.mkdir(parents=True, exist_ok=True)
+            (args.tables_dir / f"{name}.md").write_text(text)
+
+
+def _config_name(name: str | None) -> str:
+    return "defaults" if name is None else Path(name).stem
+
+
+def _measure(
+    views: PosedViews, gt, stem: str, settings, args: argparse.Namespace, tmp: Path, name: str
+) -> dict[str, float]:
+    """One timed reconstruction (PosedViews → GLB) of ``views`` with ``settings``, and its quality against ``gt``."""
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = reconstruct(views, settings.recon, settings.mesh, settings.texture, device=args.device, progress=False)
+    mid = time.perf_counter()
+    export_mesh(result.mesh, tmp / f"{stem}.glb")
+    end = time.perf_counter()
+    row = dict(result.timings)
+    row["export"] = end - mid
+    row["total"] = end - start
+    row["faces"] = len(result.mesh.faces)
+    if args.save_meshes:
+        folder = args.save_meshes / name if len(args.config) > 1 else args.save_meshes
+        folder.mkdir(parents=True, exist_ok=True)
+        trimesh.Trimesh(result.mesh.vertices, result.mesh.faces).export(folder / f"{stem}.ply")
+    if not args.no_quality:
+        row.update(chamfer_fscore(result.mesh, gt))
+        row.update(novel_view_metrics(result.mesh, gt, device=args.device))
+    return row
+
+
+def _table(rows: dict[str, dict[str, float]], metrics: list[str]) -> str:
+    """Markdown table of one config's rows (a mean row last)."""
     fit_keys = sorted({k for row in rows.values() for k in row if k.startswith("fit_")}, key=lambda k: int(k[4:]))
     stages = ["hull", *fit_keys, "mesh", "unwrap", "bake", "export", "total"]
-    metrics = [] if args.no_quality else list(METRICS)
     header = ["mesh", "faces", *metrics, *(f"{s} s" for s in stages)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     means = {k: float(np.mean([r[k] for r in rows.values()])) for k in ["faces", *metrics, *stages]}
@@ -117,16 +159,12 @@ def main() -> None:
         cells += [f"{row[m]:.4f}" if m == "chamfer" else f"{row[m]:.3f}" for m in metrics]
         cells += [f"{row[s]:.2f}" for s in stages]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/recon_speed.py " + " ".join(sys.argv[1:])
-    print(f"\n{device}, torch {torch.__version__}, {date}, command: {command}")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def finishing(args: argparse.Namespace) -> None:
     """Stage times of :func:`recon.reconstruct.finish_mesh` and the GLB export from saved fields, one row per mesh."""
-    settings = load_config(args.config)
+    settings = load_config(args.config[0])
     paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
     if args.meshes:
         paths = [p for p in paths if p.stem in set(args.meshes)]
