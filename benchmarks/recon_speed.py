@@ -58,7 +58,7 @@ METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--meshes-dir", type=Path, default=ROOT.parent / "shared" / "testdata" / "meshes")
-    parser.add_argument("--meshes", nargs="*", help="mesh file stems (default: all)")
+    parser.add_argument("--meshes", nargs="*", help="mesh file stems, measured in this order (default: all)")
     parser.add_argument(
         "--config", nargs="+", default=[None], help="preset names or YAML paths (default: the dataclass defaults)"
     )
@@ -81,8 +81,8 @@ def main() -> None:
 
     configs = {_config_name(name): load_config(name) for name in args.config}
     paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
-    if args.meshes:
-        paths = [p for p in paths if p.stem in set(args.meshes)]
+    if args.meshes:  # in the order given (the first ones survive a run cut short)
+        paths = sorted((p for p in paths if p.stem in set(args.meshes)), key=lambda p: args.meshes.index(p.stem))
     rows: dict[str, dict[str, dict[str, float]]] = {name: {} for name in configs}
     warmed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:

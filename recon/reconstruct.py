@@ -77,8 +77,12 @@ class ReconConfig:
     """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
     colour_learning_rate: float = 0.05
     """Adam step of the colour logits."""
-    sharpness: tuple[float, float] = (1.0, 4.0)
-    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage."""
+    sharpness: tuple[float, float] = (2.0, 4.0)
+    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage. The start
+    sets how opaque a plate one or two coarse voxels thick renders (a table top at 64³ is about one): 62% / 73% at
+    1/voxel, 73% / 88% at 2/voxel. The masks ask for full opacity, and the fit made up what a thin plate lacked with
+    hull left under it, which the later, sharper stages keep (default preset: table Chamfer 0.018 → 0.015, mean
+    F@0.05 0.947 → 0.953 with 2 rather than 1)."""
     mask_weight: float = 0.5
     """Weight of the opacity-vs-mask binary cross-entropy."""
     eikonal_weight: float = 0.05
