@@ -102,7 +102,8 @@ def run_child(args) -> dict:
         # Where the first run's compilation went (dynamo, AOT, Inductor), and the workers' own logs.
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
         for log in sorted((compile_cache_dir() / "img2mesh_precompiled" / "logs").glob("*.log")):
-            print(f"--- {log.name}\n" + log.read_text()[-3000:], flush=True)
+            text = log.read_text()  # its timeline (head) and compile times (tail)
+            print(f"--- {log.name}\n" + (text if len(text) < 4000 else text[:1500] + "\n[...]\n" + text[-2500:]))
     for steps in (steps_short, steps_long):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -122,8 +123,20 @@ def run_child(args) -> dict:
         if args.attribute:
             attribute_kernels(pipe, device, dtype, trace=args.out / f"{args.tag}_step_trace.json" if args.out else None)
         if "graphs" in mode and not pipe.denoiser._failed:
+            import types
+
+            from img2mesh.zero123pp import fused_blocks
             from img2mesh.zero123pp.fast_step import GraphedStep
 
+            # What the transposed-convolution upsamplers gain: the step recaptured with diffusers' upsampling and
+            # convolution, same process (eager code, nothing recompiles).
+            upsamplers = [m for m in pipe.unet.modules() if hasattr(m, fused_blocks.UPSAMPLE_WEIGHT)]
+            for module in upsamplers:  # diffusers' nearest upsampling + 3x3 convolution
+                module.__dict__.pop("forward")
+            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
+            result["step_ms_upsample_conv"] = time_denoiser(pipe, device, dtype)
+            for module in upsamplers:
+                module.forward = types.MethodType(fused_blocks.upsample_forward, module)
             bank = pipe.denoiser.denoiser.bank
             bank.share = False  # the main pass concatenates its keys/values with the reference's, as before
             pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
@@ -206,8 +219,14 @@ def attribute_kernels(
         ) as prof:
             step(sample, t, embeds, reference)
             sync()
-    if trace is not None:  # chrome trace: input strides of every op, kernel ↔ launch correlation
+    if trace is not None:  # chrome trace (gzipped): input strides of every op, kernel ↔ launch correlation
+        import gzip
+        import shutil
+
         prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        trace.unlink()
 
     def short(name: str) -> str:
         functor = re.findall(r"at::native::(?!elementwise_kernel|gpu_kernel_impl|vectorized|unrolled)(\w+)", name)

@@ -10,17 +10,18 @@ convolution (``../shared/reference/zero123pp_gpu_profile.md``). The modes (H100 
   a side stream (:mod:`~img2mesh.zero123pp.attention`), so inside the graph the two passes are parallel branches
   that meet layer by layer: 31.1 ms per step on an H100 (32.8 ms with the passes in series), warm-up ~7 s.
 - **Regional compilation** (``"blocks"``): ``torch.compile`` on each ``ResnetBlock2D`` and ``Transformer2DModel``
-  (their channels-last forwards from :mod:`~img2mesh.zero123pp.fused_blocks`) with static shapes fuses
-  normalisation and elementwise work. Compiling the repeated blocks instead of the whole UNet means each distinct
-  (block, shape) pair is compiled once and shared by every block like it, in both passes; the compiled code lands
-  in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it. The first compilation
-  is spread over worker processes (:mod:`~img2mesh.zero123pp.precompile`): 86 s on an H100 machine (160 s one
-  graph after the other), 21 s from the cache. Alone it gains nothing: guards and graph breaks cost what fusion
-  saves.
-- ``"blocks+graphs"``: compiled kernels replayed from one graph, the fastest step (20.8 ms on an H100, ms/step
-  20.5-21.9); worth its warm-up for batches.
+  (their channels-last forwards from :mod:`~img2mesh.zero123pp.fused_blocks`) and on the output GroupNorm, with
+  static shapes, fuses normalisation and elementwise work. Compiling the repeated blocks instead of the whole UNet
+  means each distinct (block, shape) pair is compiled once and shared by every block like it, in both passes; the
+  compiled code lands in Inductor's on-disk cache (under the user cache folder), so later runs skip most of it.
+  The first compilation is shared by this process and worker processes (:mod:`~img2mesh.zero123pp.precompile`):
+  48 s on an H100 machine (160 s one graph after the other), 17 s from the cache. Alone it gains nothing: guards
+  and graph breaks cost what fusion saves. The upsamplers run as transposed convolutions
+  (:func:`fused_blocks.upsample_forward`).
+- ``"blocks+graphs"``: compiled kernels replayed from one graph, the fastest step (19.4 ms on an H100, ms/step
+  18.9-19.9); worth its warm-up for batches.
 - **Fused runs** (``"fused"``, ``"fused+graphs"``, :mod:`~img2mesh.zero123pp.fused_blocks`): the same fusion
-  between the library calls, but as four small functions compiled with symbolic shapes, 8 graphs for the whole
+  between the library calls, but as four small functions compiled with symbolic shapes, 9 graphs for the whole
   UNet instead of ~60: first warm-up 54 s, 16 s cached, but 27.7 ms per step on an H100 (benchmarks/RESULTS.md).
 - **Channels-last** weights and activations in every fast mode, so convolutions run in cuDNN's native layout, and
   stacked projection weights (one GEMM for each self-attention's query/key/value, one for all prompt keys/values);
@@ -40,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -62,10 +64,11 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     """The mode that will actually run for ``requested`` on ``device``; never raises for an unsupported setup.
 
     "auto" is "graphs" on CUDA (without offload hooks), else "off". Measured on an H100 (benchmarks/RESULTS.md),
-    "graphs" gives the shortest run for one image per process: ~7 s of warm-up and 2.5 s for 75 steps, against
-    21 s (warm compile cache; 86 s cold, with ~24 GB of GPU memory for the compile workers) and 1.73 s for
-    "blocks+graphs", which pays off from about twenty images per process. An explicit mode that cannot run
-    degrades (graphs need CUDA and no offload hooks; blocks need a compiler backend) and the change is logged.
+    "graphs" gives the shortest run for one image per process: 7-10 s of warm-up and 2.5 s for 75 steps, against
+    17 s (warm compile cache; 48 s cold, with ~31 GB of GPU memory and 8 processes for the compile workers) and
+    1.6 s for "blocks+graphs", which pays off from about 7 images per process with a warm cache (40 cold). An
+    explicit mode that cannot run degrades (graphs need CUDA and no offload hooks; blocks need a compiler backend)
+    and the change is logged.
     """
     if requested not in ("auto", "off", *ACTIVE_MODES):
         raise ValueError(f"compile mode must be one of auto, off, {', '.join(ACTIVE_MODES)}; got {requested!r}")
@@ -128,8 +131,25 @@ def compiled_block_types() -> tuple[type, ...]:
 
 
 def compiled_block_names(unet: torch.nn.Module) -> list[str]:
-    """Module names of the blocks :func:`compile_blocks` compiles, in ``named_modules`` order."""
-    return [name for name, m in unet.named_modules() if isinstance(m, compiled_block_types())]
+    """Module names of the blocks :func:`compile_blocks` compiles, in ``named_modules`` order (the output norm,
+    ``conv_norm_out``, last where it is a plain GroupNorm)."""
+    names = [name for name, m in unet.named_modules() if isinstance(m, compiled_block_types())]
+    return names + ([TAIL_NORM] if _plain_tail_norm(unet) else [])
+
+
+#: The UNet's output GroupNorm, compiled on its own in the "blocks" modes: eager, CUDA's GroupNorm copies the
+#: channels-last map to NCHW and returns NCHW, which ``conv_out`` converts back (~0.15 ms of an H100 step with
+#: the kernels themselves; compiled, one kernel that keeps the layout).
+TAIL_NORM = "conv_norm_out"
+
+
+def _plain_tail_norm(unet: torch.nn.Module) -> bool:
+    norm = getattr(unet, TAIL_NORM, None)
+    return isinstance(norm, torch.nn.GroupNorm) and norm.affine
+
+
+def _channels_last_group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return fused_blocks.group_norm_act(x, norm, norm.weight, norm.bias, act=False)
 
 
 def compile_blocks(unet: torch.nn.Module, backend: str = "inductor", only: Sequence[str] | None = None) -> int:
@@ -147,18 +167,32 @@ def compile_blocks(unet: torch.nn.Module, backend: str = "inductor", only: Seque
     mixed-layout skip concatenation (~13 strided copies per step on an H100), while the fused forward's output is
     channels-last, its tokens reinterpreted without a copy.
     """
+    prepare_blocks(unet)
+    modules = dict(unet.named_modules())
+    blocks = [modules[name] for name in (compiled_block_names(unet) if only is None else only)]
+    for block in blocks:
+        compile_block(block, backend)
+    return len(blocks)
+
+
+def prepare_blocks(unet: torch.nn.Module) -> None:
+    """What :func:`compile_blocks` does before compiling any block: the channels-last forwards, the eager
+    self-attention, the compile cache and recompile limit."""
     _prepare_compilation()
     fused_blocks.install(unet, fused_blocks.FusedOps())
+    if _plain_tail_norm(unet):
+        norm = getattr(unet, TAIL_NORM)
+        norm.forward = types.MethodType(_channels_last_group_norm, norm)
     for attn in _reference_attentions(unet):
         # The reference tokens live in a dict the attn1 processors fill and empty layer by layer; traced, every
         # fill level would be a guard and a recompile. Run attn1 itself eagerly (its work is GEMMs and SDPA, which
         # compilation would call as library kernels anyway) and compile around it.
         attn.forward = torch.compiler.disable(attn.forward, recursive=True)
-    modules = dict(unet.named_modules())
-    blocks = [modules[name] for name in (compiled_block_names(unet) if only is None else only)]
-    for block in blocks:
-        block.compile(backend=backend, dynamic=False, fullgraph=False)
-    return len(blocks)
+
+
+def compile_block(block: torch.nn.Module, backend: str | Callable = "inductor") -> None:
+    """``torch.compile`` one block in place, with static shapes (compiled at its first call per shape)."""
+    block.compile(backend=backend, dynamic=False, fullgraph=False)
 
 
 def _prepare_compilation() -> None:
@@ -177,9 +211,11 @@ def _reference_attentions(unet: torch.nn.Module) -> list[torch.nn.Module]:
 def uncompile_blocks(unet: torch.nn.Module) -> None:
     """Undo :func:`compile_blocks`: every block runs diffusers' eager ``forward`` again."""
     fused_blocks.uninstall(unet)
-    for block in unet.modules():
-        if isinstance(block, compiled_block_types()):
-            block._compiled_call_impl = None
+    modules = dict(unet.named_modules())
+    for name in compiled_block_names(unet):
+        modules[name]._compiled_call_impl = None
+    if _plain_tail_norm(unet):
+        getattr(unet, TAIL_NORM).__dict__.pop("forward", None)
     for attn in _reference_attentions(unet):
         attn.__dict__.pop("forward", None)
 
@@ -300,13 +336,17 @@ class FastDenoiser:
         from img2mesh.zero123pp.precompile import precompile
 
         started = time.perf_counter()
+        if self._graphed is not None:  # as the graphed step will see it (a tensor), so that guards match
+            timestep = torch.as_tensor(timestep, device=sample.device)
+        inputs = (sample, timestep, encoder_hidden_states, reference_sample)
         try:
             workers = precompile(
                 self.denoiser,
                 self.unet,
                 compiled_block_names(self.unet),
-                (sample, timestep, encoder_hidden_states, reference_sample),
+                inputs,
                 workers=self._precompile_workers,
+                run_step=lambda: self._step(*inputs),
             )
             self.precompiled = (workers, time.perf_counter() - started)
         except Exception as error:  # parallel precompilation only saves time; the step compiles what is missing

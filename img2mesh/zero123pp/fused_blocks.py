@@ -10,7 +10,7 @@ Here the fusible runs are plain functions (:func:`group_norm_act`, :func:`group_
 :func:`add_layer_norm`, :func:`geglu`) compiled with symbolic shapes, so a handful of compilations serve every
 block at every resolution in both passes; the blocks' own ``forward`` is replaced by :func:`resnet_forward` /
 :func:`transformer_forward`, which call those functions around the unchanged library calls and keep activations
-channels-last end to end (8 compilations for the full SD2 UNet at the real shapes: the CPU tests count them on
+channels-last end to end (9 compilations for the full SD2 UNet at the real shapes: the CPU tests count them on
 meta tensors). Uncompiled, the patched forwards compute what diffusers' do up to the rounding of a different
 convolution algorithm for the channels-last layout; compiled, up to fp16 rounding.
 
@@ -18,9 +18,13 @@ The "blocks" modes install the same forwards with the plain functions and compil
 (static shapes), for their channels-last outputs: diffusers' transformer returns NCHW maps, which the following
 convolutions and skip concatenations convert back.
 
+Both install one more change, outside any compiled code: each upsampler (nearest 2x, then a 3x3 convolution)
+becomes one transposed convolution with summed taps (:func:`upsample_forward`), 4/9 of the work and no upsampled
+map written.
+
 Only the plain SD configuration is patched (what Zero123++'s SD2 UNet uses: GroupNorm + SiLU resnets without
-up/down sampling inside, linear-projection transformers of LayerNorm blocks with GEGLU); anything else keeps its
-diffusers forward.
+up/down sampling inside, linear-projection transformers of LayerNorm blocks with GEGLU, nearest-neighbour
+upsamplers with a 3x3 convolution); anything else keeps its diffusers forward.
 """
 
 from __future__ import annotations
@@ -46,9 +50,15 @@ def group_norm_act(x, norm: torch.nn.GroupNorm, weight, bias, act: bool, shift=N
 
 
 def group_norm_tokens(x, norm: torch.nn.GroupNorm, weight, bias):
-    """``group_norm(x)`` of a (B, C, H, W) map as (B, H·W, C) tokens (the transformer's input layout)."""
-    b, c, h, w = x.shape
-    return F.group_norm(x, norm.num_groups, weight, bias, norm.eps).permute(0, 2, 3, 1).reshape(b, h * w, c)
+    """``group_norm(x)`` of a (B, C, H, W) map as contiguous (B, H·W, C) tokens (the transformer's input layout).
+
+    Contiguous, because GroupNorm's output layout is NCHW (that is what the compiler matches, too), which makes
+    these tokens channel-major: the input projection (``proj_in``, a library GEMM after this function returns)
+    then copies them and adds its bias in a kernel of its own. Attributed on an H100 (benchmarks/RESULTS.md, run
+    6): 32 such copies and their bias adds per step, ~0.95 ms of GPU time in a 20.6 ms "blocks+graphs" step;
+    compiled, the contiguous layout is written by the norm kernel itself."""
+    normed = F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
+    return normed.flatten(2).transpose(1, 2).contiguous()
 
 
 def add_layer_norm(x, residual, norm: torch.nn.LayerNorm, weight, bias):
@@ -156,6 +166,54 @@ def transformer_forward(
     return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
 
+#: Attribute of an ``Upsample2D`` holding its transposed-convolution weight (:func:`upsample_weight`), or absent.
+UPSAMPLE_WEIGHT = "_img2mesh_upsample_weight"
+#: Per axis, the 4 taps of the transposed convolution from the 3 taps of the convolution after nearest 2x
+#: upsampling: output row 2m sees input rows m-1 (tap 0) and m (taps 1+2); row 2m+1 sees m (taps 0+1) and m+1 (2).
+_UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample_weight(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """The (in, out, 4, 4) weight of the transposed convolution (stride 2, padding 1) that equals nearest 2x
+    upsampling followed by ``conv`` (3x3, stride 1, padding 1): taps summed in (at least) fp32, then rounded to
+    the weight's dtype."""
+    dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+    taps = torch.tensor(_UPSAMPLE_TAPS, dtype=dtype, device=conv.weight.device)
+    weight = torch.einsum("ka,lb,oiab->iokl", taps, taps, conv.weight.detach().to(dtype))
+    return weight.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def upsample_forward(module, hidden_states, output_size=None, *args, **kwargs):
+    """``Upsample2D.forward`` (nearest 2x, then a 3x3 convolution) as one transposed convolution.
+
+    Why: the upsampled map is 4x the input, and every output pixel of the 3x3 convolution over it sees only 2x2
+    distinct input pixels, so the convolution does 9/4 the necessary work and the upsampling writes a map the
+    size of its output: on an H100, the three upsamplers of the two passes cost ~0.9 ms of a ~21 ms step this
+    way (benchmarks/RESULTS.md, run 6). The same maths up to the rounding of the summed taps (fp16 weights).
+    Other sizes, or a weight not where the input is (CPU offload), take diffusers' forward."""
+    weight = getattr(module, UPSAMPLE_WEIGHT, None)
+    if weight is None or output_size is not None or args or kwargs or weight.device != hidden_states.device:
+        return type(module).forward(module, hidden_states, output_size, *args, **kwargs)
+    return F.conv_transpose2d(hidden_states, weight, module.conv.bias, stride=2, padding=1)
+
+
+def _plain_upsample(module) -> bool:
+    conv = getattr(module, "conv", None)
+    return (
+        module.use_conv
+        and not module.use_conv_transpose
+        and module.interpolate
+        and module.norm is None
+        and module.name == "conv"
+        and isinstance(conv, torch.nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
 def _plain_resnet(block) -> bool:
     return (
         block.upsample is None
@@ -194,13 +252,20 @@ def _plain_transformer(model) -> bool:
 
 
 def install(unet: torch.nn.Module, ops: FusedOps) -> int:
-    """Give every plain resnet and transformer block of ``unet`` its fused ``forward``; returns how many."""
+    """Give every plain resnet and transformer block of ``unet`` its fused ``forward``, every plain nearest 2x
+    upsampler its transposed convolution (weights as they are now: call after moving the UNet); returns how many
+    modules were patched."""
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.upsampling import Upsample2D
 
     count = 0
     for module in unet.modules():
-        if isinstance(module, ResnetBlock2D) and _plain_resnet(module):
+        if isinstance(module, Upsample2D) and _plain_upsample(module):
+            setattr(module, UPSAMPLE_WEIGHT, upsample_weight(module.conv))
+            module.forward = types.MethodType(upsample_forward, module)
+            count += 1
+        elif isinstance(module, ResnetBlock2D) and _plain_resnet(module):
             module.forward = types.MethodType(lambda self, *a, **k: resnet_forward(self, ops, *a, **k), module)
             count += 1
         elif isinstance(module, Transformer2DModel) and _plain_transformer(module):
@@ -210,10 +275,12 @@ def install(unet: torch.nn.Module, ops: FusedOps) -> int:
 
 
 def uninstall(unet: torch.nn.Module) -> None:
-    """Back to diffusers' ``forward`` for every block :func:`install` patched."""
+    """Back to diffusers' ``forward`` for every module :func:`install` patched (and its transposed weight gone)."""
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.upsampling import Upsample2D
 
     for module in unet.modules():
-        if isinstance(module, ResnetBlock2D | Transformer2DModel):
+        if isinstance(module, ResnetBlock2D | Transformer2DModel | Upsample2D):
             module.__dict__.pop("forward", None)
+            module.__dict__.pop(UPSAMPLE_WEIGHT, None)

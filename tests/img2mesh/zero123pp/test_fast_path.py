@@ -1,7 +1,8 @@
 """The Zero123++ fast path on the CPU: mode resolution and fallbacks, and every mode that can run here giving the
 eager output (regional compilation and the fused blocks through torch.compile's "eager" backend, channels-last,
 the compile-failure fallback, the CUDA-graph wrapper's argument plumbing, the shared key/value buffers, the
-precompile workers). Budget: ~3 min on 2 cores (the precompile test ~50 s: three worker processes)."""
+transposed-convolution upsamplers, the compile queue of this process and its workers). Budget: ~3 min on 2 cores
+(the precompile test ~60 s: two worker processes)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from img2mesh.zero123pp.fast_step import (
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
-from img2mesh.zero123pp.precompile import assign, block_groups, precompile
+from img2mesh.zero123pp.precompile import block_groups, precompile
 from img2mesh.zero123pp.random_weights import save_random_zero123pp
 
 
@@ -154,9 +155,10 @@ def test_stacked_projections_share_one_buffer_per_layer_and_give_the_eager_outpu
 
 
 def test_fused_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
-    """The patched resnet and transformer forwards with the plain (uncompiled) fused functions: same denoiser output
-    as diffusers' forwards up to float rounding (channels-last changes the CPU convolution algorithm), every block
-    of the tiny UNet patched, and uninstalling restores diffusers' forwards exactly."""
+    """The patched resnet, transformer and upsampler forwards with the plain (uncompiled) fused functions: same
+    denoiser output as diffusers' forwards up to float rounding (channels-last changes the CPU convolution
+    algorithm, the upsamplers' taps are summed), every block of the tiny UNet patched, and uninstalling restores
+    diffusers' forwards exactly."""
     inputs = denoiser_inputs(pipe, size=12)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
@@ -168,9 +170,33 @@ def test_fused_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
         restored = pipe.denoiser(*inputs)
     resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in pipe.unet.modules())
     transformers = sum(type(m).__name__ == "Transformer2DModel" for m in pipe.unet.modules())
-    assert patched == resnets + transformers > 0
+    upsamplers = sum(type(m).__name__ == "Upsample2D" for m in pipe.unet.modules())
+    assert upsamplers > 0 and resnets > 0 and transformers > 0
+    assert patched == resnets + transformers + upsamplers
+    assert not any(hasattr(m, fused_blocks.UPSAMPLE_WEIGHT) for m in pipe.unet.modules())
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(restored, expected)
+
+
+def test_upsampler_as_one_transposed_convolution_equals_nearest_upsampling_then_convolution() -> None:
+    """In float64 the transposed convolution equals diffusers' nearest 2x upsampling + 3x3 convolution to rounding,
+    borders included (zero padding of the upsampled map is zero padding of the input); a forced output size or a
+    weight on another device takes diffusers' forward."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    module = Upsample2D(8, use_conv=True, out_channels=6).double()
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = module(x)
+        setattr(module, fused_blocks.UPSAMPLE_WEIGHT, fused_blocks.upsample_weight(module.conv))
+        got = fused_blocks.upsample_forward(module, x)
+        assert got.shape == (2, 6, 10, 14)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        odd = fused_blocks.upsample_forward(module, x, (11, 15))
+        assert odd.shape == (2, 6, 11, 15)
+        setattr(module, fused_blocks.UPSAMPLE_WEIGHT, torch.zeros(8, 6, 4, 4, dtype=torch.float64, device="meta"))
+        torch.testing.assert_close(fused_blocks.upsample_forward(module, x), expected)
 
 
 def test_fused_mode_compiles_a_few_graphs_for_every_shape_and_pass(pipe) -> None:
@@ -194,10 +220,11 @@ def test_fused_mode_compiles_a_few_graphs_for_every_shape_and_pass(pipe) -> None
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
 
 
-def test_fused_mode_compiles_eight_graphs_for_the_full_unet_at_the_real_shapes() -> None:
+def test_fused_mode_compiles_nine_graphs_for_the_full_unet_at_the_real_shapes() -> None:
     """The full-size SD2 UNet on meta tensors (shapes only, nothing computed) at the real latent sizes: both passes
-    of a step compile 8 graphs in all (GroupNorm with/without the time shift and square/non-square maps, tokens
-    GroupNorm, add+LayerNorm, GEGLU), and the next step compiles nothing. Guards are the compiler's front end's, so
+    of a step compile 9 graphs in all (GroupNorm with/without the time shift and square/non-square maps, tokens
+    GroupNorm, add+LayerNorm twice: since the tokens are contiguous one of dynamo's guards on its inputs fails
+    between the two passes, GEGLU), and the next step compiles nothing. Guards are the compiler's front end's, so
     this holds for Inductor on a GPU too (where per-shape recompiles once hit dynamo's limit)."""
     from diffusers import UNet2DConditionModel
 
@@ -220,14 +247,15 @@ def test_fused_mode_compiles_eight_graphs_for_the_full_unet_at_the_real_shapes()
         denoiser(sample, torch.tensor(500.0), embeds, reference)
         first = counters["unique_graphs"] - before
         denoiser(sample, torch.tensor(300.0), embeds, reference)
-    assert first == 8
+    assert first == 9
     assert counters["unique_graphs"] - before == first
 
 
-def test_blocks_that_compile_alike_are_grouped_for_one_worker_and_shares_balance() -> None:
-    """The full-size SD2 UNet (meta): its 38 compiled blocks fall into 18 groups; the transformers of a down block
-    join those of the up block at the same resolution, the resnets of the last down block join the mid block's;
-    every block lands in exactly one share, and no share carries more than a group above the average."""
+def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
+    """The full-size SD2 UNet (meta): its 39 compiled blocks (resnets, transformers, the output norm) fall into 19
+    groups; the transformers of a down block join those of the up block at the same resolution, the resnets of the
+    last down block join the mid block's, the output norm is a group of its own; every block is in exactly one
+    group."""
     from diffusers import UNet2DConditionModel
 
     from img2mesh.zero123pp.random_weights import _UNET
@@ -236,38 +264,63 @@ def test_blocks_that_compile_alike_are_grouped_for_one_worker_and_shares_balance
         unet = UNet2DConditionModel(**_UNET["full"])
     names = compiled_block_names(unet)
     groups = block_groups(unet, names)
-    assert len(names) == 38 and len(groups) == 18
+    assert len(names) == 39 and len(groups) == 19 and names[-1] == "conv_norm_out"
+    assert [m for _, m in groups if "conv_norm_out" in m] == [["conv_norm_out"]]
     members = [set(m) for _, m in groups]
     assert {"down_blocks.0.attentions.0", "up_blocks.3.attentions.2"} <= next(
         m for m in members if "up_blocks.3.attentions.0" in m
     )
     assert {"down_blocks.3.resnets.1", "mid_block.resnets.0"} <= next(m for m in members if "mid_block.resnets.1" in m)
-    shares = assign(groups, 8)
-    assert sorted(name for share in shares for name in share) == sorted(names)
-    loads = [sum(cost for cost, m in groups if m[0] in share) for share in shares]
-    assert sum(loads) == sum(cost for cost, _ in groups)
-    assert max(loads) <= sum(loads) / len(loads) + max(cost for cost, _ in groups)
+    assert sorted(name for m in members for name in m) == sorted(names)
 
 
-def test_precompile_workers_compile_their_shares_and_leave_a_marker(pipe, tmp_path, monkeypatch, caplog) -> None:
-    """Two worker processes build the UNet from its configuration, compile their shares of the blocks ("eager"
-    backend here) and run one step at the given shapes; a marker then skips the workers for the same shapes. Workers
-    that fail (an unknown backend) cost a warning and leave no marker."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+def compiled_groups(folder) -> list[int]:
+    """The block groups the workers' logs say they compiled."""
+    logs = sorted((folder / "img2mesh_precompiled" / "logs").glob("worker*.log"))
+    return [int(g) for log in logs for g in re.findall(r"group (\d+) \(\d+ blocks\) compiled", log.read_text())]
+
+
+def test_precompile_workers_and_this_process_share_the_groups_and_leave_a_marker(
+    pipe, tmp_path, monkeypatch, caplog
+) -> None:
+    """A worker process builds the UNet from its configuration; it and this process take block groups off a
+    shared queue, each compiling its group ("eager" backend here) and running one step at the given shapes. This
+    process starts first, so it takes at least one; every group is compiled exactly once, by one of them; the
+    steps' outputs are unchanged and all blocks are compiled again afterwards. A marker skips the workers for the
+    same shapes; workers that fail (an unknown backend) cost a warning and leave no marker."""
     inputs = denoiser_inputs(pipe)
+    with torch.no_grad():
+        expected = pipe.denoiser(*inputs)
     assert enable_fast_path(pipe, "blocks", backend="eager") == "blocks"
+    outputs = []
+
+    def run_step():
+        with torch.no_grad():
+            outputs.append(pipe.denoiser._step(*inputs))
+
     try:
         denoiser, names = pipe.denoiser.denoiser, compiled_block_names(pipe.unet)
-        shares = assign(block_groups(pipe.unet, names), 2)
-        assert precompile(denoiser, pipe.unet, names, inputs, backend="eager", workers=2) == 2
-        logs = sorted((tmp_path / "img2mesh_precompiled" / "logs").glob("worker*.log"))
-        compiled = [re.search(r"compiled (\d+) blocks", log.read_text()) for log in logs]
-        assert sorted(int(m.group(1)) for m in compiled if m) == sorted(len(share) for share in shares)
-        assert precompile(denoiser, pipe.unet, names, inputs, backend="eager", workers=2) == 0
+        groups = len(block_groups(pipe.unet, names))
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a"))
+        with caplog.at_level(logging.INFO, logger="img2mesh.zero123pp.precompile"):
+            assert precompile(denoiser, pipe.unet, names, inputs, run_step, backend="eager", workers=1) == 1
+        own = int(re.search(r"compiled (\d+) of", caplog.text).group(1))
+        by_worker = compiled_groups(tmp_path / "a")
+        assert own >= 1 and own + len(by_worker) == groups and len(set(by_worker)) == len(by_worker)
+        assert len(outputs) >= own
+        for output in outputs:
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
+        modules = dict(pipe.unet.named_modules())
+        assert all(modules[name]._compiled_call_impl is not None for name in names)
+        assert precompile(denoiser, pipe.unet, names, inputs, run_step, backend="eager", workers=1) == 0
+
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "b"))
+        caplog.clear()
         with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.precompile"):
-            assert precompile(denoiser, pipe.unet, names, inputs, backend="no_such_backend", workers=1) == 1
+            failing = precompile(denoiser, pipe.unet, names, inputs, run_step, backend="no_such_backend", workers=1)
+        assert failing == 1
         assert sum("worker failed" in r.getMessage() for r in caplog.records) == 1
-        assert len(list((tmp_path / "img2mesh_precompiled").glob("*.json"))) == 1
+        assert not list((tmp_path / "b" / "img2mesh_precompiled").glob("*.json"))
     finally:
         disable_fast_path(pipe)
 
