@@ -70,8 +70,12 @@ class Img2Mesh:
 
     # ------------------------------------------------------------------------------------------------ set-up
 
-    def load(self) -> Img2Mesh:
-        """Resolve device and precision, find the weights (no download offline) and load the diffusion model once."""
+    def load(self, images: int = 1) -> Img2Mesh:
+        """Resolve device and precision, find the weights (no download offline) and load the diffusion model once.
+
+        ``images``: how many images this process will turn into views, which decides what ``multiview.compile:
+        auto`` compiles (a batch repays a longer first compile; :func:`~img2mesh.zero123pp.fast_step.auto_mode`).
+        """
         if self._pipe is not None:
             return self
         from img2mesh.devices import resolve_device, resolve_dtype
@@ -104,7 +108,7 @@ class Img2Mesh:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        enable_fast_path(pipe, multiview.compile, offload=offload)
+        enable_fast_path(pipe, multiview.compile, offload=offload, images=images)
         if multiview.normals:
             self._controlnet = load_normal_controlnet(multiview.normals_model, torch_dtype=self.dtype)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="diffusion")

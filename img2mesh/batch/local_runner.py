@@ -97,7 +97,7 @@ class LocalRunner:
         """Process ``items``, calling ``report`` once per item (done or failed)."""
         if not items:
             return
-        pipe = self.pipeline(self.config, progress=False).load()
+        pipe = self.pipeline(self.config, progress=False).load(images=len(items))
         gpu_turn = contextlib.nullcontext() if self.overlap else threading.Lock()
         fit_process: FitProcess | None = None
         finishers: FinishPool | None = None

@@ -142,7 +142,7 @@ def precompile(
     denoiser at the real inputs (its output is discarded); the blocks of groups not compiled yet run eagerly
     meanwhile. ``denoiser`` is the :class:`~img2mesh.zero123pp.attention.ReferenceUNet`, as configured
     for the fast path (stacked projections, side stream)."""
-    from img2mesh.zero123pp.fast_step import compile_cache_dir
+    from img2mesh.zero123pp.fast_step import PRECOMPILED_MARKERS, compile_cache_dir
 
     sample, timestep, encoder_hidden_states, reference_sample = inputs
     device = sample.device
@@ -165,7 +165,7 @@ def precompile(
         "groups": [members for _, members in groups],
     }
     cache = compile_cache_dir()
-    marker = cache / "img2mesh_precompiled" / f"{_marker_key(spec)}.json"
+    marker = cache / PRECOMPILED_MARKERS / f"{_marker_key(spec)}.json"
     if marker.exists():
         return 0
     marker.parent.mkdir(parents=True, exist_ok=True)

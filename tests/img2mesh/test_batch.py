@@ -73,6 +73,12 @@ class OverlapProbePipeline(ExampleViewsPipeline):
 
     diffusions: ClassVar[list[bool]] = []
     """Per diffusion: whether a fit had started."""
+    loads: ClassVar[list[int]] = []
+    """Per load: the number of images the runner announced (what ``multiview.compile: auto`` decides on)."""
+
+    def load(self, images: int = 1):
+        self.loads.append(images)
+        return super().load(images)
 
     def generate_views(self, cutout, seed=None):
         started = Path(os.environ["BATCH_PROBE"]) / "fit-started"
@@ -278,6 +284,7 @@ def test_local_runner_reports_failures_and_rerun_does_nothing(
     check_job(out, Manifest(out).latest(), lost)
     # Three items reached the GPU (crash, fitcrash, spot); from the second on, each diffusion ran beside a fit.
     assert OverlapProbePipeline.diffusions == [False, True, True]
+    assert OverlapProbePipeline.loads[0] == 4  # the runner announced its whole batch before the model loaded
 
     # A rerun does nothing: no item processed, no manifest line, the finished folder untouched.
     lines = Manifest(out).path.read_text()

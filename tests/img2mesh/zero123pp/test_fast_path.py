@@ -14,13 +14,17 @@ import torch
 
 from img2mesh.zero123pp import fused_blocks
 from img2mesh.zero123pp.fast_step import (
+    BLOCKS_FROM_IMAGES,
+    PRECOMPILED_MARKERS,
     FastDenoiser,
     _flatten,
     _unflatten,
+    auto_mode,
     compile_cache_dir,
     compiled_block_names,
     disable_fast_path,
     enable_fast_path,
+    precompiled_before,
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
@@ -66,6 +70,25 @@ def test_auto_is_off_on_cpu_and_impossible_modes_degrade_with_a_log(caplog) -> N
     assert sum("cannot run" in r.getMessage() for r in caplog.records) == 3
     with pytest.raises(ValueError, match="compile mode"):
         resolve_mode("turbo", "cpu")
+
+
+def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monkeypatch, tmp_path) -> None:
+    cached, cold = BLOCKS_FROM_IMAGES["cached"], BLOCKS_FROM_IMAGES["cold"]
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=1, cache_filled=True) == "graphs"
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=cached, cache_filled=True) == "blocks+graphs"
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=cached, cache_filled=False) == "graphs"
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=cold, cache_filled=False) == "blocks+graphs"
+    # No compiler (old GPU, no Triton) or offload hooks: never the blocks; off CUDA: eager whatever the batch.
+    assert auto_mode(cuda=True, offload=False, can_compile=False, images=cold, cache_filled=True) == "graphs"
+    assert auto_mode(cuda=True, offload=True, can_compile=True, images=cold, cache_filled=True) == "graphs"
+    assert auto_mode(cuda=False, offload=False, can_compile=True, images=cold, cache_filled=True) == "off"
+    assert resolve_mode("auto", "cpu", images=cold) == "off"
+    # The cache counts as filled once a first compilation left its marker there.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert not precompiled_before()
+    (tmp_path / PRECOMPILED_MARKERS).mkdir()
+    (tmp_path / PRECOMPILED_MARKERS / "model-and-shapes.json").write_text("{}")
+    assert precompiled_before()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA fallback")
