@@ -121,7 +121,7 @@ class RayRunner:
             dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
             dataset = dataset.map(
                 ViewsActor,
-                fn_constructor_args=setup,
+                fn_constructor_args=(*setup, -(-len(rows) // actors)),  # each actor's share decides "auto" compile
                 compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
                 num_gpus=gpu_share,
                 **retries,
@@ -168,8 +168,10 @@ def _resolve_weights(model: str, revision: str | None) -> str:
 class ViewsActor:
     """Phase 1 on a GPU: holds one loaded diffusion model for its whole life."""
 
-    def __init__(self, pipeline: type[Img2Mesh], config: Img2MeshConfig, out_root: Path, crash: CrashPlan) -> None:
-        self.pipe = pipeline(config, progress=False).load()
+    def __init__(
+        self, pipeline: type[Img2Mesh], config: Img2MeshConfig, out_root: Path, crash: CrashPlan, images: int = 1
+    ) -> None:
+        self.pipe = pipeline(config, progress=False).load(images=images)
         self.cache = out_root / ".inputs"
         self.crash = crash
 

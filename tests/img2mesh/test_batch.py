@@ -93,6 +93,16 @@ class OverlapProbePipeline(ExampleViewsPipeline):
         return super().fit(views)
 
 
+class RayLoadProbePipeline(ExampleViewsPipeline):
+    """Appends to ``$BATCH_PROBE/loads`` the number of images each model load announced (Ray actors run elsewhere)."""
+
+    def load(self, images: int = 1):
+        if self.model is None:  # the first call loads; later ones (per item) return at once
+            with open(Path(os.environ["BATCH_PROBE"]) / "loads", "a") as log:
+                log.write(f"{images}\n")
+        return super().load(images)
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -297,7 +307,7 @@ def test_local_runner_reports_failures_and_rerun_does_nothing(
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(tmp_path_factory):
     """One in-process Ray for this module (the only one using Ray): 2 CPUs, a fake GPU, a small object store.
 
     Shut down when the module ends, so no Ray process or message thread outlives it into other tests' output.
@@ -313,7 +323,7 @@ def ray_session():
         object_store_memory=150 * 1024**2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "BATCH_PROBE": str(tmp_path_factory.mktemp("ray-probe"))}},
     )
     yield ray
     ray.shutdown()
@@ -324,9 +334,12 @@ def test_ray_runner_reports_failures_and_rerun_does_nothing(ray_session, config,
 
     out = tmp_path / "out"
     crash = CrashPlan(frozenset({("views", "crash")}))  # kills the GPU actor holding the model, twice
-    runner = RayRunner(config, out, max_retries=1, crash=crash, pipeline=ExampleViewsPipeline)
+    runner = RayRunner(config, out, max_retries=1, crash=crash, pipeline=RayLoadProbePipeline)
     result = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert not result.ok and result.done == 1 and len(result.records) == 3
+    # Every (re)started model actor was told its share: 3 photos, one actor on the one (fake) GPU.
+    probe = Path(ray_session.get(ray_session.remote(lambda: os.environ["BATCH_PROBE"]).remote()))
+    assert set((probe / "loads").read_text().split()) == {"3"}
     check_job(out, Manifest(out).latest(), {"crash": "never came back from Ray after 2 attempt(s)"})
     again = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert again.records == [] and len(again.plan.already_done) == 1
