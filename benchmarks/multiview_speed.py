@@ -61,7 +61,7 @@ def run_child(args) -> dict:
 
     import torch
 
-    from img2mesh.zero123pp.fast_step import compile_cache_dir, enable_fast_path
+    from img2mesh.zero123pp.fast_step import PRECOMPILED_MARKERS, compile_cache_dir, enable_fast_path
     from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
 
     logging.basicConfig(level=logging.WARNING)
@@ -101,7 +101,7 @@ def run_child(args) -> dict:
         result["precompile_workers"], result["precompile_s"] = getattr(pipe.denoiser, "precompiled", (0, 0.0))
         # Where the first run's compilation went (dynamo, AOT, Inductor), and the workers' own logs.
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
-        for log in sorted((compile_cache_dir() / "img2mesh_precompiled" / "logs").glob("*.log")):
+        for log in sorted((compile_cache_dir() / PRECOMPILED_MARKERS / "logs").glob("*.log")):
             text = log.read_text()  # its timeline (head) and compile times (tail)
             print(f"--- {log.name}\n" + (text if len(text) < 4000 else text[:1500] + "\n[...]\n" + text[-2500:]))
     for steps in (steps_short, steps_long):

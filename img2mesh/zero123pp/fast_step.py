@@ -99,7 +99,9 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     can_compile = _can_compile(device)
     wanted = requested
     if requested == "auto":
-        wanted = auto_mode(cuda, offload, can_compile, images, cache_filled=cuda and precompiled_before())
+        # The cache is looked at only where its state can change the answer (a one-image run never touches it).
+        filled = cuda and images >= BLOCKS_FROM_IMAGES["cached"] and precompiled_before()
+        wanted = auto_mode(cuda, offload, can_compile, images, cache_filled=filled)
     mode = "+".join(
         part for part in wanted.split("+") if (part == "graphs" and can_graph) or (part != "graphs" and can_compile)
     )

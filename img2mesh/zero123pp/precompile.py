@@ -327,14 +327,9 @@ def run_worker(spec: dict) -> None:
         return torch.randn(description["shape"], device=device, dtype=getattr(torch, description["dtype"]))
 
     step = FastDenoiser(denoiser, unet, "blocks")
-    inputs = (
-        tensor(spec["sample"]),
-        torch.full([] if spec["timestep"] is None else spec["timestep"]["shape"], 500.0, device=device).to(
-            getattr(torch, spec["timestep"]["dtype"]) if spec["timestep"] else torch.float32
-        ),
-        tensor(spec["encoder_hidden_states"]),
-        tensor(spec["reference_sample"]),
-    )
+    t = spec["timestep"] or {"shape": [], "dtype": "float32"}  # None: the main process passed a Python number
+    timestep = torch.full(t["shape"], 500.0, dtype=getattr(torch, t["dtype"]), device=device)
+    inputs = (tensor(spec["sample"]), timestep, tensor(spec["encoder_hidden_states"]), tensor(spec["reference_sample"]))
     modules = dict(unet.named_modules())
     claims = Path(spec["claims"])
     for index, members in enumerate(spec["groups"]):
