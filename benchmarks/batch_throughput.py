@@ -383,7 +383,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="batch-bench-"))
     model = args.model
     if model is None:
-        from img2mesh.zero123pp.random_weights import save_random_zero123pp
+        from img2mesh.testing.random_weights import save_random_zero123pp
 
         start = time.monotonic()
         model = str(save_random_zero123pp(work / f"zero123pp-{args.size}", size=args.size))

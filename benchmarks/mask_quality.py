@@ -1,6 +1,6 @@
 """Mask quality of the "background" method against the renderer's exact alpha, on every test mesh.
 
-Each mesh of ``../shared/testdata/meshes`` is rendered at the six v1.2 poses on gray 127 (320 px, 2x2 supersampled,
+Each mesh of ``tests/data/meshes`` is rendered at the six v1.2 poses on gray 127 (320 px, 2x2 supersampled,
 as Zero123++ would show it), quantised to 8 bits like a PNG grid, and masked; the table gives, per mesh, the mean
 over the six views of the soft IoU (sum of minima / sum of maxima) and of the IoU of the masks thresholded at 0.5,
 on the clean render and with Gaussian noise of 2 levels added (a diffusion model's background is not flat).
@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recon.cameras import zero123pp_cameras  # noqa: E402
+from recon.evaluation.oracle import GRAY, load_mesh  # noqa: E402
 from recon.masks import compute_masks  # noqa: E402
-from recon.oracle import GRAY, load_mesh  # noqa: E402
 from recon.render import render_views  # noqa: E402
 from recon.views import ViewsConfig  # noqa: E402
 
-MESHES = ROOT.parent / "shared" / "testdata" / "meshes"
+MESHES = ROOT / "tests" / "data" / "meshes"
 NOISE_LEVELS = 2.0
 
 

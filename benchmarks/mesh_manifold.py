@@ -38,7 +38,7 @@ DEFECTS = ("boundary_edges", "non_manifold_edges", "non_manifold_vertices")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fields-dir", type=Path, help="fitted fields (<mesh>/grid.pt) saved by recon_speed.py")
-    parser.add_argument("--meshes-dir", type=Path, default=ROOT.parent / "shared" / "testdata" / "meshes")
+    parser.add_argument("--meshes-dir", type=Path, default=ROOT / "tests" / "data" / "meshes")
     parser.add_argument("--meshes", nargs="*", help="mesh stems (default: all)")
     parser.add_argument("--resolution", type=int, default=128, help="SDF grid points along the longest side")
     parser.add_argument("--config", default=None, help="preset name or YAML path (its mesh section is used)")
@@ -112,8 +112,8 @@ def mesh_sdf(args: argparse.Namespace, name: str) -> tuple[np.ndarray, np.ndarra
     import open3d as o3d
     from scipy.ndimage import binary_dilation, binary_erosion
 
-    from recon.metrics import occupancy, world_geometry
-    from recon.oracle import load_mesh
+    from recon.evaluation.metrics import occupancy, world_geometry
+    from recon.evaluation.oracle import load_mesh
 
     path = next(p for p in args.meshes_dir.iterdir() if p.stem == name and p.suffix.lower() in (".obj", ".glb"))
     mesh = load_mesh(path)

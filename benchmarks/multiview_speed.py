@@ -389,7 +389,7 @@ def main() -> None:
     args.work = args.work or Path(tempfile.mkdtemp(prefix="multiview_outputs_"))
     args.work.mkdir(parents=True, exist_ok=True)
     if args.model is None:
-        from img2mesh.zero123pp.random_weights import save_random_zero123pp
+        from img2mesh.testing.random_weights import save_random_zero123pp
 
         started = time.perf_counter()
         args.model = save_random_zero123pp(Path(tempfile.mkdtemp(prefix="zero123pp_random_")), size=args.size)

@@ -1,10 +1,10 @@
 """Reconstruction quality on oracle views of every test mesh: the yardstick of the reconstruction stage.
 
-For each mesh of ``../shared/testdata/meshes`` (loaded with its textures, normalised, world z-up; recon.oracle):
+For each mesh of ``tests/data/meshes`` (loaded with its textures, normalised, world z-up; recon.evaluation.oracle):
 render the exact Zero123++ v1.2 views ("oracle views", as if the diffusion model were perfect), reconstruct from the
-six views with their exact alpha, and compare with the mesh (recon.metrics: Chamfer, F-score at 0.02 / 0.05, volume
-IoU on 64^3, PSNR / SSIM of 12 novel views). Prints one row per mesh and a mean row, with seconds per stage, and
-writes the table into ``benchmarks/RESULTS.md`` (its own section, replaced on a rerun of the same method and device).
+six views with their exact alpha, and compare with the mesh (recon.evaluation.metrics: Chamfer, F-score at
+0.02 / 0.05, volume IoU on 64^3, PSNR / SSIM of 12 novel views). Prints one row per mesh and a mean row, with
+seconds per stage, and writes the table into ``benchmarks/RESULTS.md`` (its own section, replaced on a rerun of the same method and device).
 
     .venv/bin/python benchmarks/recon_quality.py --method hull                 # the visual-hull floor
     .venv/bin/python benchmarks/recon_quality.py --method recon --device cuda --config fast
@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from results_file import RESULTS, replace_section  # noqa: E402  (benchmarks/, the script's folder)
 
-from recon.hull import visual_hull  # noqa: E402
-from recon.metrics import chamfer_fscore, novel_view_metrics, volume_iou  # noqa: E402
-from recon.oracle import load_mesh, oracle_views  # noqa: E402
+from recon.evaluation.hull_baseline import visual_hull  # noqa: E402
+from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics, volume_iou  # noqa: E402
+from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 
-MESHES = ROOT.parent / "shared" / "testdata" / "meshes"
+MESHES = ROOT / "tests" / "data" / "meshes"
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "iou", "psnr", "ssim")
 STAGES = ("load", "oracle", "recon", "metrics")
 

@@ -3,7 +3,7 @@
 The issue's speed bar is "default preset ≤ 10 s from PosedViews to exported GLB on one H100"; this script measures
 exactly that span, split into the stages of :func:`recon.reconstruct.reconstruct` (hull, fitting per grid stage,
 marching cubes + clean-up, UV unwrap, bake) plus the GLB export, after one warm-up reconstruction (CUDA context,
-kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use recon.metrics like
+kernel selection). Quality columns (Chamfer, F-scores, novel-view PSNR) use recon.evaluation.metrics like
 ``benchmarks/recon_quality.py``, which remains the full yardstick (it adds volume IoU and SSIM).
 
     python benchmarks/recon_speed.py --device cuda                       # default preset, every test mesh
@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from img2mesh.config import load_config  # noqa: E402
+from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
+from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
-from recon.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
-from recon.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.reconstruct import Fields, finish_mesh, fit_fields, reconstruct  # noqa: E402
 from recon.sdf_grid import Box, SdfGrid  # noqa: E402
 from recon.texture import atlas_report  # noqa: E402
@@ -57,7 +57,7 @@ METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--meshes-dir", type=Path, default=ROOT.parent / "shared" / "testdata" / "meshes")
+    parser.add_argument("--meshes-dir", type=Path, default=ROOT / "tests" / "data" / "meshes")
     parser.add_argument("--meshes", nargs="*", help="mesh file stems, measured in this order (default: all)")
     parser.add_argument(
         "--config", nargs="+", default=[None], help="preset names or YAML paths (default: the dataclass defaults)"

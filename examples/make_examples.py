@@ -1,8 +1,8 @@
-"""Regenerate the example inputs from the CC0 test meshes in ``../shared/testdata/meshes``.
+"""Regenerate the example inputs from the CC0 test meshes in ``tests/data/meshes``.
 
 Each photo is the ground-truth renderer's "input photo" of the mesh (RGBA, azimuth 0, 512 px), and
 ``spot_views.png`` is the exact 960x640 grid Zero123++ v1.2 would draw for Spot if it were perfect (oracle views,
-see :mod:`recon.oracle`), so ``img2mesh recon examples/spot_views.png`` works with no model and no GPU.
+see :mod:`recon.evaluation.oracle`), so ``img2mesh recon examples/spot_views.png`` works with no model and no GPU.
 
 Run from the repository root: ``python examples/make_examples.py``.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import trimesh
 
-from recon.oracle import load_mesh, oracle_views
+from recon.evaluation.oracle import load_mesh, oracle_views
 
 HERE = Path(__file__).resolve().parent
-MESHES = HERE.parent.parent / "shared" / "testdata" / "meshes"
+MESHES = HERE.parent / "tests" / "data" / "meshes"
 
 #: The CC0 / public-domain test meshes (see examples/CREDITS.md); the others carry licences that need more care.
 CC0_MESHES = ("bob.obj", "spot.obj", "cake.glb", "wooden_table.glb", "painted_wooden_stool.glb")

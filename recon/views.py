@@ -76,7 +76,7 @@ class PosedViews:
     normals: np.ndarray | None = None
     """Optional camera-space unit normals, float32 (N, H, W, 3), from the normal ControlNet when it ran; zero
     where the ControlNet saw background. Camera space is the OpenGL frame of :mod:`recon.cameras` (a surface facing
-    the camera has normal +Z); ``recon.oracle.oracle_views(..., normals=True)`` renders exact ones."""
+    the camera has normal +Z); ``recon.evaluation.oracle.oracle_views(..., normals=True)`` renders exact ones."""
 
     def __post_init__(self) -> None:
         n, h, w = self.images.shape[:3]

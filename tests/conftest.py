@@ -17,7 +17,7 @@ def tiny_zero123pp(tmp_path_factory) -> Path:
     Load it with ``Zero123PlusPipeline.from_pretrained(path)``; a tiny random normal ControlNet sits in
     ``path / "normal_controlnet"``. Treat the folder as read-only: every test shares it.
     """
-    from img2mesh.zero123pp.random_weights import save_random_zero123pp
+    from img2mesh.testing.random_weights import save_random_zero123pp
 
     folder = tmp_path_factory.mktemp("zero123pp") / "tiny-zero123plus-v1.2"
     return save_random_zero123pp(

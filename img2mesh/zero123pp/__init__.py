@@ -14,7 +14,6 @@ _LAZY = {
     "Zero123PlusOutput": "img2mesh.zero123pp.pipeline",
     "resolve_model": "img2mesh.zero123pp.weights",
     "download_model": "img2mesh.zero123pp.weights",
-    "save_random_zero123pp": "img2mesh.zero123pp.random_weights",
 }
 
 __all__ = sorted(_LAZY)

@@ -31,7 +31,7 @@ from img2mesh.run_record import RUN_JSON, RunRecord, is_complete
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-MESHES = REPO.parent / "shared" / "testdata" / "meshes"
+MESHES = REPO / "tests" / "data" / "meshes"
 
 #: On top of the CPU preset: a short fit and a small preview. The folder's structure is under test here, not the
 #: mesh's quality (that is the `recon` test below), and the fit is the run's whole cost.
@@ -130,7 +130,7 @@ def test_timings_table_lists_every_stage(spot_run: tuple[RunRecord, Path, Path])
 def test_recon_on_the_example_grid_matches_the_ground_truth(tmp_path: Path) -> None:
     # The Quickstart's offline command: the shipped grid → mesh, with the CPU preset; then the mesh against Spot.
     from recon.cameras import gltf_to_world
-    from recon.metrics import chamfer_fscore
+    from recon.evaluation.metrics import chamfer_fscore
 
     out = tmp_path / "spot.glb"
     code, output = invoke("recon", EXAMPLES / "spot_views.png", "--export", out, "--config", "cpu", "--quiet")
@@ -156,7 +156,7 @@ def test_same_seed_same_views(tiny_zero123pp: Path) -> None:
 
 def example_ground_truth():
     """Spot as the example grid shows it: normalised, world z-up, turned by the example script's yaw."""
-    from recon.oracle import load_mesh
+    from recon.evaluation.oracle import load_mesh
 
     spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
     module = importlib.util.module_from_spec(spec)

@@ -13,7 +13,7 @@ from PIL import Image
 from img2mesh.cli import cli
 from img2mesh.viewer import PreviewConfig, build_plotter, save_screenshot
 
-MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 
 
 def object_pixels(image: np.ndarray, background=(255, 255, 255)) -> np.ndarray:

@@ -10,7 +10,7 @@ from recon.errors import InputError
 from recon.masks import background_mask, compute_masks, normals_mask
 from recon.views import ViewsConfig
 
-MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 GRAY = 127 / 255
 
 
@@ -31,7 +31,7 @@ def gray_bunny():
     """The Stanford bunny painted mid-gray (128): its lit shading crosses the background's 127 all over."""
     import trimesh
 
-    from recon.oracle import load_mesh
+    from recon.evaluation.oracle import load_mesh
 
     scene = load_mesh(MESHES / "stanford_bunny.obj")
     for geometry in scene.geometry.values():
@@ -41,14 +41,14 @@ def gray_bunny():
 
 def stool():
     """Gray-green painted wood with openings between its rails (enclosed background)."""
-    from recon.oracle import load_mesh
+    from recon.evaluation.oracle import load_mesh
 
     return load_mesh(MESHES / "painted_wooden_stool.glb")
 
 
 def spot():
     """A white and gray textured cow, shaded towards the background gray."""
-    from recon.oracle import load_mesh
+    from recon.evaluation.oracle import load_mesh
 
     return load_mesh(MESHES / "spot.obj")
 
@@ -56,8 +56,6 @@ def spot():
 @pytest.fixture(scope="module")
 def renders():
     """Each mesh rendered at the six v1.2 poses on gray 127, 320 px, 2x2 supersampled: 8-bit tiles and alpha."""
-    if not MESHES.is_dir():
-        pytest.skip(f"test meshes not found at {MESHES}")
     from recon.render import render_views
 
     k, c2w = zero123pp_cameras("v1.2", 4.0, 320)

@@ -89,7 +89,7 @@ def test_orient_turns_an_inward_mesh_with_a_non_manifold_edge_outward():
 
 # --- closed 2-manifold output: real fields at the default preset's resolution, and the defects decimation makes ---
 
-MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 CLEAN = {"boundary_edges": 0, "non_manifold_edges": 0, "non_manifold_vertices": 0}
 
 
@@ -106,11 +106,9 @@ def real_sdf(request):
     import open3d as o3d
     from scipy.ndimage import binary_dilation, binary_erosion
 
-    from recon.metrics import occupancy, world_geometry
-    from recon.oracle import load_mesh
+    from recon.evaluation.metrics import occupancy, world_geometry
+    from recon.evaluation.oracle import load_mesh
 
-    if not MESHES.is_dir():
-        pytest.skip(f"test meshes not found at {MESHES}")
     mesh = load_mesh(MESHES / request.param)
     geometry = world_geometry(mesh)
     lo, hi = geometry.bounds

@@ -19,8 +19,8 @@ import trimesh
 
 from img2mesh.config import load_config
 from recon.cameras import camera_position, intrinsics, look_at
-from recon.metrics import chamfer_fscore
-from recon.oracle import load_mesh, oracle_views
+from recon.evaluation.metrics import chamfer_fscore
+from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields
 from recon.render import render_mesh
 from recon.sdf_grid import Box, SdfGrid
@@ -108,8 +108,7 @@ def test_oracle_normal_maps_agree_with_the_rendered_normal_of_the_true_shape(ren
     assert oracle_views(trimesh.creation.icosphere(subdivisions=1, radius=0.5), supersample=1).views.normals is None
 
 
-MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
-needs_meshes = pytest.mark.skipif(not MESHES.is_dir(), reason=f"test meshes not found at {MESHES}")
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,6 @@ def table():
     return gt, oracle_views(gt, normals=True).views
 
 
-@needs_meshes
 def test_views_without_normals_fit_exactly_as_before(table):
     _, views = table
     tiny = ReconConfig(image_size=48, hull_resolution=32, resolutions=(24,), iterations=(12,), rays=256, samples=16)
@@ -132,7 +130,6 @@ def test_views_without_normals_fit_exactly_as_before(table):
     assert "normal" in c.losses and not torch.equal(a.grid.sdf, c.grid.sdf)
 
 
-@needs_meshes
 def test_oracle_normals_make_the_cpu_preset_fit_better(table):
     # measured (benchmarks/RESULTS.md): Chamfer 0.0218 -> 0.0144, F@0.05 0.881 -> 0.985
     gt, views = table

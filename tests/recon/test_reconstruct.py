@@ -22,17 +22,15 @@ from img2mesh.cli import cli
 from img2mesh.config import load_config
 from recon.cameras import gltf_to_world
 from recon.errors import InputError
-from recon.hull import visual_hull
-from recon.metrics import chamfer_fscore, novel_view_metrics
-from recon.oracle import load_mesh, oracle_views
+from recon.evaluation.hull_baseline import visual_hull
+from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics
+from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields, reconstruct
 from recon.render import LIGHT_DIRECTION
 from recon.views import PosedViews
 
-MESHES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "meshes"
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 CPU = load_config("cpu")
-
-pytestmark = pytest.mark.skipif(not MESHES.is_dir(), reason=f"test meshes not found at {MESHES}")
 
 
 @pytest.fixture(scope="module")

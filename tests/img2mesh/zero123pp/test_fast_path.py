@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+from img2mesh.testing.random_weights import save_random_zero123pp
 from img2mesh.zero123pp import fused_blocks
 from img2mesh.zero123pp.fast_step import (
     BLOCKS_FROM_IMAGES,
@@ -29,7 +30,6 @@ from img2mesh.zero123pp.fast_step import (
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
 from img2mesh.zero123pp.precompile import block_groups, precompile
-from img2mesh.zero123pp.random_weights import save_random_zero123pp
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +251,8 @@ def test_fused_mode_compiles_nine_graphs_for_the_full_unet_at_the_real_shapes() 
     this holds for Inductor on a GPU too (where per-shape recompiles once hit dynamo's limit)."""
     from diffusers import UNet2DConditionModel
 
+    from img2mesh.testing.random_weights import _UNET
     from img2mesh.zero123pp.attention import ReferenceUNet
-    from img2mesh.zero123pp.random_weights import _UNET
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**_UNET["full"]).eval()
@@ -281,7 +281,7 @@ def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
     group."""
     from diffusers import UNet2DConditionModel
 
-    from img2mesh.zero123pp.random_weights import _UNET
+    from img2mesh.testing.random_weights import _UNET
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**_UNET["full"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from img2mesh.zero123pp.random_weights import RAMP_V12, build_models, byte_level_clip_vocab, save_random_zero123pp
+from img2mesh.testing.random_weights import RAMP_V12, build_models, byte_level_clip_vocab, save_random_zero123pp
 from img2mesh.zero123pp.weights import ZERO123PP_LAYOUT
 
 

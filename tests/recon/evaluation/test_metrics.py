@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon import metrics
-from recon.metrics import novel_view_metrics
+from recon.evaluation import metrics
+from recon.evaluation.metrics import novel_view_metrics
 
 # smaller than the benchmark's defaults (100k samples, 64^3) to keep CI fast; the properties tested are the same
 SAMPLES, RESOLUTION = 20_000, 32

@@ -121,7 +121,7 @@ def novel_view_metrics(
     """
     from skimage.metrics import structural_similarity
 
-    from recon.oracle import GRAY
+    from recon.evaluation.oracle import GRAY
 
     k, c2w = novel_view_cameras(size)
     gt = render_views(gt_mesh, k, c2w, size, size, "lit", GRAY, device=device)

@@ -7,8 +7,8 @@ import pytest
 import trimesh
 
 from recon.cameras import intrinsics, zero123pp_cameras
-from recon.hull import visual_hull
-from recon.metrics import occupancy
+from recon.evaluation.hull_baseline import visual_hull
+from recon.evaluation.metrics import occupancy
 from recon.render import render_views
 from recon.views import PosedViews
 
