@@ -4,7 +4,8 @@ For each mesh of ``tests/data/meshes`` (loaded with its textures, normalised, wo
 render the exact Zero123++ v1.2 views ("oracle views", as if the diffusion model were perfect), reconstruct from the
 six views with their exact alpha, and compare with the mesh (recon.evaluation.metrics: Chamfer, F-score at
 0.02 / 0.05, volume IoU on 64^3, PSNR / SSIM of 12 novel views). Prints one row per mesh and a mean row, with
-seconds per stage, and writes the table into ``benchmarks/RESULTS.md`` (its own section, replaced on a rerun of the same method and device).
+seconds per stage, and writes the table into ``benchmarks/RESULTS.md`` (its own section, replaced on a rerun of
+the same method and device).
 
     .venv/bin/python benchmarks/recon_quality.py --method hull                 # the visual-hull floor
     .venv/bin/python benchmarks/recon_quality.py --method recon --device cuda --config fast
