@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recon.cameras import zero123pp_cameras  # noqa: E402
+from recon.config import ViewsConfig  # noqa: E402
 from recon.evaluation.oracle import GRAY, load_mesh  # noqa: E402
 from recon.masks import compute_masks  # noqa: E402
 from recon.render import render_views  # noqa: E402
-from recon.views import ViewsConfig  # noqa: E402
 
 MESHES = ROOT / "tests" / "data" / "meshes"
 NOISE_LEVELS = 2.0

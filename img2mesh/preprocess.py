@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from img2mesh.config import PreprocessConfig
 from img2mesh.errors import InputError
 from img2mesh.zero123pp.weights import hub_offline
 
@@ -43,20 +43,6 @@ GRAY = 127
 
 #: Where rembg publishes the model files it downloads.
 REMBG_MODELS_URL = "https://github.com/danielgatis/rembg/releases/tag/v0.0.0"
-
-
-@dataclass
-class PreprocessConfig:
-    """How an input photo becomes the condition image."""
-
-    remove_bg: Literal["auto", "rembg", "none"] = "auto"
-    """Background removal: "auto" keeps an existing alpha and runs rembg otherwise; "none" uses the photo as is."""
-    object_share: float = 0.85
-    """Share of the square's side taken by the object's longer bounding-box side."""
-    size: int = 512
-    """Side of the square cut-out in pixels."""
-    rembg_model: str = "u2net"
-    """rembg model: a name rembg knows (u2net, isnet-general-use, birefnet-general, ...) or a U²-Net-like .onnx file."""
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from img2mesh.errors import InputError
+from recon.config import check_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +51,12 @@ class PreviewConfig:
     """Frames of one full turn in a turntable animation."""
     turntable_fps: int = 24
     """Frame rate of a turntable animation."""
+
+    def validate(self) -> None:
+        """Raise :class:`~recon.config.ConfigValueError` for the first value out of range."""
+        check_range("size", self.size, 64, 8192)
+        check_range("turntable_frames", self.turntable_frames, 1, 3600)
+        check_range("turntable_fps", self.turntable_fps, 1, 240)
 
 
 def has_display() -> bool:

@@ -28,10 +28,10 @@ from typing import Literal
 
 import numpy as np
 
+from recon.config import DEFAULT_RADIUS
+
 PoseVersion = Literal["v1.2", "v1.1"]
 
-#: Default camera distance for the Zero123++ views (object inside [-1, 1]^3).
-DEFAULT_RADIUS = 4.0
 
 #: Grid layout of a Zero123++ output image: rows, columns, side of one view in pixels.
 GRID_ROWS, GRID_COLS, VIEW_SIZE = 3, 2, 320

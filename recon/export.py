@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import trimesh
 
 from recon.cameras import world_to_gltf
+from recon.config import FORMATS
 from recon.errors import InputError
-
-Format = Literal["glb", "obj", "ply"]
-FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 
 #: zlib level of the PNG texture (GLB, OBJ): 1 encodes a 1024² baked texture in about 40% of the time of Pillow's
 #: default 6 (0.07 vs 0.15 CPU s) for a ~20% larger file; textures are recompressed by any game asset pipeline.
 PNG_COMPRESS_LEVEL = 1
-
-
-@dataclass
-class ExportConfig:
-    """Mesh files written."""
-
-    format: Format = "glb"
-    """File format of the exported mesh (used when the output path has no known extension)."""
 
 
 def export_mesh(mesh: trimesh.Trimesh, path: str | Path, format: str | None = None) -> list[Path]:

@@ -34,7 +34,7 @@ from scipy import ndimage
 from recon.errors import InputError
 
 if TYPE_CHECKING:
-    from recon.views import ViewsConfig
+    from recon.config import ViewsConfig
 
 #: Width in pixels of the border ring the background colour is estimated from.
 BORDER = 2
@@ -52,7 +52,7 @@ def compute_masks(
     ``normal_maps`` (N, H, W, 3) in [0, 1] are the normal ControlNet's outputs for the same views, when it ran.
     """
     if config is None:
-        from recon.views import ViewsConfig
+        from recon.config import ViewsConfig
 
         config = ViewsConfig()
     images = np.asarray(images, dtype=np.float32)

@@ -13,27 +13,12 @@ these meshes), which moreover does not travel to the GPU host, and no library th
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import trimesh
 
+from recon.config import MeshConfig
 from recon.errors import InputError
-
-
-@dataclass
-class MeshConfig:
-    """Mesh extraction and clean-up."""
-
-    faces: int = 20000
-    """Target face count after decimation (meshes with fewer faces are kept as they are)."""
-    smoothing: Literal["taubin", "laplacian", "none"] = "taubin"
-    """Surface smoothing after marching cubes: Taubin keeps the volume, Laplacian shrinks a little."""
-    smoothing_iterations: int = 10
-    """Smoothing passes."""
-    min_part_share: float = 0.02
-    """Connected parts with less than this share of the largest part's area are dropped as floaters."""
 
 
 def extract_mesh(sdf: np.ndarray, lo: np.ndarray, hi: np.ndarray, config: MeshConfig | None = None) -> trimesh.Trimesh:

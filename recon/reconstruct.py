@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
 
+from recon.config import ReconConfig
 from recon.errors import InputError
 from recon.graph_steps import run_steps
 from recon.meshing import MeshConfig, extract_mesh
@@ -46,77 +46,6 @@ from recon.sdf_grid import (
 from recon.texture import TextureConfig, bake_texture
 from recon.views import PosedViews
 from recon.volume_render import clip_to_hull, pixel_rays, render_rays
-
-
-@dataclass
-class ReconConfig:
-    """Field optimisation."""
-
-    image_size: int = 320
-    """Side in pixels at which the views are fitted (they are area-resampled to it)."""
-    bound: float = 1.1
-    """Half-side of the world cube searched for the object (the views frame [-1, 1]³ at distance 4)."""
-    hull_resolution: int = 128
-    """Points per side of the visual-hull grid over the cube."""
-    hull_min_views: int = 5
-    """A point belongs to the hull when this many views see it inside their masks (5 of 6 forgives one bad mask)."""
-    resolutions: tuple[int, ...] = (64, 128)
-    """SDF grid points along the longest side of the hull's box, one entry per coarse-to-fine stage."""
-    iterations: tuple[int, ...] = (250, 350)
-    """Optimisation steps of each stage."""
-    colour_resolution: int = 96
-    """Colour grid points along the longest side (capped by the stage's SDF resolution): low, to average views."""
-    rays: int = 8192
-    """Rays per step."""
-    samples: int = 96
-    """Samples per ray within its hull interval."""
-    colour_per_sample: bool = True
-    """Read colour at every sample (full volume rendering, whose photo-consistency carves concavities) rather than
-    once per ray at the expected surface (cheaper, but the surface then barely moves away from the hull)."""
-    learning_rate: float = 0.01
-    """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
-    colour_learning_rate: float = 0.05
-    """Adam step of the colour logits."""
-    sharpness: tuple[float, float] = (2.0, 4.0)
-    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage. The start
-    sets how opaque a plate one or two coarse voxels thick renders (a table top at 64³ is about one): 62% / 73% at
-    1/voxel, 73% / 88% at 2/voxel. The masks ask for full opacity, and the fit made up what a thin plate lacked with
-    hull left under it, which the later, sharper stages keep (default preset: table Chamfer 0.018 → 0.015, mean
-    F@0.05 0.947 → 0.953 with 2 rather than 1)."""
-    mask_weight: float = 0.5
-    """Weight of the opacity-vs-mask binary cross-entropy."""
-    eikonal_weight: float = 0.05
-    """Weight of the eikonal term (|∇f| = 1) near the surface."""
-    smoothness_weight: float = 0.02
-    """Weight of the squared-Laplacian term near the surface (falls to a tenth over each stage)."""
-    colour_smoothness_weight: float = 0.01
-    """Weight of the colour grid's total variation."""
-    shading: Literal["lambertian", "none"] = "lambertian"
-    """Colour model. "lambertian": the colour grid is albedo, shaded by one directional light (direction and ambient
-    share learnt with the fields) through the SDF's normals, so shading is a cue for the shape; "none": a free,
-    view-independent colour per point, which absorbs shading and leaves the shape to silhouettes and texture."""
-    light_learning_rate: float = 0.01
-    """Adam step of the light's direction and ambient share ("lambertian" shading)."""
-    volume_weight: float = 0.05
-    """Weight of the enclosed volume (as a share of the visual hull's): a pressure that empties hull space the views
-    leave undecided (the wedges of hull under table tops and seats, seen only at grazing angles); photometric and mask
-    terms hold what the views do show. It falls linearly to zero over the fit, so that the views have the last word:
-    held to the end, it thins flat plates such as table tops until they tear."""
-    area_weight: float = 0.05
-    """Weight of the surface area (as a share of the visual hull's), falling to zero like ``volume_weight``: the
-    minimal-surface prior, which keeps what the pressure opens flat between silhouette rims (a flat base rather than
-    a dome carved into it). Much more thins legs and rods."""
-    normal_weight: float = 0.3
-    """Weight of the normal term, used only when the views carry normal maps (``PosedViews.normals``, from the normal
-    ControlNet): 1 − cos between each ray's rendered expected normal and its pixel's normal, averaged over the
-    pixels that have one. Bounded per ray, so that the generated maps' errors and their small disagreements between
-    views pull gently rather than dominate the photometric and mask terms. Chosen on oracle normal maps, exact and
-    with ~10° of smooth per-view noise (the ControlNet's reported error): 0.1 gains less, 1.0 lets the noise in."""
-    device: str = "auto"
-    """Device of the optimisation ("auto", "cuda", "cpu")."""
-    cuda_graphs: bool = True
-    """On CUDA, replay each optimisation step as one CUDA graph (several times faster: the step is ~100 small kernels
-    that Python launches far slower than the GPU runs them). Off runs the same step eagerly (for debugging)."""
 
 
 @dataclass

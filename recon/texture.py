@@ -25,31 +25,11 @@ import trimesh
 from PIL import Image
 from scipy import ndimage
 
+from recon.config import TextureConfig
 from recon.views import PosedViews
 
 #: Texel candidates per chunk of the UV rasteriser (bounds its memory, ~40 bytes each).
 UV_CHUNK = 1 << 22
-
-
-@dataclass
-class TextureConfig:
-    """UV unwrap and baking."""
-
-    size: int = 1024
-    """Side of the square base-colour texture in pixels."""
-    padding: int = 4
-    """Texels of margin xatlas packs around each UV chart (neighbouring charts end up at least twice this apart), so
-    seams survive bilinear filtering and mip-mapping."""
-    angle_power: float = 4.0
-    """Exponent of the cosine view-angle weight: higher favours the most frontal view (sharper, more seams)."""
-    depth_tolerance: float = 0.02
-    """A texel counts as visible in a view when its depth is within this (world units) of the mesh's depth map."""
-    mask_erosion: int = 2
-    """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
-    unwrap_pieces: int = 16
-    """Spatially compact pieces of equal face count the mesh is cut into before xatlas charts it (1: the mesh whole).
-    Chart growing costs superlinearly in the faces of a piece and xatlas charts separate pieces on parallel threads:
-    a 20k-face mesh took 4-6 CPU seconds whole and 1.5-2 in 16 pieces, with the same atlas utilisation."""
 
 
 def bake_texture(

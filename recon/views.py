@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-from recon.cameras import DEFAULT_RADIUS, GRID_COLS, GRID_ROWS, VIEW_SIZE, zero123pp_cameras
+from recon.cameras import GRID_COLS, GRID_ROWS, VIEW_SIZE, zero123pp_cameras
+from recon.config import ViewsConfig
 from recon.errors import InputError
 from recon.masks import compute_masks, quantize_mask
 
@@ -32,31 +32,6 @@ ARCHIVE_NAME = "posed_views.npz"
 
 #: Number of views Zero123++ produces.
 NUM_VIEWS = GRID_ROWS * GRID_COLS
-
-
-@dataclass
-class ViewsConfig:
-    """How a grid (or six view files) becomes posed views."""
-
-    poses: Literal["v1.2", "v1.1"] = "v1.2"
-    """Which Zero123++ pose table the views follow (v1.2: elevations +20/-10, fov 30; v1.1: +30/-20, fov 49.1)."""
-    radius: float = DEFAULT_RADIUS
-    """Camera distance from the origin (the object is assumed inside [-1, 1]^3)."""
-    mask: Literal["auto", "background", "rembg", "normals"] = "auto"
-    """How each view's object mask is made when the views carry no alpha: "background" separates the object from
-    the flat background colour with no model; "rembg" runs rembg (its model file must already be on disk);
-    "normals" takes the alpha of the normal ControlNet's maps; "auto" is "normals" when those maps exist, else
-    "background"."""
-    mask_threshold: float = 0.01
-    """Smallest colour distance from the background (RGB in [0, 1], Euclidean) that counts as object; raised
-    automatically when the background is noisy."""
-    mask_holes: bool = True
-    """Also cut out enclosed regions of exactly the background colour (the opening of a mug's handle), not only
-    the background connected to the view's border."""
-    mask_min_area: float = 0.0005
-    """Object specks and enclosed holes smaller than this share of the view's area are dropped / filled."""
-    rembg_model: str = "u2net"
-    """Model of the "rembg" mask method: a rembg model name whose file is already in rembg's model folder."""
 
 
 @dataclass

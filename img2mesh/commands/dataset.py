@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from img2mesh.commands.options import config_overrides, out_option, shared_options
-from recon.views import ViewsConfig
+from recon.config import ViewsConfig
 
 
 @click.command()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-import yaml
 
 from img2mesh.errors import InputError
 
@@ -161,6 +160,8 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
 
 def parse_set_values(values: typing.Iterable[str]) -> dict[str, Any]:
     """``["mesh.faces=5000", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists)."""
+    import yaml
+
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from img2mesh.zero123pp.weights import DEFAULT_MODEL, NORMAL_CONTROLNET
+from recon.config import check_range
 
 
 @dataclass
@@ -34,3 +35,8 @@ class MultiviewConfig:
     normal maps travel with the posed views (a second diffusion run, so about twice the time)."""
     normals_model: str = NORMAL_CONTROLNET
     """Hub id or local folder of the normal ControlNet (used when ``normals`` is on)."""
+
+    def validate(self) -> None:
+        """Raise :class:`~recon.config.ConfigValueError` for the first value out of range."""
+        check_range("steps", self.steps, 1, 1000)
+        check_range("guidance", self.guidance, 0.0, 100.0)

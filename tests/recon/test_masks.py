@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from recon.cameras import zero123pp_cameras
+from recon.config import ViewsConfig
 from recon.errors import InputError
 from recon.masks import background_mask, compute_masks, normals_mask
-from recon.views import ViewsConfig
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 GRAY = 127 / 255

@@ -1,0 +1,254 @@
+"""The config of each reconstruction stage, one dataclass per stage, and the checks of their values.
+
+They live apart from the code they configure so that reading them costs no numpy, torch or trimesh: the command
+line builds its options and ``--help`` from these types, and checks a whole config before any model loads or any
+fitting starts. Each ``validate()`` raises :class:`ConfigValueError` naming the field, its value and the range it
+must be in; ``img2mesh.config`` adds the section and where the value came from (a preset, ``--set``, an option).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from recon.errors import InputError
+
+Format = Literal["glb", "obj", "ply"]
+FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
+
+#: Camera distance of the Zero123++ views (see :mod:`recon.cameras`).
+DEFAULT_RADIUS = 4.0
+
+#: Fewest faces a mesh may be decimated to: below this the repair after decimation has too little left to close.
+MIN_FACES = 200
+
+#: Texture sides accepted: powers of two (what mip-mapping and block compression want), within what GPUs load.
+TEXTURE_SIZES = tuple(2**k for k in range(6, 14))
+
+
+class ConfigValueError(InputError):
+    """A config value its stage cannot use: ``key`` (a field, or ``section.field`` once a section adds itself),
+    the value, and what to do instead."""
+
+    def __init__(self, key: str, value: Any, fix: str) -> None:
+        self.key, self.value, self.fix = key, value, fix
+        super().__init__(f"Config key {key!r} is {value!r}; {fix}.")
+
+
+def check(ok: bool, key: str, value: Any, fix: str) -> None:
+    """Raise :class:`ConfigValueError` unless ``ok``."""
+    if not ok:
+        raise ConfigValueError(key, value, fix)
+
+
+def check_range(key: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    """``value`` within ``[lo, hi]`` (either end open when None)."""
+    if lo is not None and hi is not None:
+        check(lo <= value <= hi, key, value, f"use a value from {lo} to {hi}")
+    elif lo is not None:
+        check(value >= lo, key, value, f"use at least {lo}")
+    elif hi is not None:
+        check(value <= hi, key, value, f"use at most {hi}")
+
+
+@dataclass
+class ViewsConfig:
+    """How a grid (or six view files) becomes posed views."""
+
+    poses: Literal["v1.2", "v1.1"] = "v1.2"
+    """Which Zero123++ pose table the views follow (v1.2: elevations +20/-10, fov 30; v1.1: +30/-20, fov 49.1)."""
+    radius: float = DEFAULT_RADIUS
+    """Camera distance from the origin (the object is assumed inside [-1, 1]^3)."""
+    mask: Literal["auto", "background", "rembg", "normals"] = "auto"
+    """How each view's object mask is made when the views carry no alpha: "background" separates the object from
+    the flat background colour with no model; "rembg" runs rembg (its model file must already be on disk);
+    "normals" takes the alpha of the normal ControlNet's maps; "auto" is "normals" when those maps exist, else
+    "background"."""
+    mask_threshold: float = 0.01
+    """Smallest colour distance from the background (RGB in [0, 1], Euclidean) that counts as object; raised
+    automatically when the background is noisy."""
+    mask_holes: bool = True
+    """Also cut out enclosed regions of exactly the background colour (the opening of a mug's handle), not only
+    the background connected to the view's border."""
+    mask_min_area: float = 0.0005
+    """Object specks and enclosed holes smaller than this share of the view's area are dropped / filled."""
+    rembg_model: str = "u2net"
+    """Model of the "rembg" mask method: a rembg model name whose file is already in rembg's model folder."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigValueError` for the first value out of range."""
+        check_range("radius", self.radius, 1.5, 100.0)
+        check_range("mask_threshold", self.mask_threshold, 0.0, 1.0)
+        check_range("mask_min_area", self.mask_min_area, 0.0, 0.5)
+
+
+@dataclass
+class ReconConfig:
+    """Field optimisation."""
+
+    image_size: int = 320
+    """Side in pixels at which the views are fitted (they are area-resampled to it)."""
+    bound: float = 1.1
+    """Half-side of the world cube searched for the object (the views frame [-1, 1]³ at distance 4)."""
+    hull_resolution: int = 128
+    """Points per side of the visual-hull grid over the cube."""
+    hull_min_views: int = 5
+    """A point belongs to the hull when this many views see it inside their masks (5 of 6 forgives one bad mask)."""
+    resolutions: tuple[int, ...] = (64, 128)
+    """SDF grid points along the longest side of the hull's box, one entry per coarse-to-fine stage."""
+    iterations: tuple[int, ...] = (250, 350)
+    """Optimisation steps of each stage."""
+    colour_resolution: int = 96
+    """Colour grid points along the longest side (capped by the stage's SDF resolution): low, to average views."""
+    rays: int = 8192
+    """Rays per step."""
+    samples: int = 96
+    """Samples per ray within its hull interval."""
+    colour_per_sample: bool = True
+    """Read colour at every sample (full volume rendering, whose photo-consistency carves concavities) rather than
+    once per ray at the expected surface (cheaper, but the surface then barely moves away from the hull)."""
+    learning_rate: float = 0.01
+    """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
+    colour_learning_rate: float = 0.05
+    """Adam step of the colour logits."""
+    sharpness: tuple[float, float] = (2.0, 4.0)
+    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage. The start
+    sets how opaque a plate one or two coarse voxels thick renders (a table top at 64³ is about one): 62% / 73% at
+    1/voxel, 73% / 88% at 2/voxel. The masks ask for full opacity, and the fit made up what a thin plate lacked with
+    hull left under it, which the later, sharper stages keep (default preset: table Chamfer 0.018 → 0.015, mean
+    F@0.05 0.947 → 0.953 with 2 rather than 1)."""
+    mask_weight: float = 0.5
+    """Weight of the opacity-vs-mask binary cross-entropy."""
+    eikonal_weight: float = 0.05
+    """Weight of the eikonal term (|∇f| = 1) near the surface."""
+    smoothness_weight: float = 0.02
+    """Weight of the squared-Laplacian term near the surface (falls to a tenth over each stage)."""
+    colour_smoothness_weight: float = 0.01
+    """Weight of the colour grid's total variation."""
+    shading: Literal["lambertian", "none"] = "lambertian"
+    """Colour model. "lambertian": the colour grid is albedo, shaded by one directional light (direction and ambient
+    share learnt with the fields) through the SDF's normals, so shading is a cue for the shape; "none": a free,
+    view-independent colour per point, which absorbs shading and leaves the shape to silhouettes and texture."""
+    light_learning_rate: float = 0.01
+    """Adam step of the light's direction and ambient share ("lambertian" shading)."""
+    volume_weight: float = 0.05
+    """Weight of the enclosed volume (as a share of the visual hull's): a pressure that empties hull space the views
+    leave undecided (the wedges of hull under table tops and seats, seen only at grazing angles); photometric and mask
+    terms hold what the views do show. It falls linearly to zero over the fit, so that the views have the last word:
+    held to the end, it thins flat plates such as table tops until they tear."""
+    area_weight: float = 0.05
+    """Weight of the surface area (as a share of the visual hull's), falling to zero like ``volume_weight``: the
+    minimal-surface prior, which keeps what the pressure opens flat between silhouette rims (a flat base rather than
+    a dome carved into it). Much more thins legs and rods."""
+    normal_weight: float = 0.3
+    """Weight of the normal term, used only when the views carry normal maps (``PosedViews.normals``, from the normal
+    ControlNet): 1 − cos between each ray's rendered expected normal and its pixel's normal, averaged over the
+    pixels that have one. Bounded per ray, so that the generated maps' errors and their small disagreements between
+    views pull gently rather than dominate the photometric and mask terms. Chosen on oracle normal maps, exact and
+    with ~10° of smooth per-view noise (the ControlNet's reported error): 0.1 gains less, 1.0 lets the noise in."""
+    device: str = "auto"
+    """Device of the optimisation ("auto", "cuda", "cpu")."""
+    cuda_graphs: bool = True
+    """On CUDA, replay each optimisation step as one CUDA graph (several times faster: the step is ~100 small kernels
+    that Python launches far slower than the GPU runs them). Off runs the same step eagerly (for debugging)."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigValueError` for the first value out of range."""
+        check_range("image_size", self.image_size, 32, 2048)
+        check_range("bound", self.bound, 0.1, 10.0)
+        check_range("hull_resolution", self.hull_resolution, 16, 1024)
+        check_range("hull_min_views", self.hull_min_views, 1, 6)
+        check(len(self.resolutions) >= 1, "resolutions", list(self.resolutions), "give at least one stage, e.g. [64]")
+        for resolution in self.resolutions:
+            check_range("resolutions", resolution, 8, 1024)
+        check(
+            len(self.iterations) == len(self.resolutions),
+            "iterations",
+            list(self.iterations),
+            f"give one count per stage of resolutions ({len(self.resolutions)})",
+        )
+        for steps in self.iterations:
+            check_range("iterations", steps, 1)
+        check_range("colour_resolution", self.colour_resolution, 4, 1024)
+        check_range("rays", self.rays, 16)
+        check_range("samples", self.samples, 4, 4096)
+        for name in ("learning_rate", "colour_learning_rate", "light_learning_rate"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "use a positive step")
+        check(len(self.sharpness) == 2, "sharpness", list(self.sharpness), "give a start and an end value, e.g. [2, 4]")
+        for value in self.sharpness:
+            check(value > 0, "sharpness", value, "use positive values")
+        for name in (
+            "mask_weight",
+            "eikonal_weight",
+            "smoothness_weight",
+            "colour_smoothness_weight",
+            "volume_weight",
+            "area_weight",
+            "normal_weight",
+        ):
+            check_range(name, getattr(self, name), 0.0)
+        check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "device",
+            self.device,
+            "use auto, cuda, cuda:N or cpu",
+        )
+
+
+@dataclass
+class MeshConfig:
+    """Mesh extraction and clean-up."""
+
+    faces: int = 20000
+    """Target face count after decimation (meshes with fewer faces are kept as they are)."""
+    smoothing: Literal["taubin", "laplacian", "none"] = "taubin"
+    """Surface smoothing after marching cubes: Taubin keeps the volume, Laplacian shrinks a little."""
+    smoothing_iterations: int = 10
+    """Smoothing passes."""
+    min_part_share: float = 0.02
+    """Connected parts with less than this share of the largest part's area are dropped as floaters."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigValueError` for the first value out of range."""
+        check_range("faces", self.faces, MIN_FACES)
+        check_range("smoothing_iterations", self.smoothing_iterations, 0, 1000)
+        check_range("min_part_share", self.min_part_share, 0.0, 1.0)
+
+
+@dataclass
+class TextureConfig:
+    """UV unwrap and baking."""
+
+    size: int = 1024
+    """Side of the square base-colour texture in pixels."""
+    padding: int = 4
+    """Texels of margin xatlas packs around each UV chart (neighbouring charts end up at least twice this apart), so
+    seams survive bilinear filtering and mip-mapping."""
+    angle_power: float = 4.0
+    """Exponent of the cosine view-angle weight: higher favours the most frontal view (sharper, more seams)."""
+    depth_tolerance: float = 0.02
+    """A texel counts as visible in a view when its depth is within this (world units) of the mesh's depth map."""
+    mask_erosion: int = 2
+    """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
+    unwrap_pieces: int = 16
+    """Spatially compact pieces of equal face count the mesh is cut into before xatlas charts it (1: the mesh whole).
+    Chart growing costs superlinearly in the faces of a piece and xatlas charts separate pieces on parallel threads:
+    a 20k-face mesh took 4-6 CPU seconds whole and 1.5-2 in 16 pieces, with the same atlas utilisation."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigValueError` for the first value out of range."""
+        check(self.size in TEXTURE_SIZES, "size", self.size, "use a power of two from 64 to 8192, e.g. 1024")
+        check_range("padding", self.padding, 0, 64)
+        check_range("angle_power", self.angle_power, 0.0)
+        check(self.depth_tolerance > 0, "depth_tolerance", self.depth_tolerance, "use a positive distance")
+        check_range("mask_erosion", self.mask_erosion, 0, 64)
+        check_range("unwrap_pieces", self.unwrap_pieces, 1, 1024)
+
+
+@dataclass
+class ExportConfig:
+    """Mesh files written."""
+
+    format: Format = "glb"
+    """File format of the exported mesh (used when the output path has no known extension)."""

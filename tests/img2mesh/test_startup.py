@@ -1,0 +1,32 @@
+"""The command line answers ``--help`` without loading torch, diffusers, numpy or trimesh."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from img2mesh.cli import COMMANDS
+
+#: Modules whose import takes seconds (torch, diffusers, trimesh) or more than the rest of start-up (numpy).
+HEAVY = ("torch", "diffusers", "transformers", "numpy", "trimesh", "pyvista", "rembg")
+
+PROBE = """
+import json, sys
+from img2mesh.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="img2mesh")
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], *([name, "--help"] for name in COMMANDS)], ids=" ".join)
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-c", PROBE % (HEAVY,), *args], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "heavy": []}
+    assert "Usage: img2mesh" in result.stdout
