@@ -23,3 +23,13 @@ def tiny_zero123pp(tmp_path_factory) -> Path:
     return save_random_zero123pp(
         folder, size="tiny", version="v1.2", with_controlnet=True, tokenizer_files=TEST_DATA / "tiny_clip_tokenizer"
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_zero123pp):
+    """The tiny random model through ``from_pretrained`` (fp32, CPU, default Euler-ancestral trailing sampler)."""
+    from img2mesh.zero123pp import Zero123PlusPipeline
+
+    pipe = Zero123PlusPipeline.from_pretrained(tiny_zero123pp)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

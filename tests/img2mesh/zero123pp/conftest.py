@@ -1,20 +1,10 @@
-"""Fixtures of the Zero123++ tests: the tiny model loaded once, and a test photo."""
+"""Fixtures of the Zero123++ tests: test photos (the tiny model is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import PIL.Image
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_pipe(tiny_zero123pp):
-    """The tiny random model through ``from_pretrained`` (fp32, CPU, default Euler-ancestral trailing sampler)."""
-    from img2mesh.zero123pp import Zero123PlusPipeline
-
-    pipe = Zero123PlusPipeline.from_pretrained(tiny_zero123pp)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def make_photo(seed: int, size: int = 96) -> PIL.Image.Image:
