@@ -9,8 +9,8 @@ CPU do the work of a real job. A thread samples the GPU's utilisation (``nvidia-
     python benchmarks/batch_throughput.py --items 16 --runners local,ray --write-results     # on a CUDA machine
     python benchmarks/batch_throughput.py --size tiny --items 3 --runners local --config cpu --set multiview.steps=2
 
-Runners: ``local`` (the default runner), ``local-serial`` (the same with ``overlap=False``: the two GPU phases one at
-a time, for comparison) and ``ray`` (``--ray`` on a local Ray started here with this machine's CPUs and GPUs).
+Runners: ``local`` (the default runner) and ``ray`` (``--ray`` on a local Ray started here with this machine's CPUs
+and GPUs).
 
 Columns: "img/min" is done items over the whole run (model load and the pipeline's fill and drain included);
 "steady img/min" counts from the first finished item to the last. "GPU busy" is the mean NVML utilisation (the share
@@ -246,8 +246,7 @@ def measure(
     else:
         from img2mesh.batch.local_runner import LocalRunner
 
-        overlap = runner_name != "local-serial"
-        local = LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline, overlap=overlap)
+        local = LocalRunner(config, out, cpu_workers=cpu_workers, pipeline=OracleViewsPipeline)
         runner = StampedRunner(local)
     warnings = WarningCounter()
     logging.getLogger("img2mesh.zero123pp.fast_step").addHandler(warnings)
@@ -365,7 +364,7 @@ def environment() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=16, help="photos in the batch")
-    parser.add_argument("--runners", default="local,ray", help="comma-separated: local, local-serial, ray")
+    parser.add_argument("--runners", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--model", help="Zero123++ folder; default: build random weights of --size")
     parser.add_argument("--size", default="full", choices=["full", "tiny"], help="random weights to build")
     parser.add_argument("--config", help="config preset or YAML (default: the built-in defaults, i.e. default.yaml)")

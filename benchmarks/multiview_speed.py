@@ -1,10 +1,10 @@
 """Zero123++ sampling speed per fast-path mode: ms per step, totals, warm-up, peak memory, difference from eager.
 
 Builds full-size random weights of the real architecture (they cost exactly what the real ones cost) unless
-``--model`` names a folder, then runs every mode in a fresh process (so warm-up is a first run's): compiled modes
-first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached"); each
-compiling family ("fused", "blocks") has its own cache. The last row is the low-memory mode (model CPU offload,
-eager) under a simulated card of ``--card-gb`` GB (``torch.cuda.set_per_process_memory_fraction``).
+``--model`` names a folder, then runs every mode in a fresh process (so warm-up is a first run's): the compiled mode
+first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached"). The last row
+is the low-memory mode (model CPU offload, eager) under a simulated card of ``--card-gb`` GB
+(``torch.cuda.set_per_process_memory_fraction``).
 
     python benchmarks/multiview_speed.py --write-results         # on a CUDA machine
     python benchmarks/multiview_speed.py --size tiny --device cpu --modes off --steps 2,3   # smoke test
@@ -13,7 +13,8 @@ Columns: "step ms" is one denoiser call (reference + main pass) timed alone with
 "ms/step" is the end-to-end slope (total(75) − total(28)) / 47, which includes the scheduler and the reference
 noising; totals include the encoders and the VAE decode; "max diff" is the largest absolute difference of the
 75-step output image from eager's (0-255 scale) with the same seeds. Graphed modes also report "1-stream ms": the
-step captured again with the reference pass inline instead of on its side stream (what the concurrency gains).
+step captured again with the reference pass inline instead of on its side stream (what the concurrency gains; the
+benchmark switches it from outside, through the reference bank's stream).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def run_child(args) -> dict:
 
     import torch
 
-    from img2mesh.zero123pp.fast_step import PRECOMPILED_MARKERS, compile_cache_dir, enable_fast_path
+    from img2mesh.zero123pp.fast_step import GraphedStep, enable_fast_path
     from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
+    from img2mesh.zero123pp.precompile import MARKERS, compile_cache_dir
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("img2mesh.zero123pp").setLevel(logging.INFO)  # the fast path's choices and precompilation
@@ -82,7 +84,7 @@ def run_child(args) -> dict:
     else:
         pipe.to(device)
     load_s = time.perf_counter() - t0
-    mode = enable_fast_path(pipe, args.child, offload=args.offload, precompile_workers=args.precompile_workers)
+    mode = enable_fast_path(pipe, args.child, offload=args.offload)
     image = condition_image()
     steps_short, steps_long = args.steps
 
@@ -101,7 +103,7 @@ def run_child(args) -> dict:
         result["precompile_workers"], result["precompile_s"] = getattr(pipe.denoiser, "precompiled", (0, 0.0))
         # Where the first run's compilation went (dynamo, AOT, Inductor), and the workers' own logs.
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
-        for log in sorted((compile_cache_dir() / PRECOMPILED_MARKERS / "logs").glob("*.log")):
+        for log in sorted((compile_cache_dir() / MARKERS / "logs").glob("*.log")):
             text = log.read_text()  # its timeline (head) and compile times (tail)
             print(f"--- {log.name}\n" + (text if len(text) < 4000 else text[:1500] + "\n[...]\n" + text[-2500:]))
     for steps in (steps_short, steps_long):
@@ -122,30 +124,11 @@ def run_child(args) -> dict:
             profile_denoiser(pipe, device, dtype)
         if args.attribute:
             attribute_kernels(pipe, device, dtype, trace=args.out / f"{args.tag}_step_trace.json" if args.out else None)
-        if "graphs" in mode and not pipe.denoiser._failed:
-            import types
-
-            from img2mesh.zero123pp import fused_blocks
-            from img2mesh.zero123pp.fast_step import GraphedStep
-
-            # What the transposed-convolution upsamplers gain: the step recaptured with diffusers' upsampling and
-            # convolution, same process (eager code, nothing recompiles).
-            upsamplers = [m for m in pipe.unet.modules() if hasattr(m, fused_blocks.UPSAMPLE_WEIGHT)]
-            for module in upsamplers:  # diffusers' nearest upsampling + 3x3 convolution
-                module.__dict__.pop("forward")
-            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
-            result["step_ms_upsample_conv"] = time_denoiser(pipe, device, dtype)
-            for module in upsamplers:
-                module.forward = types.MethodType(fused_blocks.upsample_forward, module)
-            bank = pipe.denoiser.denoiser.bank
-            bank.share = False  # the main pass concatenates its keys/values with the reference's, as before
-            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
-            result["step_ms_concat"] = time_denoiser(pipe, device, dtype)
-            bank.share, bank.stream = True, None  # reference pass inline, before the main pass
-            pipe.denoiser._graphed = GraphedStep(pipe.denoiser._step)
+        if mode != "off" and not pipe.denoiser.failed:  # reference pass inline, before the main pass
+            pipe.denoiser.denoiser.bank.stream = None
+            pipe.denoiser.graphed = GraphedStep(pipe.denoiser.step)
             result["step_ms_serial"] = time_denoiser(pipe, device, dtype)
-    fallback = getattr(pipe.denoiser, "_failed", False)
-    result["fell_back"] = bool(fallback)
+    result["fell_back"] = bool(getattr(pipe.denoiser, "failed", False))
     return result
 
 
@@ -201,7 +184,7 @@ def attribute_kernels(
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    step = getattr(pipe.denoiser, "_step", pipe.denoiser)  # the fast path's step as compiled, but not graphed
+    step = getattr(pipe.denoiser, "step", pipe.denoiser)  # the fast path's step as compiled, but not graphed
     d = pipe.unet.config.cross_attention_dim
     sample = torch.randn(2, 4, 120, 80, device=device, dtype=dtype)
     reference = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
@@ -282,7 +265,6 @@ def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb
     cmd += ["--offload"] if offload else []
     cmd += ["--profile"] if args.profile and "graphs" in mode else []
     cmd += ["--attribute", "--out", str(args.out)] if args.attribute and mode != "off" and tag.endswith("_cold") else []
-    cmd += [] if args.precompile_workers is None else ["--precompile-workers", str(args.precompile_workers)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     try:
@@ -357,9 +339,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="Zero123++ folder (default: build random weights of --size)")
     parser.add_argument("--size", default="full", choices=["full", "tiny"])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument(
-        "--modes", default="off,graphs,fused+graphs,blocks+graphs", help="comma-separated fast-path modes"
-    )
+    parser.add_argument("--modes", default="off,graphs,blocks+graphs", help="comma-separated fast-path modes")
     parser.add_argument("--steps", default="28,75", help="two step counts: short,long")
     parser.add_argument("--card-gb", type=float, default=8.0, help="simulated card size of the low-memory row")
     parser.add_argument("--no-low-memory", action="store_true", help="skip the low-memory (offload) row")
@@ -372,9 +352,6 @@ def main() -> None:
         "--attribute", action="store_true", help="cold compiled runs: attribute a non-graphed step's kernels to ops"
     )
     parser.add_argument("--no-cached", action="store_true", help="compiled modes: only the cold-cache run")
-    parser.add_argument(
-        "--precompile-workers", type=int, help="worker processes of the blocks modes' first compile (default: auto)"
-    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
@@ -399,11 +376,10 @@ def main() -> None:
     modes = ["off", *[m for m in args.modes.split(",") if m != "off"]]
     for mode in modes:
         tag = mode.replace("+", "_")
-        family = next((f for f in ("blocks", "fused") if f in mode), None)
-        if family is None:
+        if mode != "blocks+graphs":
             rows.append({**spawn(args, mode, tag, caches / tag), "label": mode})
         else:
-            cache = caches / family
+            cache = caches / "blocks"
             if not cache.exists():  # first mode of its family: a cold run on an empty cache, then on the filled one
                 rows.append({**spawn(args, mode, tag + "_cold", cache), "label": f"{mode}, cold cache"})
                 print(json.dumps(rows[-1]), flush=True)

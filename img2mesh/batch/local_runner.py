@@ -6,7 +6,7 @@ whole CPU phase. Here the main thread runs the diffusion, item after item, with 
 read and cut out ahead of it by a helper thread; each grid is posed (masks, cameras) by a second thread, then fitted
 in a GPU worker process while the main thread already runs the next item's diffusion. Neither GPU phase keeps the
 card busy alone (host work between the diffusion's steps, the fit's set-up and read-back), so side by side they fill
-each other's gaps; ``overlap=False`` runs them one at a time, for comparison. Each fitted item goes on to a small
+each other's gaps. Each fitted item goes on to a small
 pool of CPU worker processes that finish and write it while the GPU goes on. Every hand-off is bounded (one item
 being fitted, at most as many fitted items waiting as there are CPU workers), so a slow stage holds the GPU back
 instead of filling memory.
@@ -23,10 +23,8 @@ model, one CUDA context); a crash there ends the job, and a rerun resumes where 
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -81,7 +79,6 @@ class LocalRunner:
         max_retries: int = 1,
         crash: CrashPlan | None = None,
         pipeline: type[Img2Mesh] = Img2Mesh,
-        overlap: bool = True,
     ) -> None:
         self.config = config
         self.out_root = Path(out_root)
@@ -89,8 +86,6 @@ class LocalRunner:
         self.max_retries = max_retries
         self.crash = crash or CrashPlan()
         self.pipeline = pipeline
-        self.overlap = overlap
-        """Fit an item beside the next item's diffusion; False runs the two GPU phases one at a time."""
         self.cache = self.out_root / ".inputs"
 
     def run(self, items: list[BatchItem], report: Report) -> None:
@@ -98,7 +93,6 @@ class LocalRunner:
         if not items:
             return
         pipe = self.pipeline(self.config, progress=False).load(images=len(items))
-        gpu_turn = contextlib.nullcontext() if self.overlap else threading.Lock()
         fit_process: FitProcess | None = None
         finishers: FinishPool | None = None
         fitting: Future | None = None  # the previous item, posed then fitted beside this item's diffusion
@@ -118,8 +112,7 @@ class LocalRunner:
                     fit_process = fit_process or FitProcess(self, on_gpu=pipe.device.type == "cuda")
                     finishers = finishers or FinishPool(self, report)
                     try:
-                        with gpu_turn:
-                            made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
+                        made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
                     except ItemFailed as failed:
                         report(failed.record)
                         continue
@@ -127,7 +120,7 @@ class LocalRunner:
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
                         self._hand_on(fitting, finishers, report)
-                    fitting = fitter.submit(_fit_posed, fit_process, posed, gpu_turn)
+                    fitting = fitter.submit(_fit_posed, fit_process, posed)
                 if fitting is not None:
                     assert finishers is not None
                     self._hand_on(fitting, finishers, report)
@@ -160,11 +153,9 @@ class LocalRunner:
         finishers.collect(block=False)
 
 
-def _fit_posed(fit_process: FitProcess, posed: Future, gpu_turn: contextlib.AbstractContextManager) -> FittedItem:
+def _fit_posed(fit_process: FitProcess, posed: Future) -> FittedItem:
     """The fit thread's task: wait for the item's posed views, then have them fitted. Raises :class:`ItemFailed`."""
-    made = posed.result()
-    with gpu_turn:
-        return fit_process.fit(made)
+    return fit_process.fit(posed.result())
 
 
 class FitProcess:

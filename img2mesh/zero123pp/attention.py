@@ -75,9 +75,6 @@ class ReferenceBank:
         self.keys_values: dict[str, tuple[torch.Tensor, torch.Tensor] | SharedProjection] = {}
         """Layer name → projected (key, value) of the reference pass's tokens, each (batch, tokens, channels), or
         (stacked projections) the buffer both passes project into."""
-        self.share = True
-        """With stacked projections: both passes project into one buffer per layer (False: concatenate, as the
-        eager path does; for measuring what sharing saves)."""
         self.main_tokens: dict[tuple[str, int], int] = {}
         """(layer name, reference tokens) → the main-pass token count that layer had in the last call: the size of
         the shared buffer the next reference pass allocates."""
@@ -152,7 +149,7 @@ class ReferenceAttnProcessor:
         if stacked is None or stacked.device != hidden_states.device:
             stacked = None
         mode = self.bank.mode
-        if stacked is not None and mode != "off" and self.bank.share and not torch.is_grad_enabled():  # no autograd
+        if stacked is not None and mode != "off" and not torch.is_grad_enabled():  # no autograd
             return self._shared(attn, hidden_states, stacked)
         if stacked is not None:
             query, key, value = F.linear(hidden_states, stacked).chunk(3, dim=-1)

@@ -25,11 +25,10 @@ class MultiviewConfig:
     """Sampler; the reference uses Euler ancestral with trailing timestep spacing."""
     offload: bool = False
     """Model CPU offload: keep only the running component on the GPU (fits small cards, slower)."""
-    compile: Literal["auto", "off", "graphs", "fused", "fused+graphs", "blocks", "blocks+graphs"] = "auto"
-    """Fast path of the denoising step: CUDA graphs, and/or the UNet's norms and elementwise work fused ("fused":
-    a few shape-generic compilations) or its blocks compiled per shape ("blocks": slow first compile, cached);
-    "auto" is eager off CUDA, and on CUDA graphs, or blocks+graphs for a batch of at least 8 images per process
-    (40 before the compile cache was first filled), "off" always eager."""
+    compile: Literal["auto", "off", "graphs", "blocks+graphs"] = "auto"
+    """Fast path of the denoising step on CUDA: "graphs" (CUDA graphs), "blocks+graphs" (also compiled UNet blocks:
+    the fastest step, a long first compile, cached on disk), "auto" (graphs, or blocks+graphs for batches that repay
+    the compile), "off" (eager)."""
     normals: bool = False
     """Also run the v1.2 normal ControlNet on the generated views: its alpha mattes become the view masks and its
     normal maps travel with the posed views (a second diffusion run, so about twice the time)."""

@@ -1,35 +1,31 @@
-"""The Zero123++ fast path on the CPU: mode resolution and fallbacks, and every mode that can run here giving the
-eager output (regional compilation and the fused blocks through torch.compile's "eager" backend, channels-last,
-the compile-failure fallback, the CUDA-graph wrapper's argument plumbing, the shared key/value buffers, the
-transposed-convolution upsamplers, the compile queue of this process and its workers). Budget: ~3 min on 2 cores
-(the precompile test ~60 s: two worker processes)."""
+"""The Zero123++ fast path on the CPU: mode resolution and fallbacks, and what can run here giving the eager output
+(compiled blocks through torch.compile's "eager" backend, channels-last, the compile-failure fallback, the CUDA-graph
+wrapper's argument plumbing, the shared key/value buffers, the transposed-convolution upsamplers, the compile queue
+of this process and a worker). Budget: ~2 min on 2 cores (the precompile test ~60 s: two worker processes)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 
 import pytest
 import torch
 
 from img2mesh.testing.random_weights import save_random_zero123pp
-from img2mesh.zero123pp import fused_blocks
+from img2mesh.zero123pp import unet_patches
 from img2mesh.zero123pp.fast_step import (
     BLOCKS_FROM_IMAGES,
-    PRECOMPILED_MARKERS,
     FastDenoiser,
     _flatten,
     _unflatten,
     auto_mode,
-    compile_cache_dir,
-    compiled_block_names,
     disable_fast_path,
     enable_fast_path,
-    precompiled_before,
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
-from img2mesh.zero123pp.precompile import block_groups, precompile
+from img2mesh.zero123pp.precompile import MARKERS, block_groups, compile_cache_dir, precompile, precompiled_before
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +57,13 @@ def guided_prediction(pipe) -> torch.Tensor:
 def test_auto_is_off_on_cpu_and_impossible_modes_degrade_with_a_log(caplog) -> None:
     assert resolve_mode("auto", "cpu") == "off"
     assert resolve_mode("off", "cpu") == "off"
-    assert resolve_mode("blocks", "cpu") == "blocks"
-    assert resolve_mode("fused", "cpu") == "fused"
     with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.fast_step"):
         assert resolve_mode("graphs", "cpu") == "off"
-        assert resolve_mode("blocks+graphs", "cpu") == "blocks"
-        assert resolve_mode("fused+graphs", "cpu") == "fused"
-    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 3
-    with pytest.raises(ValueError, match="compile mode"):
-        resolve_mode("turbo", "cpu")
+        assert resolve_mode("blocks+graphs", "cpu") == "off"
+    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 2
+    for removed in ("turbo", "blocks", "fused", "fused+graphs"):
+        with pytest.raises(ValueError, match="compile mode"):
+            resolve_mode(removed, "cpu")
 
 
 def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monkeypatch, tmp_path) -> None:
@@ -86,8 +80,8 @@ def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monke
     # The cache counts as filled once a first compilation left its marker there.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert not precompiled_before()
-    (tmp_path / PRECOMPILED_MARKERS).mkdir()
-    (tmp_path / PRECOMPILED_MARKERS / "model-and-shapes.json").write_text("{}")
+    (tmp_path / MARKERS).mkdir()
+    (tmp_path / MARKERS / "model-and-shapes.json").write_text("{}")
     assert precompiled_before()
 
 
@@ -116,26 +110,31 @@ def test_graph_argument_plumbing_round_trips_lists_and_nones() -> None:
 def test_compiled_blocks_give_the_eager_output_with_reference_attention(pipe) -> None:
     """Regional compilation (dynamo tracing, eager attn1 inside compiled blocks, the "eager" backend standing in for
     Inductor) plus channels-last: the pipeline's guided step equals eager, nothing recompiles on later steps, and
-    reference attention is still in effect."""
+    reference attention is still in effect; undoing it restores diffusers' forwards."""
     inputs = denoiser_inputs(pipe)
     eager = guided_prediction(pipe)
-    mode = enable_fast_path(pipe, "blocks", backend="eager")
+    pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="eager")
     try:
-        assert mode == "blocks" and isinstance(pipe.denoiser, FastDenoiser)
         fast = guided_prediction(pipe)
+        assert all(getattr(pipe.unet.get_submodule(n), unet_patches.COMPILED, False) for n in compiled_names(pipe))
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         with torch.no_grad():
             with_ref = pipe.denoiser(*inputs)
             without_ref = pipe.denoiser(*inputs[:3], None)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-        assert not pipe.denoiser._failed
+        assert not pipe.denoiser.failed
     finally:
         disable_fast_path(pipe)
     assert not isinstance(pipe.denoiser, FastDenoiser)
+    assert not any("forward" in m.__dict__ for m in pipe.unet.modules())
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
     assert (with_ref - without_ref).abs().max() > 1e-3
     with torch.no_grad():
         torch.testing.assert_close(pipe.denoiser(*inputs), with_ref, rtol=1e-4, atol=1e-4)
+
+
+def compiled_names(pipe) -> list[str]:
+    return unet_patches.compiled_block_names(pipe.unet)
 
 
 class CountCats(torch.utils._python_dispatch.TorchDispatchMode):
@@ -177,26 +176,26 @@ def test_stacked_projections_share_one_buffer_per_layer_and_give_the_eager_outpu
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
-    """The patched resnet, transformer and upsampler forwards with the plain (uncompiled) fused functions: same
+def test_patched_blocks_compute_what_diffusers_blocks_compute(pipe) -> None:
+    """The patched resnet, transformer and upsampler forwards, uncompiled: same
     denoiser output as diffusers' forwards up to float rounding (channels-last changes the CPU convolution
     algorithm, the upsamplers' taps are summed), every block of the tiny UNet patched, and uninstalling restores
     diffusers' forwards exactly."""
     inputs = denoiser_inputs(pipe, size=12)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
-        patched = fused_blocks.install(pipe.unet, fused_blocks.FusedOps())
+        patched = unet_patches.install(pipe.unet)
         try:
             fused = pipe.denoiser(*inputs)
         finally:
-            fused_blocks.uninstall(pipe.unet)
+            unet_patches.uninstall(pipe.unet)
         restored = pipe.denoiser(*inputs)
     resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in pipe.unet.modules())
     transformers = sum(type(m).__name__ == "Transformer2DModel" for m in pipe.unet.modules())
     upsamplers = sum(type(m).__name__ == "Upsample2D" for m in pipe.unet.modules())
     assert upsamplers > 0 and resnets > 0 and transformers > 0
     assert patched == resnets + transformers + upsamplers
-    assert not any(hasattr(m, fused_blocks.UPSAMPLE_WEIGHT) for m in pipe.unet.modules())
+    assert not any(hasattr(m, unet_patches.UPSAMPLE_WEIGHT) for m in pipe.unet.modules())
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(restored, expected)
 
@@ -212,66 +211,14 @@ def test_upsampler_as_one_transposed_convolution_equals_nearest_upsampling_then_
     x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
     with torch.no_grad():
         expected = module(x)
-        setattr(module, fused_blocks.UPSAMPLE_WEIGHT, fused_blocks.upsample_weight(module.conv))
-        got = fused_blocks.upsample_forward(module, x)
+        setattr(module, unet_patches.UPSAMPLE_WEIGHT, unet_patches.upsample_weight(module.conv))
+        got = unet_patches.upsample_forward(module, x)
         assert got.shape == (2, 6, 10, 14)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        odd = fused_blocks.upsample_forward(module, x, (11, 15))
+        odd = unet_patches.upsample_forward(module, x, (11, 15))
         assert odd.shape == (2, 6, 11, 15)
-        setattr(module, fused_blocks.UPSAMPLE_WEIGHT, torch.zeros(8, 6, 4, 4, dtype=torch.float64, device="meta"))
-        torch.testing.assert_close(fused_blocks.upsample_forward(module, x), expected)
-
-
-def test_fused_mode_compiles_a_few_graphs_for_every_shape_and_pass(pipe) -> None:
-    """ "fused": the pipeline's guided step equals eager, and the fused functions are compiled with symbolic shapes:
-    a handful of graphs serve every block of both passes, and a new latent size compiles nothing more."""
-    eager = guided_prediction(pipe)
-    torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters["stats"]
-    before = counters["unique_graphs"]
-    assert enable_fast_path(pipe, "fused", backend="eager") == "fused"
-    try:
-        fast = guided_prediction(pipe)
-        graphs = counters["unique_graphs"] - before
-        with torch.no_grad():
-            pipe.denoiser(*denoiser_inputs(pipe, size=24))
-        assert counters["unique_graphs"] - before == graphs
-        assert not pipe.denoiser._failed
-    finally:
-        disable_fast_path(pipe)
-    assert 0 < graphs <= 16
-    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
-
-
-def test_fused_mode_compiles_nine_graphs_for_the_full_unet_at_the_real_shapes() -> None:
-    """The full-size SD2 UNet on meta tensors (shapes only, nothing computed) at the real latent sizes: both passes
-    of a step compile 9 graphs in all (GroupNorm with/without the time shift and square/non-square maps, tokens
-    GroupNorm, add+LayerNorm twice: since the tokens are contiguous one of dynamo's guards on its inputs fails
-    between the two passes, GEGLU), and the next step compiles nothing. Guards are the compiler's front end's, so
-    this holds for Inductor on a GPU too (where per-shape recompiles once hit dynamo's limit)."""
-    from diffusers import UNet2DConditionModel
-
-    from img2mesh.testing.random_weights import _UNET
-    from img2mesh.zero123pp.attention import ReferenceUNet
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**_UNET["full"]).eval()
-    unet.to(memory_format=torch.channels_last)
-    denoiser = ReferenceUNet(unet)
-    denoiser.fuse_projections()
-    fused_blocks.install(unet, fused_blocks.FusedOps.compiled("eager"))
-    torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters["stats"]
-    before = counters["unique_graphs"]
-    with torch.no_grad(), torch.device("meta"):
-        sample = torch.randn(2, 4, 120, 80).contiguous(memory_format=torch.channels_last)
-        reference = torch.randn(2, 4, 64, 64).contiguous(memory_format=torch.channels_last)
-        embeds = torch.randn(2, 77, 1024)
-        denoiser(sample, torch.tensor(500.0), embeds, reference)
-        first = counters["unique_graphs"] - before
-        denoiser(sample, torch.tensor(300.0), embeds, reference)
-    assert first == 9
-    assert counters["unique_graphs"] - before == first
+        setattr(module, unet_patches.UPSAMPLE_WEIGHT, torch.zeros(8, 6, 4, 4, dtype=torch.float64, device="meta"))
+        torch.testing.assert_close(unet_patches.upsample_forward(module, x), expected)
 
 
 def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
@@ -285,7 +232,7 @@ def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**_UNET["full"])
-    names = compiled_block_names(unet)
+    names = unet_patches.compiled_block_names(unet)
     groups = block_groups(unet, names)
     assert len(names) == 39 and len(groups) == 19 and names[-1] == "conv_norm_out"
     assert [m for _, m in groups if "conv_norm_out" in m] == [["conv_norm_out"]]
@@ -309,41 +256,45 @@ def test_precompile_workers_and_this_process_share_the_groups_and_leave_a_marker
     """A worker process builds the UNet from its configuration; it and this process take block groups off a
     shared queue, each compiling its group ("eager" backend here) and running one step at the given shapes. This
     process starts first, so it takes at least one; every group is compiled exactly once, by one of them; the
-    steps' outputs are unchanged and all blocks are compiled again afterwards. A marker skips the workers for the
-    same shapes; workers that fail (an unknown backend) cost a warning and leave no marker."""
+    steps' outputs are unchanged and all blocks are compiled afterwards. A marker skips the workers for the same
+    shapes; a worker that fails costs a warning, this process compiles everything, and no marker is left."""
     inputs = denoiser_inputs(pipe)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
-    assert enable_fast_path(pipe, "blocks", backend="eager") == "blocks"
+    fast = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="eager")
     outputs = []
 
     def run_step():
         with torch.no_grad():
-            outputs.append(pipe.denoiser._step(*inputs))
+            outputs.append(fast.step(*inputs))
+
+    def compiled() -> list[bool]:
+        return [getattr(pipe.unet.get_submodule(n), unet_patches.COMPILED, False) for n in compiled_names(pipe)]
 
     try:
-        denoiser, names = pipe.denoiser.denoiser, compiled_block_names(pipe.unet)
-        groups = len(block_groups(pipe.unet, names))
+        groups = len(block_groups(pipe.unet, compiled_names(pipe)))
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a"))
         with caplog.at_level(logging.INFO, logger="img2mesh.zero123pp.precompile"):
-            assert precompile(denoiser, pipe.unet, names, inputs, run_step, backend="eager", workers=1) == 1
+            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
         own = int(re.search(r"compiled (\d+) of", caplog.text).group(1))
         by_worker = compiled_groups(tmp_path / "a")
         assert own >= 1 and own + len(by_worker) == groups and len(set(by_worker)) == len(by_worker)
         assert len(outputs) >= own
         for output in outputs:
             torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
-        modules = dict(pipe.unet.named_modules())
-        assert all(modules[name]._compiled_call_impl is not None for name in names)
-        assert precompile(denoiser, pipe.unet, names, inputs, run_step, backend="eager", workers=1) == 0
+        assert all(compiled())
+        assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 0
 
+        unet_patches.uninstall(pipe.unet)
+        unet_patches.install(pipe.unet)
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "b"))
+        monkeypatch.setattr(sys, "executable", "/bin/false")  # the worker dies at once
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.precompile"):
-            failing = precompile(denoiser, pipe.unet, names, inputs, run_step, backend="no_such_backend", workers=1)
-        assert failing == 1
+            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
         assert sum("worker failed" in r.getMessage() for r in caplog.records) == 1
-        assert not list((tmp_path / "b" / "img2mesh_precompiled").glob("*.json"))
+        assert all(compiled())
+        assert not list((tmp_path / "b" / MARKERS).glob("*.json"))
     finally:
         disable_fast_path(pipe)
 
@@ -356,11 +307,11 @@ def test_a_compiler_failure_falls_back_to_eager_with_a_warning(pipe, caplog) -> 
     inputs = denoiser_inputs(pipe)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
-    enable_fast_path(pipe, "blocks", backend=failing_backend)
+    pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend=failing_backend)
     try:
         with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.fast_step"), torch.no_grad():
             got = pipe.denoiser(*inputs)
-        assert pipe.denoiser._failed
+        assert pipe.denoiser.failed
         assert any("continuing eager" in r.getMessage() for r in caplog.records)
         with torch.no_grad():
             again = pipe.denoiser(*inputs)  # later steps go straight to eager
