@@ -46,10 +46,10 @@ from img2mesh.config import load_config  # noqa: E402
 from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
+from recon.posed_views import PosedViews  # noqa: E402
 from recon.reconstruct import Fields, finish_mesh, fit_fields, reconstruct  # noqa: E402
 from recon.sdf_grid import Box, SdfGrid  # noqa: E402
 from recon.texture import atlas_report  # noqa: E402
-from recon.views import PosedViews  # noqa: E402
 
 STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.05", "psnr")

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from img2mesh.zero123pp.normals import NormalViews
+    from recon.posed_views import PosedViews
     from recon.reconstruct import Fields
-    from recon.views import PosedViews
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Img2Mesh:
 
     def pose_views(self, grid: Image.Image, normals: NormalViews | None = None) -> PosedViews:
         """The grid → six posed views with masks and cameras; with ``normals``, its mattes are the masks."""
-        from recon.views import PosedViews
+        from recon.posed_views import PosedViews
 
         if normals is None:
             return PosedViews.from_grid(grid, self.config.views)

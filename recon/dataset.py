@@ -21,7 +21,7 @@ Keys written, by reader:
   box, [-1, 1]^3, which instant-ngp maps onto its unit cube; ``scale`` and ``offset`` say the same for older
   versions), ``up``; it takes the mask from the images' alpha channel.
 - img2mesh (ignored by both tools): ``img2mesh.poses`` / ``radius`` and ``frames[].object_mask_path``, so that
-  :func:`read_dataset` gives back the exact :class:`~recon.views.PosedViews` that was written.
+  :func:`read_dataset` gives back the exact :class:`~recon.posed_views.PosedViews` that was written.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from recon.config import ViewsConfig
 from recon.errors import InputError
 from recon.masks import compute_masks, quantize_mask
-from recon.views import PosedViews, ViewsConfig
+from recon.posed_views import ARCHIVE_NAME, PosedViews, open_image
 
 #: Half side of the box the object is assumed to fill (the convention of recon.cameras).
 SCENE_HALF_EXTENT = 1.0
@@ -137,6 +138,21 @@ def read_dataset(folder: str | Path, config: ViewsConfig | None = None) -> Posed
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def read_views(path: str | Path, config: ViewsConfig | None = None) -> PosedViews:
+    """Posed views from any form they are kept in: a grid image, a folder :meth:`PosedViews.save` wrote, a dataset
+    folder with ``transforms.json``, or a folder of six views."""
+    path = Path(path)
+    if path.is_file():
+        return PosedViews.from_grid(open_image(path), config)
+    if (path / "transforms.json").is_file():
+        return read_dataset(path, config)
+    if (path / ARCHIVE_NAME).is_file():
+        return PosedViews.load(path)
+    if path.is_dir():
+        return PosedViews.from_folder(path, config)
+    raise InputError(f"{path} does not exist; pass a 640x960 views image or a folder of six views.")
 
 
 def _intrinsics_keys(k: np.ndarray, width: int, height: int) -> dict:

@@ -33,6 +33,7 @@ from recon.config import ReconConfig
 from recon.errors import InputError
 from recon.graph_steps import run_steps
 from recon.meshing import MeshConfig, extract_mesh
+from recon.posed_views import PosedViews
 from recon.sdf_grid import (
     Box,
     SdfGrid,
@@ -44,7 +45,6 @@ from recon.sdf_grid import (
     sample_grid,
 )
 from recon.texture import TextureConfig, bake_texture
-from recon.views import PosedViews
 from recon.volume_render import clip_to_hull, pixel_rays, render_rays
 
 

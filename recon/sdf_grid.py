@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from recon.views import PosedViews
+from recon.posed_views import PosedViews
 
 
 @dataclass

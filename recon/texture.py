@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from recon.config import TextureConfig
-from recon.views import PosedViews
+from recon.posed_views import PosedViews
 
 #: Texel candidates per chunk of the UV rasteriser (bounds its memory, ~40 bytes each).
 UV_CHUNK = 1 << 22

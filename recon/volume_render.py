@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, sample_grid
-from recon.views import PosedViews
 
 
 @dataclass

@@ -24,9 +24,6 @@ from pathlib import Path, PurePosixPath
 
 from img2mesh.errors import InputError
 
-#: Photo files a folder or glob contributes (list files may name anything; the loader judges those).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 #: URI schemes fetched over the network.
 REMOTE_SCHEMES = ("http", "https")
 
@@ -82,6 +79,9 @@ def collect_items(specs: list[str]) -> list[BatchItem]:
 
 
 def _expand(spec: str) -> list[str]:
+    """The photos ``spec`` names: a folder's or a glob's image files, a list file's lines, a file or a URI as is."""
+    from recon.posed_views import IMAGE_SUFFIXES
+
     scheme = urllib.parse.urlsplit(spec).scheme
     if scheme in (*REMOTE_SCHEMES, "file"):
         return [spec]

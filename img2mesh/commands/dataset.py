@@ -44,8 +44,7 @@ def dataset(source: Path, out: Path, radius: float | None, mask: str | None, ns_
     from img2mesh.config import load_config
     from img2mesh.errors import InputError
     from img2mesh.outputs import atomic_output_dir
-    from recon.dataset import write_dataset
-    from recon.views import PosedViews
+    from recon.dataset import read_views, write_dataset
 
     overrides = config_overrides(options)
     if radius is not None:
@@ -57,7 +56,7 @@ def dataset(source: Path, out: Path, radius: float | None, mask: str | None, ns_
         raise InputError(f"{source} does not exist; pass a 640x960 views image or a folder of six views.")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "transforms.json").is_file())):
         raise InputError(f"{out} exists and is not a dataset folder; choose a new -o folder so nothing is overwritten.")
-    views = PosedViews.from_path(source, config.views)
+    views = read_views(source, config.views)
     with atomic_output_dir(out) as work:
         write_dataset(views, work, nerfstudio_masks=ns_masks)
     if not quiet:

@@ -31,14 +31,14 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     VIEWS is a 960x640 Zero123++ grid image, a folder of six views (00.png ... 05.png), a folder saved by
     ``img2mesh views`` or a dataset folder with transforms.json.
     """
+    from recon.dataset import read_views
     from recon.export import export_mesh, export_target
     from recon.reconstruct import reconstruct
-    from recon.views import PosedViews
 
     config = config_from_options(options)
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
-    posed = PosedViews.from_path(views, config.views)
+    posed = read_views(views, config.views)
     result = reconstruct(
         posed,
         config.recon,

@@ -25,9 +25,6 @@ from img2mesh.commands.options import (
 from img2mesh.commands.options import verbosity_options as verbosity
 from img2mesh.errors import InputError
 
-#: Image files picked up from an input folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 #: Short column headers of the stage-timings table.
 STAGE_HEADERS = {
     "prepare_input": "prep",
@@ -122,6 +119,8 @@ def run(
 
 def collect_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     """The image files named by ``inputs`` (files as given, folders expanded to their images, sorted)."""
+    from recon.posed_views import IMAGE_SUFFIXES
+
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():

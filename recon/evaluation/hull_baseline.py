@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.views import PosedViews
+from recon.posed_views import PosedViews
 
 
 def _project(points: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

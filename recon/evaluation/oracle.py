@@ -36,8 +36,8 @@ from recon.cameras import (
     zero123pp_cameras,
 )
 from recon.errors import InputError
+from recon.posed_views import PosedViews
 from recon.render import Lighting, render_views, world_parts
-from recon.views import PosedViews
 
 #: Distance of the farthest vertex from the origin after normalisation (see the module docstring).
 NORMALISED_RADIUS = 0.9

@@ -75,7 +75,7 @@ def test_normals_give_mattes_and_normal_maps(tiny_zero123pp: Path, photo: Path, 
     assert code == 0, output
     folder = tmp_path / "n" / "disc"
     assert Image.open(folder / "normals.png").size == (640, 960)
-    from recon.views import PosedViews
+    from recon.posed_views import PosedViews
 
     posed = PosedViews.load(folder / "views")
     assert posed.normals is not None and posed.normals.shape == (6, 320, 320, 3)

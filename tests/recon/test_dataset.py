@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from recon.cameras import zero123pp_cameras
-from recon.dataset import read_dataset, write_dataset
+from recon.dataset import read_dataset, read_views, write_dataset
 from recon.errors import InputError
-from recon.views import PosedViews
+from recon.posed_views import PosedViews
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,10 +119,10 @@ def test_dataset_errors(tmp_path):
         read_dataset(tmp_path / "ds")
 
 
-def test_from_path_reads_datasets(tmp_path):
+def test_read_views_reads_datasets(tmp_path):
     views = make_views()
     write_dataset(views, tmp_path)
-    assert_same_views(views, PosedViews.from_path(tmp_path))
+    assert_same_views(views, read_views(tmp_path))
 
 
 # --------------------------------------------------------------------------------------------- nerfstudio

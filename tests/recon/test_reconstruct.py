@@ -25,9 +25,9 @@ from recon.errors import InputError
 from recon.evaluation.hull_baseline import visual_hull
 from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics
 from recon.evaluation.oracle import load_mesh, oracle_views
+from recon.posed_views import PosedViews
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields, reconstruct
 from recon.render import LIGHT_DIRECTION
-from recon.views import PosedViews
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 CPU = load_config("cpu")

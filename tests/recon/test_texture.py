@@ -8,6 +8,7 @@ import torch
 import trimesh
 
 from recon.cameras import intrinsics, orbit_cam_to_world
+from recon.posed_views import PosedViews
 from recon.render import render_views
 from recon.texture import (
     MIN_PIECE_FACES,
@@ -19,7 +20,6 @@ from recon.texture import (
     split_faces,
     unwrap,
 )
-from recon.views import PosedViews
 
 RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9), (0.0, 1.0, 0.0)
 

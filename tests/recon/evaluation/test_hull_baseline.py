@@ -9,8 +9,8 @@ import trimesh
 from recon.cameras import intrinsics, zero123pp_cameras
 from recon.evaluation.hull_baseline import visual_hull
 from recon.evaluation.metrics import occupancy
+from recon.posed_views import PosedViews
 from recon.render import render_views
-from recon.views import PosedViews
 
 SIZE = 128
 RADIUS = 0.7

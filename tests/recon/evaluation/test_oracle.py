@@ -11,8 +11,8 @@ import trimesh
 from recon.cameras import VIEW_SIZE, project, zero123pp_cameras
 from recon.errors import InputError
 from recon.evaluation.oracle import NORMALISED_RADIUS, load_mesh, normalise, oracle_views
+from recon.posed_views import PosedViews
 from recon.render import world_geometry
-from recon.views import PosedViews
 
 MESHES = Path(__file__).resolve().parents[2] / "data" / "meshes"
 MESH_FILES = sorted(p for p in MESHES.glob("*") if p.suffix in (".obj", ".glb"))

@@ -24,7 +24,7 @@ from recon.config import ViewsConfig
 from recon.errors import InputError
 from recon.masks import compute_masks, quantize_mask
 
-#: Image files a views folder may hold.
+#: Image files a folder of views or of photos may hold (the one list every folder scan uses).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: Name of the full-precision archive written by :meth:`PosedViews.save`.
@@ -118,7 +118,7 @@ class PosedViews:
                 f"Folder {folder} holds {len(files)} images but a views folder needs exactly six "
                 f"(00.png ... 05.png in grid order); remove the others or pass the 640x960 views image instead."
             )
-        views = [_open_image(p) for p in files]
+        views = [open_image(p) for p in files]
         sizes = {v.size for v in views}
         if len(sizes) != 1 or views[0].width != views[0].height:
             listed = ", ".join(f"{p.name} {v.width}x{v.height}" for p, v in zip(files, views, strict=True))
@@ -144,23 +144,6 @@ class PosedViews:
         k, c2w = zero123pp_cameras(config.poses, config.radius, size)
         normals = None if normal_maps is None else _unit_normals(normal_maps)
         return cls(images, masks, k, c2w, poses=config.poses, normals=normals)
-
-    @classmethod
-    def from_path(cls, path: str | Path, config: ViewsConfig | None = None) -> PosedViews:
-        """Posed views of whatever ``path`` is: a grid image, a saved :class:`PosedViews` folder, a dataset folder
-        with ``transforms.json``, or a folder of six views."""
-        path = Path(path)
-        if path.is_file():
-            return cls.from_grid(_open_image(path), config)
-        if (path / "transforms.json").is_file():
-            from recon.dataset import read_dataset
-
-            return read_dataset(path, config)
-        if (path / ARCHIVE_NAME).is_file():
-            return cls.load(path)
-        if path.is_dir():
-            return cls.from_folder(path, config)
-        raise InputError(f"{path} does not exist; pass a 640x960 views image or a folder of six views.")
 
     # ------------------------------------------------------------------------------------------ save / load
 
@@ -251,7 +234,8 @@ def _unit_normals(normal_maps: np.ndarray) -> np.ndarray:
     return np.where(length > 0.2, vectors / np.maximum(length, 1e-6), 0.0).astype(np.float32)
 
 
-def _open_image(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """The image file at ``path``, read whole; a file that is no image is an :class:`InputError` naming it."""
     try:
         with Image.open(path) as image:
             image.load()

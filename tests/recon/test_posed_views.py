@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from recon.cameras import zero123pp_cameras
+from recon.dataset import read_views
 from recon.errors import InputError
-from recon.views import PosedViews, ViewsConfig, split_grid
+from recon.posed_views import PosedViews, ViewsConfig, split_grid
 
 GRAY = 127
 
@@ -167,13 +168,13 @@ def test_save_load_is_lossless(tmp_path):
         PosedViews.load(tmp_path)
 
 
-def test_from_path_dispatches(tmp_path):
+def test_read_views_dispatches(tmp_path):
     grid, _ = make_grid()
     grid.save(tmp_path / "views.png")
-    from_grid = PosedViews.from_path(tmp_path / "views.png")
+    from_grid = read_views(tmp_path / "views.png")
     from_grid.save(tmp_path / "saved")
-    np.testing.assert_array_equal(PosedViews.from_path(tmp_path / "saved").masks, from_grid.masks)
+    np.testing.assert_array_equal(read_views(tmp_path / "saved").masks, from_grid.masks)
     six = write_views(tmp_path / "six", [f"{i:02d}.png" for i in range(6)], alpha=True)
-    assert PosedViews.from_path(six).size == (64, 64)
+    assert read_views(six).size == (64, 64)
     with pytest.raises(InputError, match="does not exist"):
-        PosedViews.from_path(tmp_path / "nothing.png")
+        read_views(tmp_path / "nothing.png")
