@@ -22,6 +22,7 @@ COMMANDS = {
     "recon": "img2mesh.commands.recon:recon",
     "view": "img2mesh.commands.view:view",
     "batch": "img2mesh.commands.batch:batch",
+    "serve": "img2mesh.commands.serve:serve",
     "download": "img2mesh.commands.download:download",
 }
 

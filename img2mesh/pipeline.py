@@ -23,6 +23,7 @@ Heavy imports (torch, diffusers, pyvista) happen in the methods that need them: 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
@@ -119,6 +120,15 @@ class Img2Mesh:
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s on %s (%s) in %.1f s", multiview.model, self.device, self.dtype, self.load_seconds)
         return self
+
+    def with_config(self, config: Img2MeshConfig) -> Img2Mesh:
+        """This pipeline with another config for one job, sharing the loaded model (a server's per-job options).
+
+        The keys that chose and loaded the model (weights, device, precision, fast path) must be the same.
+        """
+        other = copy.copy(self)
+        other.config = config
+        return other
 
     # ---------------------------------------------------------------------------------------------- stages
 

@@ -19,10 +19,14 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from img2mesh.errors import InputError
+
+if TYPE_CHECKING:
+    from img2mesh.config import Img2MeshConfig
 
 #: URI schemes fetched over the network.
 REMOTE_SCHEMES = ("http", "https")
@@ -42,6 +46,9 @@ class BatchItem:
     """Stable name: stem plus a hash of ``source``; the item's output folder and manifest key."""
     source: str
     """Absolute path or URI of the photo."""
+    config: Img2MeshConfig | None = field(default=None, compare=False)
+    """This item's own config (a server job's options); None: the runner's. Keys that choose the model must match
+    the runner's, which loaded it once."""
 
     @property
     def is_remote(self) -> bool:

@@ -11,6 +11,12 @@ pool of CPU worker processes that finish and write it while the GPU goes on. Eve
 being fitted, at most as many fitted items waiting as there are CPU workers), so a slow stage holds the GPU back
 instead of filling memory.
 
+The same loop serves a stream of items that arrive over time (``img2mesh serve``): :meth:`LocalRunner.process`
+takes any iterable, which may block until the next item comes and yields ``None`` when it has nothing at hand; the
+runner then finishes and reports everything in flight before it asks again, so the last item never waits for a
+next one. ``on_stage`` hears when an item enters each phase (with the cut-out and grid once they exist), for live
+progress.
+
 Why the fit runs in a process of its own rather than a thread: each fitting stage captures a CUDA graph, and a
 capture in one thread forbids memory allocation in every other thread of the process (CUDA's default capture mode),
 which the diffusion beside it does all the time. A second process has its own CUDA context, so nothing it captures
@@ -25,9 +31,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -54,6 +61,10 @@ from img2mesh.pipeline import Img2Mesh
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
 
+#: Called with an item, the stage it enters ("generate_views", "pose_views", "fit", "finish") and, from
+#: "pose_views" on, its :class:`ViewsOutput` (cut-out and grid); from the runner's threads.
+OnStage = Callable[[BatchItem, str, "ViewsOutput | None"], None]
+
 #: Photos read and cut out ahead of the GPU.
 PREFETCH = 2
 
@@ -79,6 +90,7 @@ class LocalRunner:
         max_retries: int = 1,
         crash: CrashPlan | None = None,
         pipeline: type[Img2Mesh] = Img2Mesh,
+        on_stage: OnStage | None = None,
     ) -> None:
         self.config = config
         self.out_root = Path(out_root)
@@ -86,23 +98,46 @@ class LocalRunner:
         self.max_retries = max_retries
         self.crash = crash or CrashPlan()
         self.pipeline = pipeline
+        self.on_stage = on_stage or (lambda item, stage, made: None)
         self.cache = self.out_root / ".inputs"
 
     def run(self, items: list[BatchItem], report: Report) -> None:
         """Process ``items``, calling ``report`` once per item (done or failed)."""
-        if not items:
-            return
-        pipe = self.pipeline(self.config, progress=False).load(images=len(items))
+        if items:
+            self.process(items, report, images=len(items))
+
+    def process(
+        self,
+        feed: Iterable[BatchItem | None],
+        report: Report,
+        images: int,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Process the items of ``feed`` as they come (``None``: nothing at hand now, finish what is in flight).
+
+        ``images`` is how many items the model should expect (what ``multiview.compile: auto`` decides on). Once
+        ``stop`` is set, items not yet diffusing are left unreported, for the caller to keep for later; those in
+        flight are finished.
+        """
+        pipe = self.pipeline(self.config, progress=False).load(images=images)
         fit_process: FitProcess | None = None
         finishers: FinishPool | None = None
-        fitting: Future | None = None  # the previous item, posed then fitted beside this item's diffusion
+        fitting: tuple[BatchItem, Future] | None = None  # the previous item, posed then fitted beside this diffusion
         try:
             with (
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-read") as reader,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-pose") as poser,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-fit") as fitter,
             ):
-                for item, cutout in self._prefetched(pipe, items, reader):
+                for entry in self._prefetched(pipe, feed, reader):
+                    if entry is None or (stop is not None and stop.is_set()):
+                        if fitting is not None:  # nothing else to diffuse now: finish what is in flight
+                            self._hand_on(fitting, finishers, report)
+                            fitting = None
+                        if finishers is not None:
+                            finishers.drain()
+                        continue
+                    item, cutout = entry
                     try:
                         image, seconds = cutout.result()
                     except Exception as exc:
@@ -112,15 +147,17 @@ class LocalRunner:
                     fit_process = fit_process or FitProcess(self, on_gpu=pipe.device.type == "cuda")
                     finishers = finishers or FinishPool(self, report)
                     try:
+                        self.on_stage(item, "generate_views", None)
                         made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
                     except ItemFailed as failed:
                         report(failed.record)
                         continue
                     made.timings = {"prepare_input": seconds, **made.timings}
+                    self.on_stage(item, "pose_views", made)
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
                         self._hand_on(fitting, finishers, report)
-                    fitting = fitter.submit(_fit_posed, fit_process, posed)
+                    fitting = (item, fitter.submit(_fit_posed, fit_process, posed, self.on_stage))
                 if fitting is not None:
                     assert finishers is not None
                     self._hand_on(fitting, finishers, report)
@@ -133,29 +170,38 @@ class LocalRunner:
                 finishers.shutdown()
 
     def _prefetched(
-        self, pipe: Img2Mesh, items: list[BatchItem], reader: ThreadPoolExecutor
-    ) -> Iterator[tuple[BatchItem, Future]]:
+        self, pipe: Img2Mesh, feed: Iterable[BatchItem | None], reader: ThreadPoolExecutor
+    ) -> Iterator[tuple[BatchItem, Future] | None]:
         queue: deque[tuple[BatchItem, Future]] = deque()
-        for item in items:
+        for item in feed:
+            if item is None:  # a gap in the stream: what was read ahead goes now
+                yield from queue
+                queue.clear()
+                yield None
+                continue
             queue.append((item, reader.submit(_timed_cutout, pipe, item, self.cache)))
             if len(queue) > PREFETCH:
                 yield queue.popleft()
         yield from queue
 
-    def _hand_on(self, fitting: Future, finishers: FinishPool, report: Report) -> None:
+    def _hand_on(self, fitting: tuple[BatchItem, Future], finishers: FinishPool, report: Report) -> None:
         """Wait for an item's fit and hand it to the CPU workers (or report why it failed)."""
+        item, future = fitting
         try:
-            fitted = fitting.result()
+            fitted = future.result()
         except ItemFailed as failed:
             report(failed.record)
         else:
+            self.on_stage(item, "finish", fitted.views)
             finishers.submit(fitted)
         finishers.collect(block=False)
 
 
-def _fit_posed(fit_process: FitProcess, posed: Future) -> FittedItem:
+def _fit_posed(fit_process: FitProcess, posed: Future, on_stage: OnStage) -> FittedItem:
     """The fit thread's task: wait for the item's posed views, then have them fitted. Raises :class:`ItemFailed`."""
-    return fit_process.fit(posed.result())
+    made = posed.result()
+    on_stage(made.item, "fit", made)
+    return fit_process.fit(made)
 
 
 class FitProcess:

@@ -116,9 +116,14 @@ class ItemFailed(Exception):
         return type(self), (self.record,)  # travels back from a worker process whole
 
 
+def item_pipeline(pipe: Img2Mesh, item: BatchItem) -> Img2Mesh:
+    """``pipe`` with the item's own config when it carries one, sharing the loaded model."""
+    return pipe if item.config is None else pipe.with_config(item.config)
+
+
 def prepare_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path) -> Image.Image:
     """Fetch (when remote) and preprocess the item's photo; CPU work a runner may do ahead of the GPU."""
-    return pipe.prepare_input(local_path(item, cache))
+    return item_pipeline(pipe, item).prepare_input(local_path(item, cache))
 
 
 def make_views(
@@ -135,7 +140,7 @@ def make_grid(
     started, timings = now(), {}
     try:
         crash.maybe_crash("views", item)
-        pipe.load()
+        pipe = item_pipeline(pipe.load(), item)
         if cutout is None:
             cutout = _timed(timings, "prepare_input", prepare_cutout, pipe, item, cache)
         grid = _timed(timings, "generate_views", pipe.generate_views, cutout)
@@ -148,6 +153,7 @@ def make_grid(
 def pose_item(pipe: Img2Mesh, made: ViewsOutput) -> ViewsOutput:
     """The CPU part of phase 1: the grid → posed views with masks and cameras. Raises :class:`ItemFailed`."""
     try:
+        pipe = item_pipeline(pipe, made.item)
         made.views = _timed(made.timings, "pose_views", pipe.pose_views, made.grid, made.normals)
     except Exception as exc:
         raise ItemFailed(failure_record(made.item, exc, made.started, made.timings)) from None
@@ -158,6 +164,7 @@ def fit_item(pipe: Img2Mesh, made: ViewsOutput, crash: CrashPlan) -> FittedItem:
     """Phase 2: posed views → fitted fields. Raises :class:`ItemFailed`."""
     try:
         crash.maybe_crash("fit", made.item)
+        pipe = item_pipeline(pipe, made.item)
         fields = _timed(made.timings, "fit", pipe.fit, made.views)
     except Exception as exc:
         raise ItemFailed(failure_record(made.item, exc, made.started, made.timings)) from None
@@ -180,6 +187,7 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
     from img2mesh.pipeline import MESH_NAME
 
     made = fitted.views
+    pipe = item_pipeline(pipe, made.item)
     timings = made.timings
     folder = out_root / made.item.key
     record = RunRecord(
