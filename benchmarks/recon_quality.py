@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,26 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from results_file import RESULTS, replace_section  # noqa: E402  (benchmarks/, the script's folder)
+from mesh_set import machine, mesh_paths, score  # noqa: E402  (benchmarks/, the script's folder)
+from results_file import RESULTS, replace_section  # noqa: E402
 
 from recon.evaluation.hull_baseline import visual_hull  # noqa: E402
-from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics, volume_iou  # noqa: E402
+from recon.evaluation.metrics import volume_iou  # noqa: E402
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 
-MESHES = ROOT / "tests" / "data" / "meshes"
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "iou", "psnr", "ssim")
 STAGES = ("load", "oracle", "recon", "metrics")
-
-
-def mesh_paths(names: list[str] | None) -> list[Path]:
-    paths = sorted(p for p in MESHES.iterdir() if p.suffix.lower() in (".obj", ".glb", ".gltf", ".ply"))
-    if names:
-        wanted = {Path(n).stem for n in names}
-        paths = [p for p in paths if p.stem in wanted]
-        missing = wanted - {p.stem for p in paths}
-        if missing:
-            raise SystemExit(f"unknown meshes: {', '.join(sorted(missing))} (have: {', '.join(p.stem for p in paths)})")
-    return paths
 
 
 def make_reconstructor(method: str, device: str, config: str | None, resolution: int):
@@ -81,28 +68,10 @@ def evaluate(path: Path, reconstructor, device: str, normals: bool = False) -> d
     pred = reconstructor(views)
     row["recon"] = time.perf_counter() - start
     start = time.perf_counter()
-    row.update(chamfer_fscore(pred, gt))
+    row.update(score(pred, gt, device))
     row["iou"] = volume_iou(pred, gt)
-    row.update(novel_view_metrics(pred, gt, device=device))
     row["metrics"] = time.perf_counter() - start
     return row
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    # wall times on a shared machine mean little without its load, so record it
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    threads = torch.get_num_threads()
-    return f"CPU {cpu}, {os.cpu_count()} cores, load average {load:.1f} at the end ({threads} torch threads)"
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:

@@ -42,8 +42,10 @@ import trimesh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mesh_set import MESHES, mesh_paths, score  # noqa: E402  (benchmarks/, the script's folder)
+
 from img2mesh.config import load_config  # noqa: E402
-from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics  # noqa: E402
+from recon.evaluation.metrics import novel_view_metrics  # noqa: E402
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
 from recon.posed_views import PosedViews  # noqa: E402
@@ -57,7 +59,7 @@ METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--meshes-dir", type=Path, default=ROOT / "tests" / "data" / "meshes")
+    parser.add_argument("--meshes-dir", type=Path, default=MESHES)
     parser.add_argument("--meshes", nargs="*", help="mesh file stems, measured in this order (default: all)")
     parser.add_argument(
         "--config", nargs="+", default=[None], help="preset names or YAML paths (default: the dataclass defaults)"
@@ -80,9 +82,7 @@ def main() -> None:
         return
 
     configs = {_config_name(name): load_config(name) for name in args.config}
-    paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
-    if args.meshes:  # in the order given (the first ones survive a run cut short)
-        paths = sorted((p for p in paths if p.stem in set(args.meshes)), key=lambda p: args.meshes.index(p.stem))
+    paths = mesh_paths(args.meshes, args.meshes_dir)
     rows: dict[str, dict[str, dict[str, float]]] = {name: {} for name in configs}
     warmed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,8 +142,7 @@ def _measure(
         folder.mkdir(parents=True, exist_ok=True)
         trimesh.Trimesh(result.mesh.vertices, result.mesh.faces).export(folder / f"{stem}.ply")
     if not args.no_quality:
-        row.update(chamfer_fscore(result.mesh, gt))
-        row.update(novel_view_metrics(result.mesh, gt, device=args.device))
+        row.update(score(result.mesh, gt, args.device))
     return row
 
 
@@ -165,9 +164,7 @@ def _table(rows: dict[str, dict[str, float]], metrics: list[str]) -> str:
 def finishing(args: argparse.Namespace) -> None:
     """Stage times of :func:`recon.reconstruct.finish_mesh` and the GLB export from saved fields, one row per mesh."""
     settings = load_config(args.config[0])
-    paths = sorted(p for p in args.meshes_dir.iterdir() if p.suffix.lower() in (".obj", ".glb"))
-    if args.meshes:
-        paths = [p for p in paths if p.stem in set(args.meshes)]
+    paths = mesh_paths(args.meshes, args.meshes_dir)
     rows: dict[str, dict[str, float]] = {}
     for path in paths:
         gt = load_mesh(path)
