@@ -28,7 +28,7 @@ Families, and why each resembles real output (sources as repository + issue numb
   users find them too soft for textures (SUDO-AI-3D/zero123plus#94, TencentARC/InstantMesh#146, #52).
 - ``noise``: Gaussian, 2/255 per channel, everywhere (the VAE decoder never paints a perfectly flat background; the
   product's own background mask has a noisy-background mode for that reason, :mod:`recon.masks`).
-- ``silhouette``: edges feathered (~0.7 px), haloed (a ~1.5 px ring lighter or darker than the gray by ~6 %) and
+- ``silhouette``: edges feathered (~0.7 px), haloed (a ~1 px ring lighter or darker than the gray by ~6 %) and
   slightly eroded or dilated (~0.5 px). The views carry no alpha, only a gray background; background removal on them
   is known to be inconsistent, worst where the object is near that gray (SUDO-AI-3D/zero123plus#64), and soft or
   grey fringes are the usual complaint about such cut-outs (ZHO-ZHO-ZHO/ComfyUI-BRIA_AI-RMBG#7, danielgatis/rembg#843).
@@ -102,7 +102,7 @@ class ImperfectionConfig:
     """Silhouette: Gaussian blur of the object's alpha, sigma in pixels (per view between 0.5x and 1.5x)."""
     halo: float = 0.06
     """Silhouette: brightness of the halo ring just outside the object, relative to the gray background."""
-    halo_px: float = 1.5
+    halo_px: float = 1.0
     """Silhouette: width (sigma) of the halo ring, in pixels."""
     edge_px: float = 0.5
     """Silhouette: dilation (positive) or erosion (negative) of the object's outline, in pixels."""
@@ -265,7 +265,7 @@ def _silhouette(
     image = image + (changed - alpha)[..., None] * (colour - GRAY)
     outside = ndimage.distance_transform_edt(changed < 0.5)
     ring = np.exp(-0.5 * (outside / max(config.halo_px, 1e-6)) ** 2) * (1 - changed) * (outside > 0)
-    return image + halo * ring[..., None], changed
+    return image + halo * GRAY * ring[..., None], changed
 
 
 def _grow(alpha: np.ndarray, pixels: float) -> np.ndarray:
