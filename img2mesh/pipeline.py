@@ -4,7 +4,7 @@
 as its own method taking and returning plain objects, so that one loaded model serves any number of inputs and a
 batch runner (``img2mesh batch``) can schedule the stages itself, e.g. fit the next object on the GPU while the CPU
 finishes this one (:meth:`fit` is the GPU half of reconstruction, :meth:`finish` the CPU half). :meth:`run` chains
-them for one input and writes the output folder of ``../shared/DESIGN.md``::
+them for one input and writes this output folder::
 
     <out>/<stem>/input.png          the square RGBA cut-out the model was conditioned on
                  views.png          the raw 960x640 grid of six views

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-#: v1.2 ramping coefficients (77 floats, spec §1.1), written into random v1.2 models.
+#: v1.2 ramping coefficients (77 floats, from sudo-ai/zero123plus-v1.2's model index), written into random models.
 RAMP_V12 = (
     0.00301829120144248, 0.2204633206129074, 0.21527841687202454, 0.23498539626598358, 0.1914631873369217,
     0.20188239216804504, 0.19352824985980988, 0.17249998450279236, 0.15826298296451569, 0.15236389636993408,
@@ -66,7 +66,7 @@ CONTROLNET_SUBFOLDER = "normal_controlnet"
 
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
-# Architectures. "full" is SD2 / OpenCLIP-H / CLIP ViT-H/14 as used by zero123plus-v1.2 (spec §1.2).
+# Architectures. "full" is SD2 / OpenCLIP-H / CLIP ViT-H/14 as used by zero123plus-v1.2.
 _UNET = {
     "full": dict(
         sample_size=96,

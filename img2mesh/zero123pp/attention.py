@@ -1,6 +1,6 @@
 """Reference attention: how Zero123++ feeds the condition image to an unmodified SD2 UNet.
 
-Every denoising step runs the UNet twice (spec §3). The *reference pass* runs on the noised condition latent and
+Every denoising step runs the UNet twice. The *reference pass* runs on the noised condition latent and
 each self-attention layer (``attn1`` of every transformer block, 16 in SD2) sees its input, i.e. the output of the
 block's ``norm1``. The *main pass* runs on the sample, and each ``attn1`` appends those reference tokens of the same
 layer to its keys and values (queries come from the sample alone; same projections, no mask, no new weights).
@@ -331,7 +331,7 @@ class ReferenceUNet(torch.nn.Module):
         """The UNet prediction for ``sample``, attending to ``reference_sample`` (already noised and scaled).
 
         ``reference_sample`` is None to switch reference attention off. ControlNet residuals go to the main pass
-        only (spec §6).
+        only.
         """
         stream = self.bank.stream
         try:

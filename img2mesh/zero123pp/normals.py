@@ -1,7 +1,7 @@
 """Normal maps and alpha mattes for the six views, from SUDO AI's normal-generation ControlNet for v1.2.
 
 ``sudo-ai/controlnet-zp12-normal-gen-v1`` is a plain diffusers ``ControlNetModel``. Zero123++ is run a second time
-with the generated colour grid as control image (spec §6): the ControlNet sees the sample, the timestep and the
+with the generated colour grid as control image: the ControlNet sees the sample, the timestep and the
 prompt embeddings, has no reference attention, and its residuals go into the main UNet pass only. The result is a
 grid of view-space normals encoded as colours (``n = rgb * 2 - 1``), with the background at the VAE's gray zero.
 
@@ -89,7 +89,7 @@ def matte_from_normals(
     background: float = 0.2,
     erosion: int = 4,
 ) -> NormalViews:
-    """Alpha mattes, foreground colours and unit normals from a colour grid and its normal grid (spec §6)."""
+    """Alpha mattes, foreground colours and unit normals from a colour grid and its normal grid."""
     from pymatting import estimate_alpha_cf, estimate_foreground_ml
     from scipy.ndimage import binary_erosion
 

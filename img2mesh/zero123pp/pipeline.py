@@ -1,11 +1,11 @@
 """Zero123++: one image in, six views of the object around it out, as a 960x640 grid (3 rows x 2 columns).
 
-Our own implementation of SUDO AI's public pipeline (``../shared/reference/zero123pp.md`` §2-§4 and §11) on plain
+Our own implementation of SUDO AI's public pipeline (the ``pipeline.py`` of their model repositories) on plain
 diffusers/transformers building blocks. It loads the public repository layout (``sudo-ai/zero123plus-v1.2``,
 ``-v1.1``) component by component with known classes and never runs code from a model repository.
 
 Fidelity is a requirement: with the same weights and dtype, the global torch seed set and no generator, the output
-equals the reference pipeline's. That fixes more than the maths, it fixes the order of random draws (spec §4):
+equals the reference pipeline's. That fixes more than the maths, it fixes the order of random draws:
 
 1. the VAE posterior sample of the condition image, 2. the posterior sample of the gray (zero) image (CFG only),
 3. the initial latents, 4. per step: the fresh noise of the reference latent, then the sampler's noise.
@@ -46,7 +46,7 @@ from img2mesh.zero123pp.schedulers import SchedulerName, TimestepSpacing, make_s
 from img2mesh.zero123pp.weights import DEFAULT_MODEL, resolve_model
 from recon.cameras import GRID_COLS, GRID_ROWS, VIEW_SIZE, pose_set
 
-#: Output size (height, width) of the grid; the model was trained at exactly this size (spec §5).
+#: Output size (height, width) of the grid; the model was trained at exactly this size.
 GRID_HEIGHT, GRID_WIDTH = GRID_ROWS * VIEW_SIZE, GRID_COLS * VIEW_SIZE
 #: Background the reference composites RGBA inputs onto ("the zero of the SD VAE").
 GRAY = (127, 127, 127)

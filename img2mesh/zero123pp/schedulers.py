@@ -1,7 +1,7 @@
 """Samplers for Zero123++, built from the repository's scheduler config (linear betas, v-prediction).
 
 Every official example swaps the repository's Euler-ancestral "linspace" scheduler for the same class with
-"trailing" timestep spacing (spec §4), so that is the default here. The other samplers take the same config, so the
+"trailing" timestep spacing, so that is the default here. The other samplers take the same config, so the
 noise schedule and prediction type stay those the UNet was trained with; the reference latent is noised through
 whichever scheduler runs (its ``add_noise`` and ``scale_model_input``), as the reference pipeline does.
 """

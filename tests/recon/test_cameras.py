@@ -17,7 +17,7 @@ from recon.cameras import (
 )
 
 # Camera-to-world (3x4) of the six v1.2 views at radius 4, as InstantMesh computes them for Zero123++
-# (reference/zero123pp.md §9.2, rounded to 6 decimals there).
+# (rounded to 6 decimals).
 INSTANTMESH_V12_C2W = np.array(
     [
         [[-0.5, -0.296198, 0.813798, 3.255191], [0.866025, -0.17101, 0.469846, 1.879385],

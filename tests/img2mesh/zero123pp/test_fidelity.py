@@ -1,6 +1,6 @@
 """Fidelity guard: our pipeline equals an independent, literal transcription of the reference algorithm.
 
-The reference below is written from the spec (``../shared/reference/zero123pp.md`` §2-§4, §11) in plain
+The reference below is written from SUDO AI's public pipeline (the ``pipeline.py`` of their model repositories) in plain
 diffusers/transformers calls, shares no code with ``img2mesh.zero123pp`` and follows the public pipeline's
 operation and random-draw order literally: the wrapper UNet draws ``randn_like`` of the condition latents every
 step, the processors are chained ``AttnProcessor2_0`` switched by mode "w"/"r" through ``cross_attention_kwargs``,
@@ -48,7 +48,7 @@ def to_rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def reference_zero123pp(folder, image, steps: int, guidance: float) -> np.ndarray:
-    """Spec §11 + §2 steps 12-14 with diffusers' plain components, global RNG only; returns the float image."""
+    """The public pipeline's sampling with diffusers' plain components, global RNG only; returns the float image."""
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
