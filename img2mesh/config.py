@@ -274,8 +274,16 @@ def field_docstrings(cls: type) -> dict[str, str]:
     return docs
 
 
+def first_sentence(doc: str) -> str:
+    """The first sentence of a field docstring, on one line: the help ``configs/default.yaml`` keeps per key."""
+    text = " ".join(doc.split())
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
 def default_yaml() -> str:
-    """``configs/default.yaml``: every section and key at its default, each under its field docstring as a comment."""
+    """``configs/default.yaml``: every section and key at its default, each under the first sentence of its field
+    docstring as a comment."""
     import yaml
 
     config = Img2MeshConfig()
@@ -290,7 +298,7 @@ def default_yaml() -> str:
         docs = field_docstrings(type(getattr(config, section)))
         lines += ["", f"# {section_docs[section]}", f"{section}:"]
         for key, value in values[section].items():
-            lines += [f"  # {line}" for line in docs.get(key, "").splitlines()]
+            lines.append(f"  # {first_sentence(docs.get(key, ''))}")
             dumped = yaml.safe_dump({key: value}, default_flow_style=False, sort_keys=False, width=1000)
             lines += [f"  {line}" for line in dumped.splitlines()]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,11 +79,11 @@ class Img2Mesh:
         """
         if self._pipe is not None:
             return self
-        from img2mesh.devices import resolve_device, resolve_dtype
         from img2mesh.zero123pp import Zero123PlusPipeline
         from img2mesh.zero123pp.fast_step import enable_fast_path
         from img2mesh.zero123pp.normals import load_normal_controlnet
         from img2mesh.zero123pp.weights import CONTROLNET_LAYOUT, resolve_model
+        from recon.devices import resolve_device, resolve_dtype
 
         start = time.perf_counter()
         multiview = self.config.multiview
@@ -248,6 +248,29 @@ class Img2Mesh:
             outputs["normals_grid"] = "normals.png"
         return outputs
 
+    def save_mesh(
+        self,
+        folder: Path,
+        fields: Fields,
+        views: PosedViews,
+        record: RunRecord,
+        timed: Callable[[str], contextlib.AbstractContextManager],
+        device: str | None = None,
+    ) -> trimesh.Trimesh:
+        """Write the 3D half of an output folder (the mesh file(s), ``preview.png``) from fitted fields, each stage
+        under ``timed(stage)``, their entries into ``record.outputs``; returns the mesh. ``device``: see
+        :meth:`finish`. With :meth:`save_views`, what ``run`` and ``batch`` share, so their folders cannot drift."""
+        with timed("finish"):
+            mesh = self.finish(fields, views, device)
+        with timed("export"):
+            files = self.export(mesh, folder / f"{MESH_NAME}.{self.config.export.format}")
+            record.outputs["mesh"] = [p.relative_to(folder).as_posix() for p in files]
+        if self.config.preview.enabled:
+            with timed("preview"):
+                self.preview(files[0], folder / "preview.png")
+            record.outputs["preview"] = "preview.png"
+        return mesh
+
     # --------------------------------------------------------------------------------------------- the job
 
     def run(self, image: str | Path | Image.Image, out_dir: str | Path, export: str | Path | None = None) -> RunRecord:
@@ -280,15 +303,7 @@ class Img2Mesh:
                 record.outputs = self.save_views(work, cutout, grid, views, normals)
             with self._timed("fit", record, bar):
                 fields = self.fit(views)
-            with self._timed("finish", record, bar):
-                mesh = self.finish(fields, views)
-            with self._timed("export", record, bar):
-                mesh_files = self.export(mesh, work / f"{MESH_NAME}.{self.config.export.format}")
-                record.outputs["mesh"] = [p.relative_to(work).as_posix() for p in mesh_files]
-            if self.config.preview.enabled:
-                with self._timed("preview", record, bar):
-                    self.preview(mesh_files[0], work / "preview.png")
-                record.outputs["preview"] = "preview.png"
+            mesh = self.save_mesh(work, fields, views, record, lambda stage: self._timed(stage, record, bar))
             if export is not None:
                 copies = self.export(mesh, export)  # written whole or not at all, like every export
                 record.outputs["export"] = [str(path.resolve()) for path in copies]

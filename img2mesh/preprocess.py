@@ -5,7 +5,7 @@ Zero123++ was trained on renders of single objects, centred, filling most of the
 brought there: EXIF rotation applied, background removed (an existing cut-out alpha is kept, otherwise rembg),
 cropped to the object's alpha bounding box and padded to a square in which the object's longer side takes
 ``object_share`` of the side (0.85, as InstantMesh does before calling Zero123++). The cut-out stays RGBA so that
-the mask survives for later stages; :func:`composite_on_gray` gives what the diffusion model actually sees.
+the mask survives for later stages; the Zero123++ pipeline composites it onto gray itself.
 
 rembg downloads its models on first use. That is fine online, but offline (``HF_HUB_OFFLINE=1``, the flag the
 whole tool honours) the model file must already be on disk, so it is looked up before rembg is asked for it and a
@@ -14,10 +14,7 @@ missing file is reported with its expected path and where to get it.
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,9 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from img2mesh.config import PreprocessConfig
 from img2mesh.errors import InputError
 from img2mesh.zero123pp.weights import hub_offline
-
-if TYPE_CHECKING:
-    from rembg.sessions.base import BaseSession
 
 #: Formats Pillow reports for the files we accept (MPO is the multi-picture JPEG many phone cameras write).
 READABLE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
@@ -37,12 +31,6 @@ OBJECT_ALPHA = 128
 
 #: An existing alpha channel counts as a cut-out when at least this share of the pixels is transparent.
 CUTOUT_MIN_TRANSPARENT = 0.01
-
-#: Background colour the Zero123++ pipeline composites RGBA input onto (reference ``to_rgb_image``).
-GRAY = 127
-
-#: Where rembg publishes the model files it downloads.
-REMBG_MODELS_URL = "https://github.com/danielgatis/rembg/releases/tag/v0.0.0"
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -91,7 +79,10 @@ def remove_background(image: Image.Image, config: PreprocessConfig | None = None
     if config.remove_bg == "none" or (config.remove_bg == "auto" and has_cutout_alpha(image)):
         return image.convert("RGBA")
     rgb = image.convert("RGB")
-    mask = rembg_mask(rgb, config.rembg_model)
+    from recon.masks import rembg_mask, rembg_session
+
+    instead = "pass --remove-bg none with an RGBA cut-out"
+    mask = rembg_mask(rgb, rembg_session(config.rembg_model, download=not hub_offline(), instead=instead))
     cutout = rgb.convert("RGBA")
     cutout.putalpha(mask)
     return cutout
@@ -124,67 +115,3 @@ def center_object(cutout: Image.Image, object_share: float, size: int) -> Image.
     square = cutout.crop((x0, y0, x0 + side, y0 + side))
     # Pillow resizes RGBA premultiplied, so transparent black does not darken the object's edges.
     return square.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def composite_on_gray(cutout: Image.Image, gray: int = GRAY) -> Image.Image:
-    """The RGB image Zero123++ conditions on: the cut-out pasted through its alpha onto a uniform gray."""
-    canvas = Image.new("RGB", cutout.size, (gray, gray, gray))
-    canvas.paste(cutout.convert("RGB"), mask=cutout.convert("RGBA").getchannel("A"))
-    return canvas
-
-
-def rembg_mask(rgb: Image.Image, model: str) -> Image.Image:
-    """rembg's soft foreground mask ("L", same size) of an RGB image."""
-    from rembg import remove
-
-    return remove(rgb, session=rembg_session(model), only_mask=True)
-
-
-@functools.cache
-def rembg_session(model: str) -> BaseSession:
-    """A rembg session for a model name or a custom ``.onnx`` path, kept for reuse across images."""
-    from rembg import new_session
-    from rembg.sessions import sessions
-
-    if model.endswith(".onnx") or os.sep in model:
-        return new_session("u2net_custom", model_path=str(_custom_model_file(Path(model))))
-    session_class = sessions.get(model)
-    custom = ("u2net_custom", "dis_custom", "ben_custom")
-    if session_class is None or model in custom or not session_class.is_local():
-        local = sorted(n for n, c in sessions.items() if c.is_local() and n not in custom)
-        raise InputError(
-            f"rembg model {model!r} is unknown; set rembg_model to a .onnx path or one of: {', '.join(local)}."
-        )
-    fname = f"{model}.onnx"
-    if session_class.resolve_existing(fname) is None:
-        expected = Path(session_class.model_dir()) / fname
-        if hub_offline():
-            raise InputError(
-                f"The background-removal model file {expected} is missing and downloads are off (HF_HUB_OFFLINE); "
-                f"download {fname} from {REMBG_MODELS_URL} into {expected.parent} (or set U2NET_HOME to the folder "
-                "holding it), or pass --remove-bg none with an RGBA cut-out."
-            )
-    try:
-        return new_session(model)
-    except (OSError, ValueError) as exc:  # rembg downloads through pooch/requests, whose errors are OSErrors
-        raise InputError(
-            f"The background-removal model {fname} could not be downloaded ({exc.__class__.__name__}); "
-            f"download it from {REMBG_MODELS_URL} into {Path(session_class.model_dir())}, "
-            "or pass --remove-bg none with an RGBA cut-out."
-        ) from None
-
-
-def _custom_model_file(path: Path) -> Path:
-    """A custom rembg model path that exists and lies where rembg agrees to load it from."""
-    from rembg.sessions.u2net_custom import U2netCustomSession
-
-    if not path.is_file():
-        raise InputError(f"The rembg model file {path} does not exist; check rembg_model in your config.")
-    try:
-        return Path(U2netCustomSession.validate_model_path(model_path=str(path)))
-    except ValueError:
-        home = U2netCustomSession.rembg_home()
-        raise InputError(
-            f"rembg loads custom models only from under {home}; move {path.name} there or set U2NET_HOME to "
-            f"{path.parent.resolve()}."
-        ) from None

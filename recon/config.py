@@ -61,16 +61,16 @@ class ViewsConfig:
     radius: float = DEFAULT_RADIUS
     """Camera distance from the origin (the object is assumed inside [-1, 1]^3)."""
     mask: Literal["auto", "background", "rembg", "normals"] = "auto"
-    """How each view's object mask is made when the views carry no alpha: "background" separates the object from
-    the flat background colour with no model; "rembg" runs rembg (its model file must already be on disk);
-    "normals" takes the alpha of the normal ControlNet's maps; "auto" is "normals" when those maps exist, else
-    "background"."""
+    """How view masks are made when the views carry no alpha: "background", "rembg", "normals" or "auto".
+    "background" separates the object from the flat background colour with no model; "rembg" runs rembg (its model
+    file must already be on disk); "normals" takes the alpha of the normal ControlNet's maps; "auto" is "normals"
+    when those maps exist, else "background"."""
     mask_threshold: float = 0.01
-    """Smallest colour distance from the background (RGB in [0, 1], Euclidean) that counts as object; raised
-    automatically when the background is noisy."""
+    """Smallest colour distance from the background that counts as object, raised when it is noisy.
+    RGB in [0, 1], Euclidean."""
     mask_holes: bool = True
-    """Also cut out enclosed regions of exactly the background colour (the opening of a mug's handle), not only
-    the background connected to the view's border."""
+    """Also cut out enclosed regions of exactly the background colour (a mug handle's opening).
+    Otherwise only background connected to the view's border is cut."""
     mask_min_area: float = 0.0005
     """Object specks and enclosed holes smaller than this share of the view's area are dropped / filled."""
     rembg_model: str = "u2net"
@@ -106,18 +106,17 @@ class ReconConfig:
     samples: int = 96
     """Samples per ray within its hull interval."""
     colour_per_sample: bool = True
-    """Read colour at every sample (full volume rendering, whose photo-consistency carves concavities) rather than
-    once per ray at the expected surface (cheaper, but the surface then barely moves away from the hull)."""
+    """Read colour at every sample (full volume rendering) rather than once per ray at the surface.
+    Full volume rendering's photo-consistency carves concavities; once per ray is cheaper, but the surface then
+    barely moves away from the hull."""
     learning_rate: float = 0.01
     """Adam step of the SDF grid (world units per step) at the first stage, halved at each later stage."""
     colour_learning_rate: float = 0.05
     """Adam step of the colour logits."""
     sharpness: tuple[float, float] = (2.0, 4.0)
-    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage. The start
-    sets how opaque a plate one or two coarse voxels thick renders (a table top at 64³ is about one): 62% / 73% at
-    1/voxel, 73% / 88% at 2/voxel. The masks ask for full opacity, and the fit made up what a thin plate lacked with
-    hull left under it, which the later, sharper stages keep (default preset: table Chamfer 0.018 → 0.015, mean
-    F@0.05 0.947 → 0.953 with 2 rather than 1)."""
+    """NeuS inverse width s at the start and the end, in units of 1/voxel of the first and of the last stage.
+    The start sets how opaque a thin plate (a table top is about one voxel at 64³) renders at first; too low, and
+    the fit keeps hull under it to reach the masks' full opacity."""
     mask_weight: float = 0.5
     """Weight of the opacity-vs-mask binary cross-entropy."""
     eikonal_weight: float = 0.05
@@ -133,25 +132,21 @@ class ReconConfig:
     light_learning_rate: float = 0.01
     """Adam step of the light's direction and ambient share ("lambertian" shading)."""
     volume_weight: float = 0.05
-    """Weight of the enclosed volume (as a share of the visual hull's): a pressure that empties hull space the views
-    leave undecided (the wedges of hull under table tops and seats, seen only at grazing angles); photometric and mask
-    terms hold what the views do show. It falls linearly to zero over the fit, so that the views have the last word:
-    held to the end, it thins flat plates such as table tops until they tear."""
+    """Weight of the enclosed volume, a pressure that empties hull space the views leave undecided.
+    As a share of the visual hull's volume; it targets the wedges under table tops and seats, seen only at grazing
+    angles, and falls linearly to zero over the fit, since held to the end it thins flat plates until they tear."""
     area_weight: float = 0.05
-    """Weight of the surface area (as a share of the visual hull's), falling to zero like ``volume_weight``: the
-    minimal-surface prior, which keeps what the pressure opens flat between silhouette rims (a flat base rather than
-    a dome carved into it). Much more thins legs and rods."""
+    """Weight of the surface area, the minimal-surface prior that keeps what the pressure opens flat.
+    As a share of the hull's area, falling to zero like ``volume_weight``; much more thins legs and rods."""
     normal_weight: float = 0.3
-    """Weight of the normal term, used only when the views carry normal maps (``PosedViews.normals``, from the normal
-    ControlNet): 1 − cos between each ray's rendered expected normal and its pixel's normal, averaged over the
-    pixels that have one. Bounded per ray, so that the generated maps' errors and their small disagreements between
-    views pull gently rather than dominate the photometric and mask terms. Chosen on oracle normal maps, exact and
-    with ~10° of smooth per-view noise (the ControlNet's reported error): 0.1 gains less, 1.0 lets the noise in."""
+    """Weight of the normal term (1 − cos to the views' normal maps), used only when the views carry them.
+    Bounded per ray, so that the generated maps' errors pull gently rather than dominate the photometric and mask
+    terms."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
     cuda_graphs: bool = True
-    """On CUDA, replay each optimisation step as one CUDA graph (several times faster: the step is ~100 small kernels
-    that Python launches far slower than the GPU runs them). Off runs the same step eagerly (for debugging)."""
+    """On CUDA, replay each optimisation step as one CUDA graph (several times faster).
+    The step is ~100 small kernels that Python launches far slower than the GPU runs them; off runs it eagerly."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigValueError` for the first value out of range."""
@@ -223,8 +218,7 @@ class TextureConfig:
     size: int = 1024
     """Side of the square base-colour texture in pixels."""
     padding: int = 4
-    """Texels of margin xatlas packs around each UV chart (neighbouring charts end up at least twice this apart), so
-    seams survive bilinear filtering and mip-mapping."""
+    """Texels of margin xatlas packs around each UV chart, so seams survive filtering and mip-mapping."""
     angle_power: float = 4.0
     """Exponent of the cosine view-angle weight: higher favours the most frontal view (sharper, more seams)."""
     depth_tolerance: float = 0.02
@@ -232,9 +226,8 @@ class TextureConfig:
     mask_erosion: int = 2
     """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
     unwrap_pieces: int = 16
-    """Spatially compact pieces of equal face count the mesh is cut into before xatlas charts it (1: the mesh whole).
-    Chart growing costs superlinearly in the faces of a piece and xatlas charts separate pieces on parallel threads:
-    a 20k-face mesh took 4-6 CPU seconds whole and 1.5-2 in 16 pieces, with the same atlas utilisation."""
+    """Compact pieces of equal face count the mesh is cut into before xatlas charts it (1: whole).
+    Chart growing costs superlinearly in a piece's faces, and xatlas charts pieces on parallel threads."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigValueError` for the first value out of range."""

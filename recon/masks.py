@@ -25,6 +25,8 @@ mask written and read back is bit-identical.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,8 @@ from recon.errors import InputError
 if TYPE_CHECKING:
     from recon.config import ViewsConfig
 
+#: Where rembg publishes the model files it downloads.
+REMBG_MODELS_URL = "https://github.com/danielgatis/rembg/releases/tag/v0.0.0"
 #: Width in pixels of the border ring the background colour is estimated from.
 BORDER = 2
 #: Spread of the border's colour distances (75th percentile) above which a view counts as noisy: half a level.
@@ -183,28 +187,70 @@ def normals_mask(normal_map: np.ndarray, min_area: float = 0.0005) -> np.ndarray
 
 
 def rembg_masks(images: np.ndarray, model: str = "u2net") -> list[np.ndarray]:
-    """Masks by rembg's ``model``, whose file must already be in rembg's model folder (nothing is downloaded)."""
+    """Masks by rembg's ``model``, whose file must already be on disk (nothing is downloaded)."""
+    from PIL import Image
+
+    session = rembg_session(model, download=False, instead='use mask "background"')
+    pixels = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    return [np.asarray(rembg_mask(Image.fromarray(p, "RGB"), session), dtype=np.float32) / 255 for p in pixels]
+
+
+def rembg_mask(rgb, session):
+    """rembg's soft foreground mask (PIL "L", same size) of an RGB PIL image."""
+    from rembg import remove
+
+    return remove(rgb, session=session, only_mask=True)
+
+
+@functools.cache
+def rembg_session(model: str, download: bool, instead: str):
+    """A rembg session for a model name or a custom ``.onnx`` path, kept for reuse across images.
+
+    Without ``download`` a model file that is not on disk is an :class:`InputError` naming it and where to get it.
+    ``instead`` (what the user can do instead of running rembg) ends every error sentence.
+    """
     try:
-        from PIL import Image
-        from rembg import new_session, remove
-        from rembg.sessions import sessions_class
+        from rembg import new_session
+        from rembg.sessions import sessions
     except ImportError:
-        raise InputError('rembg is not installed; `pip install "rembg[cpu]"` or use mask "background".') from None
-    session_class = next((c for c in sessions_class if c.name() == model), None)
-    if session_class is None:
-        names = ", ".join(sorted(c.name() for c in sessions_class))
-        raise InputError(f"rembg has no model {model!r}; choose one of: {names}.")
-    filename = f"{model}.onnx"
-    if session_class.resolve_existing(filename) is None:
-        folder = Path(session_class.model_dir())
+        raise InputError(f'rembg is not installed; `pip install "rembg[cpu]"`, or {instead}.') from None
+    if model.endswith(".onnx") or os.sep in model:
+        return new_session("u2net_custom", model_path=str(_custom_model_file(Path(model))))
+    session_class = sessions.get(model)
+    custom = ("u2net_custom", "dis_custom", "ben_custom")
+    if session_class is None or model in custom or not session_class.is_local():
+        local = sorted(n for n, c in sessions.items() if c.is_local() and n not in custom)
         raise InputError(
-            f"rembg's model file {filename} is not on this machine (looked in {folder} and "
-            f'{session_class.legacy_home()}); fetch it once with `rembg d {model}` or use mask "background".'
+            f"rembg has no model {model!r}; set the rembg model to a .onnx path or one of: {', '.join(local)}."
         )
-    session = new_session(model)
-    masks = []
-    for image in images:
-        pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), "RGB")
-        mask = remove(pil, session=session, only_mask=True)
-        masks.append(np.asarray(mask, dtype=np.float32) / 255)
-    return masks
+    filename = f"{model}.onnx"
+    folder = Path(session_class.model_dir())
+    if not download and session_class.resolve_existing(filename) is None:
+        raise InputError(
+            f"rembg's model file {folder / filename} is not on this machine and nothing is downloaded here; fetch it "
+            f"once with `rembg d {model}` or from {REMBG_MODELS_URL} into {folder} (or set U2NET_HOME to the folder "
+            f"holding it), or {instead}."
+        )
+    try:
+        return new_session(model)
+    except (OSError, ValueError) as exc:  # rembg downloads through pooch/requests, whose errors are OSErrors
+        raise InputError(
+            f"rembg's model file {filename} could not be downloaded ({exc.__class__.__name__}); download it from "
+            f"{REMBG_MODELS_URL} into {folder}, or {instead}."
+        ) from None
+
+
+def _custom_model_file(path: Path) -> Path:
+    """A custom rembg model path that exists and lies where rembg agrees to load it from."""
+    from rembg.sessions.u2net_custom import U2netCustomSession
+
+    if not path.is_file():
+        raise InputError(f"The rembg model file {path} does not exist; check the rembg model in your config.")
+    try:
+        return Path(U2netCustomSession.validate_model_path(model_path=str(path)))
+    except ValueError:
+        home = U2netCustomSession.rembg_home()
+        raise InputError(
+            f"rembg loads custom models only from under {home}; move {path.name} there or set U2NET_HOME to "
+            f"{path.parent.resolve()}."
+        ) from None

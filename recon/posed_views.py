@@ -27,6 +27,9 @@ from recon.masks import compute_masks, quantize_mask
 #: Image files a folder of views or of photos may hold (the one list every folder scan uses).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
+#: Zero123++'s background: the 8-bit gray (the SD VAE's zero) behind its input and every view it draws.
+BACKGROUND_GRAY = 127
+
 #: Name of the full-precision archive written by :meth:`PosedViews.save`.
 ARCHIVE_NAME = "posed_views.npz"
 
@@ -90,8 +93,8 @@ class PosedViews:
         :attr:`normals` and the "normals" masks.
         """
         config = config or ViewsConfig()
-        tiles = _stack(split_grid(grid_image))
-        normal_maps = None if normal_grid is None else _stack(split_grid(normal_grid))[..., :3]
+        tiles = _stack(split_grid(_as_image(grid_image)))
+        normal_maps = None if normal_grid is None else _stack(split_grid(_as_image(normal_grid)))[..., :3]
         if normal_maps is not None and normal_maps.shape != (*tiles.shape[:3], 3):
             raise InputError(
                 f"The normal-map grid has views of {normal_maps.shape[1]} pixels but the colour grid has "
@@ -193,24 +196,28 @@ class PosedViews:
 # ---------------------------------------------------------------------------------------------------- grids
 
 
-def split_grid(grid: Image.Image | np.ndarray) -> list[Image.Image]:
-    """The six views of a Zero123++ grid (3 rows x 2 columns of square views), row-major, as PIL images.
+def split_grid(grid: Image.Image | np.ndarray) -> list[Image.Image] | np.ndarray:
+    """The six views of a Zero123++ grid (3 rows x 2 columns of square views), row-major: a PIL grid as six PIL
+    images (RGB or RGBA), an array (H, W, ...) as one array (6, S, S, ...) of the same dtype.
 
     Any grid of square tiles works (640x960 as the model makes it, or a resized copy such as 1280x1920); anything
-    else raises :class:`InputError` saying what the size should be.
+    else raises :class:`InputError` saying what the size should be. The one splitter of the project: the Zero123++
+    pipeline hands on whole grids.
     """
-    image = grid if isinstance(grid, Image.Image) else Image.fromarray(_as_uint8_array(grid))
-    width, height = image.size
+    height, width = (grid.height, grid.width) if isinstance(grid, Image.Image) else grid.shape[:2]
     side = width // GRID_COLS
     if width % GRID_COLS or height % GRID_ROWS or height // GRID_ROWS != side or side == 0:
         raise InputError(
             f"The views image is {width}x{height} pixels, but a Zero123++ grid is {GRID_COLS * VIEW_SIZE}x"
             f"{GRID_ROWS * VIEW_SIZE} (3 rows x 2 columns of square views); pass the views.png the model wrote."
         )
-    if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    if not isinstance(grid, Image.Image):
+        tiles = grid.reshape(GRID_ROWS, side, GRID_COLS, side, *grid.shape[2:]).swapaxes(1, 2)
+        return tiles.reshape(GRID_ROWS * GRID_COLS, side, side, *grid.shape[2:])
+    if grid.mode not in ("RGB", "RGBA"):
+        grid = grid.convert("RGBA" if "A" in grid.getbands() else "RGB")
     return [
-        image.crop((c * side, r * side, (c + 1) * side, (r + 1) * side))
+        grid.crop((c * side, r * side, (c + 1) * side, (r + 1) * side))
         for r in range(GRID_ROWS)
         for c in range(GRID_COLS)
     ]
@@ -244,9 +251,12 @@ def open_image(path: Path) -> Image.Image:
         raise InputError(f"Cannot read {path} as an image; pass a PNG, JPEG or WebP file.") from None
 
 
-def _as_uint8_array(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array)
-    return to_uint8(array) if array.dtype.kind == "f" else array.astype(np.uint8)
+def _as_image(grid: Image.Image | np.ndarray) -> Image.Image:
+    """A grid as a PIL image: arrays of floats in [0, 1] or of 8-bit values."""
+    if isinstance(grid, Image.Image):
+        return grid
+    array = np.asarray(grid)
+    return Image.fromarray(to_uint8(array) if array.dtype.kind == "f" else array.astype(np.uint8))
 
 
 def _natural_key(path: Path) -> list:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import trimesh
 
 from recon.config import ReconConfig
+from recon.devices import fit_device, resolve_device
 from recon.errors import InputError
 from recon.graph_steps import run_steps
 from recon.meshing import MeshConfig, extract_mesh
@@ -72,17 +73,6 @@ class ReconResult:
     """Seconds per stage."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" → CUDA when present, else the CPU; an explicit device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"Device {name!r} was asked for but no CUDA GPU is visible; use --device cpu.")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise InputError(f"Device {name!r} is not supported for reconstruction; use auto, cuda or cpu.")
-    return torch.device(name)
-
-
 def check_views(views: PosedViews) -> None:
     """Refuse views that cannot give a mesh, with one sentence each."""
     if len(views) < 2:
@@ -119,7 +109,7 @@ def fit_fields(
     if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
         raise InputError("recon.resolutions and recon.iterations must be lists of the same, non-zero length.")
     check_views(views)
-    dev = resolve_device(device if device != "auto" else recon.device)
+    dev = fit_device(resolve_device(device if device != "auto" else recon.device))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     generator = torch.Generator(device=dev).manual_seed(seed)

@@ -20,10 +20,13 @@ pass it to their workers as :class:`CrashPlan`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import socket
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -184,7 +187,6 @@ def finish_item(pipe: Img2Mesh, fitted: FittedItem, out_root: Path, crash: Crash
 def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRecord:
     from img2mesh.config import config_to_dict
     from img2mesh.outputs import atomic_output_dir
-    from img2mesh.pipeline import MESH_NAME
 
     made = fitted.views
     pipe = item_pipeline(pipe, made.item)
@@ -198,16 +200,10 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
         device=made.device,
         started=made.started,
     )
-    fmt = pipe.config.export.format
     with atomic_output_dir(folder) as work:
         record.outputs = pipe.save_views(work, made.cutout, made.grid, made.views, made.normals)
         # Baked on the CPU: this phase runs beside the GPU phases of the next items and must not compete with them.
-        mesh = _timed(timings, "finish", pipe.finish, fitted.fields, made.views, "cpu")
-        mesh_files = _timed(timings, "export", pipe.export, mesh, work / f"{MESH_NAME}.{fmt}", fmt)
-        record.outputs["mesh"] = [p.relative_to(work).as_posix() for p in mesh_files]
-        if pipe.config.preview.enabled:
-            _timed(timings, "preview", pipe.preview, mesh_files[0], work / "preview.png")
-            record.outputs["preview"] = "preview.png"
+        pipe.save_mesh(work, fitted.fields, made.views, record, functools.partial(_timer, timings), device="cpu")
         record.timings = dict(timings)
         record.finished = now()
         record.save(work)  # last: a folder with run.json is complete
@@ -254,8 +250,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _timed(timings: dict[str, float], stage: str, function, *args):
+@contextlib.contextmanager
+def _timer(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
-    result = function(*args)
+    yield
     timings[stage] = time.perf_counter() - start
-    return result
+
+
+def _timed(timings: dict[str, float], stage: str, function, *args):
+    with _timer(timings, stage):
+        return function(*args)

@@ -21,8 +21,8 @@ literal algorithm in fp32 on the CPU):
 - With stacked projections, a self-attention layer's keys and values for the main pass are never concatenated:
   the reference pass projects its tokens into the tail of one (batch, main + reference tokens, 3·channels) buffer
   per layer and the main pass projects its own into the head (:class:`SharedProjection`), so the keys and values
-  the main pass attends to are already one tensor (a concatenation copied ~46 MB per layer and step, ~0.8 ms of
-  an H100 step). The main-pass token count each layer will have is learned from the previous call; until it is
+  the main pass attends to are already one tensor (a concatenation would copy ~46 MB per layer and step). The
+  main-pass token count each layer will have is learned from the previous call; until it is
   known, or if the shapes change, the layer concatenates as before.
 - With a side stream (:attr:`ReferenceBank.stream`, set by the CUDA-graph fast path), the reference pass runs on
   it, concurrently with the main pass: each main-pass layer waits only for its own layer's reference keys and

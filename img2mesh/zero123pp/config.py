@@ -26,12 +26,12 @@ class MultiviewConfig:
     offload: bool = False
     """Model CPU offload: keep only the running component on the GPU (fits small cards, slower)."""
     compile: Literal["auto", "off", "graphs", "blocks+graphs"] = "auto"
-    """Fast path of the denoising step on CUDA: "graphs" (CUDA graphs), "blocks+graphs" (also compiled UNet blocks:
-    the fastest step, a long first compile, cached on disk), "auto" (graphs, or blocks+graphs for batches that repay
-    the compile), "off" (eager)."""
+    """Fast path of the denoising step on CUDA: "off", "graphs", "blocks+graphs" (fastest) or "auto".
+    "graphs" replays CUDA graphs; "blocks+graphs" also compiles the UNet's blocks (a long first compile, cached on
+    disk); "auto" is graphs, or blocks+graphs for batches that repay the compile."""
     normals: bool = False
-    """Also run the v1.2 normal ControlNet on the generated views: its alpha mattes become the view masks and its
-    normal maps travel with the posed views (a second diffusion run, so about twice the time)."""
+    """Also run the v1.2 normal ControlNet, whose mattes become the masks (about twice the diffusion time).
+    Its normal maps travel with the posed views."""
     normals_model: str = NORMAL_CONTROLNET
     """Hub id or local folder of the normal ControlNet (used when ``normals`` is on)."""
 

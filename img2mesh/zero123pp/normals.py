@@ -93,7 +93,8 @@ def matte_from_normals(
     from pymatting import estimate_alpha_cf, estimate_foreground_ml
     from scipy.ndimage import binary_erosion
 
-    from img2mesh.zero123pp.pipeline import composite_on_gray, split_views
+    from img2mesh.zero123pp.pipeline import composite_on_gray
+    from recon.posed_views import split_grid
 
     vectors = np.asarray(normal_grid.convert("RGB"), dtype=np.float64) / 255.0 * 2 - 1
     length = np.linalg.norm(vectors, axis=-1)
@@ -118,8 +119,8 @@ def matte_from_normals(
     unit = vectors / (length[..., None] + 1e-8)
     shown = (unit * 0.5 + 0.5) * alpha[..., None] + 0.5 * (1 - alpha[..., None])
     return NormalViews(
-        normals=split_views(unit[None].astype(np.float32))[0],
-        alpha=split_views(alpha[None, ..., None].astype(np.float32))[0, ..., 0],
+        normals=split_grid(unit.astype(np.float32)),
+        alpha=split_grid(alpha.astype(np.float32)),
         normal_grid=PIL.Image.fromarray(_to_uint8(shown)),
         cutout_grid=PIL.Image.fromarray(_to_uint8(cutout), "RGBA"),
     )

@@ -45,11 +45,10 @@ from img2mesh.zero123pp.attention import ReferenceUNet
 from img2mesh.zero123pp.schedulers import SchedulerName, TimestepSpacing, make_scheduler
 from img2mesh.zero123pp.weights import DEFAULT_MODEL, resolve_model
 from recon.cameras import GRID_COLS, GRID_ROWS, VIEW_SIZE, pose_set
+from recon.posed_views import BACKGROUND_GRAY
 
 #: Output size (height, width) of the grid; the model was trained at exactly this size.
 GRID_HEIGHT, GRID_WIDTH = GRID_ROWS * VIEW_SIZE, GRID_COLS * VIEW_SIZE
-#: Background the reference composites RGBA inputs onto ("the zero of the SD VAE").
-GRAY = (127, 127, 127)
 
 OutputType = Literal["pil", "np", "pt", "latent"]
 Generator = torch.Generator | list[torch.Generator] | None
@@ -95,27 +94,9 @@ def composite_on_gray(image: PIL.Image.Image) -> PIL.Image.Image:
         raise InputError(
             f"Zero123++ takes RGB or RGBA images, not mode {image.mode}; convert it with .convert('RGBA')."
         )
-    canvas = PIL.Image.new("RGB", image.size, GRAY)
+    canvas = PIL.Image.new("RGB", image.size, (BACKGROUND_GRAY,) * 3)
     canvas.paste(image, mask=image.getchannel("A"))
     return canvas
-
-
-def split_views(grid: Any) -> Any:
-    """The six 320x320 views of grids, row-major: PIL → list of 6 images; array (B, H, W, C) → (B, 6, 320, 320, C);
-    tensor (B, C, H, W) → (B, 6, C, 320, 320)."""
-    if isinstance(grid, PIL.Image.Image):
-        return [
-            grid.crop((c * VIEW_SIZE, r * VIEW_SIZE, (c + 1) * VIEW_SIZE, (r + 1) * VIEW_SIZE))
-            for r in range(GRID_ROWS)
-            for c in range(GRID_COLS)
-        ]
-    if isinstance(grid, np.ndarray):
-        b, _, _, ch = grid.shape
-        tiles = grid.reshape(b, GRID_ROWS, VIEW_SIZE, GRID_COLS, VIEW_SIZE, ch).transpose(0, 1, 3, 2, 4, 5)
-        return tiles.reshape(b, GRID_ROWS * GRID_COLS, VIEW_SIZE, VIEW_SIZE, ch)
-    b, ch = grid.shape[:2]
-    tiles = grid.reshape(b, ch, GRID_ROWS, VIEW_SIZE, GRID_COLS, VIEW_SIZE).permute(0, 2, 4, 1, 3, 5)
-    return tiles.reshape(b, GRID_ROWS * GRID_COLS, ch, VIEW_SIZE, VIEW_SIZE)
 
 
 def view_poses(version: str) -> dict[int, tuple[float, float]]:
@@ -150,8 +131,6 @@ class Zero123PlusOutput:
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     """The 960x640 grids: PIL list, array (B, 960, 640, 3) in [0, 1], tensor (B, 3, 960, 640) in [0, 1], or for
     output_type "latent" the final latents (B, 4, 120, 80) mapped back to SD scale (``unscale_latents``)."""
-    views: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
-    """The six 320x320 views of each grid, row-major (see ``poses``); None for output_type "latent"."""
     poses: dict[int, tuple[float, float]]
     """View index → (azimuth relative to the input view, absolute elevation) in degrees."""
     version: str
@@ -289,14 +268,13 @@ class Zero123PlusPipeline(DiffusionPipeline):
 
         latents = unscale_latents(latents)
         if output_type == "latent":
-            grids, views = latents, None
+            grids = latents
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
             grids = self.image_processor.postprocess(unscale_image(decoded), output_type=output_type)
-            views = [split_views(g) for g in grids] if output_type == "pil" else split_views(grids)
         self.maybe_free_model_hooks()
         version = self.config.version
-        return Zero123PlusOutput(images=grids, views=views, poses=view_poses(version), version=version)
+        return Zero123PlusOutput(images=grids, poses=view_poses(version), version=version)
 
     def predict(
         self,

@@ -36,13 +36,13 @@ from recon.cameras import (
     zero123pp_cameras,
 )
 from recon.errors import InputError
-from recon.posed_views import PosedViews
+from recon.posed_views import BACKGROUND_GRAY, PosedViews
 from recon.render import Lighting, render_views, world_parts
 
 #: Distance of the farthest vertex from the origin after normalisation (see the module docstring).
 NORMALISED_RADIUS = 0.9
-#: Background of Zero123++ output grids (and of the condition image): gray 127.
-GRAY = 127 / 255
+#: Background of Zero123++ output grids (and of the condition image), in [0, 1].
+GRAY = BACKGROUND_GRAY / 255
 #: Up axis of OBJ files that are not +Y up (file name -> axis of the file that points up).
 OBJ_UP_AXIS: dict[str, Literal["y", "z"]] = {"ycb_banana.obj": "z"}
 

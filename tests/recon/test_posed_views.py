@@ -38,6 +38,9 @@ def test_split_grid_is_row_major():
     for tile, colour in zip(tiles, tile_colours(), strict=True):
         assert tile.getpixel((160, 160)) == colour
         assert tile.getpixel((2, 2)) == (GRAY,) * 3
+    as_arrays = split_grid(np.asarray(grid, dtype=np.float32))  # arrays split alike, keeping their dtype
+    assert as_arrays.shape == (6, 320, 320, 3) and as_arrays.dtype == np.float32
+    assert all(np.array_equal(a, np.asarray(t)) for a, t in zip(as_arrays, tiles, strict=True))
 
 
 @pytest.mark.parametrize("size", [(960, 640), (640, 640), (641, 960), (320, 480 + 1)])

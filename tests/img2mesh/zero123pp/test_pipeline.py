@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from img2mesh.errors import InputError
-from img2mesh.zero123pp.pipeline import composite_on_gray, split_views, view_poses
+from img2mesh.zero123pp.pipeline import composite_on_gray, view_poses
 from recon.cameras import ZERO123PP_POSES
 
 STEPS = 1
@@ -20,16 +20,10 @@ def latents(pipe, image, seed=0, steps=STEPS, **kwargs) -> torch.Tensor:
     return pipe(image, num_inference_steps=steps, generator=generator, output_type="latent", **kwargs).images
 
 
-def test_output_is_a_960x640_grid_of_six_320_views_in_row_major_order(tiny_pipe, photo):
+def test_output_is_a_960x640_grid_with_the_poses_of_its_six_views(tiny_pipe, photo):
     out = tiny_pipe(photo, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
     (grid,) = out.images
     assert grid.size == (640, 960) and grid.mode == "RGB"
-    pixels = np.asarray(grid)
-    assert len(out.views) == 1 and len(out.views[0]) == 6
-    for index, view in enumerate(out.views[0]):
-        row, col = divmod(index, 2)
-        assert view.size == (320, 320)
-        assert np.array_equal(np.asarray(view), pixels[row * 320 : (row + 1) * 320, col * 320 : (col + 1) * 320])
     assert out.version == "v1.2"
     assert list(out.poses) == [0, 1, 2, 3, 4, 5]
     assert [a for a, _ in out.poses.values()] == [30, 90, 150, 210, 270, 330]
@@ -41,14 +35,11 @@ def test_output_types_agree(tiny_pipe, photo):
     for output_type in ("np", "pt"):
         torch.manual_seed(3)
         runs[output_type] = tiny_pipe(photo, num_inference_steps=STEPS, output_type=output_type)
-    grid_np, views_np = runs["np"].images, runs["np"].views
+    grid_np = runs["np"].images
     assert grid_np.shape == (1, 960, 640, 3) and grid_np.dtype == np.float32
     assert grid_np.min() >= 0.0 and grid_np.max() <= 1.0
-    assert views_np.shape == (1, 6, 320, 320, 3)
-    assert np.array_equal(views_np[0, 3], grid_np[0, 320:640, 320:640])
     assert runs["pt"].images.shape == (1, 3, 960, 640)
     assert torch.equal(runs["pt"].images.permute(0, 2, 3, 1), torch.from_numpy(grid_np))
-    assert runs["pt"].views.shape == (1, 6, 3, 320, 320)
     torch.manual_seed(3)
     pil = tiny_pipe(photo, num_inference_steps=STEPS).images[0]
     assert np.array_equal(np.asarray(pil), np.round(grid_np[0] * 255).astype(np.uint8))
@@ -145,7 +136,7 @@ def test_a_batch_equals_the_single_runs_with_one_generator_per_image(tiny_pipe, 
         tiny_pipe(p, num_inference_steps=STEPS, generator=[torch.Generator().manual_seed(s)], output_type="np")
         for p, s in zip(photos, (4, 5), strict=True)
     ]
-    assert batch.images.shape == (2, 960, 640, 3) and batch.views.shape == (2, 6, 320, 320, 3)
+    assert batch.images.shape == (2, 960, 640, 3)
     for i, single in enumerate(singles):
         np.testing.assert_allclose(batch.images[i], single.images[0], atol=1e-4)  # batched kernels round differently
 
@@ -167,14 +158,6 @@ def test_a_transparent_input_conditions_like_the_plain_gray_image(tiny_pipe):
     clear = PIL.Image.new("RGBA", (64, 64), (255, 0, 0, 0))
     gray = PIL.Image.new("RGB", (64, 64), (127, 127, 127))
     assert torch.equal(latents(tiny_pipe, clear), latents(tiny_pipe, gray))
-
-
-def test_split_views_agrees_across_pil_numpy_and_torch():
-    grid = np.random.default_rng(0).integers(0, 256, (960, 640, 3), dtype=np.uint8)
-    from_pil = np.stack([np.asarray(v) for v in split_views(PIL.Image.fromarray(grid))])
-    assert np.array_equal(from_pil, split_views(grid[None])[0])
-    from_torch = split_views(torch.from_numpy(grid).permute(2, 0, 1)[None])[0].permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(from_pil, from_torch)
 
 
 def test_pose_tables_follow_recon_cameras():

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from img2mesh.devices import resolve_device, resolve_dtype
-from img2mesh.errors import InputError
+from recon.devices import fit_device, resolve_device, resolve_dtype
+from recon.errors import InputError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a CUDA GPU")
 no_mps = pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the machine without MPS")
@@ -55,6 +55,16 @@ def test_dtype_follows_the_device() -> None:
 
 
 def test_fp16_on_cpu_is_upcast_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="img2mesh.devices"):
+    with caplog.at_level(logging.WARNING, logger="recon.devices"):
         assert resolve_dtype("fp16", torch.device("cpu")) == torch.float32
     assert "runs in fp32" in caplog.text
+
+
+def test_reconstruction_runs_where_asked_or_falls_back_from_mps_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    assert fit_device(torch.device("cpu")) == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert fit_device(torch.device("cuda")).type == "cuda"
+    if torch.backends.mps.is_available():  # MPS runs the fit when this torch differentiates 3-D grid sampling there
+        with caplog.at_level(logging.WARNING, logger="recon.devices"):
+            device = fit_device(torch.device("mps"))
+        assert device.type == "mps" or (device.type == "cpu" and len(caplog.records) == 1)

@@ -1,10 +1,12 @@
-"""Which device and precision the GPU stages run on, from the user's words ("auto", "cuda", "fp16", ...).
+"""Which device and precision every stage runs on, from the user's words ("auto", "cuda", "fp16", ...).
 
-Asking for a device that is not there is an input error with one sentence, never a CUDA traceback deep inside a
-stage. Precision follows the device: "auto" is fp16 on CUDA and MPS (the diffusion model's weights are published in
-fp16 and run well in it) and fp32 on the CPU. fp16 on the CPU is upcast to fp32 with a warning rather than refused:
-a config written for a GPU then still runs on a laptop, and fp32 is both faster and safer than fp16 on a CPU, where
-half-precision kernels are slow or missing. bf16 on a CUDA card without bf16 support is refused, since there is no
+One policy for the whole job: "auto" takes CUDA, then MPS, then the CPU, for the diffusion model and the
+reconstruction alike; reconstruction runs on MPS where this torch can differentiate 3-D grid sampling there, else on
+the CPU, said in one log line (:func:`fit_device`). Asking for a device that is not there is an input error with one
+sentence, never a CUDA traceback deep inside a stage. Precision follows the device: "auto" is fp16 on CUDA and MPS
+(the diffusion model's weights are published in fp16 and run well in it) and fp32 on the CPU. fp16 on the CPU is
+upcast to fp32 with a warning rather than refused: a config written for a GPU then still runs on a laptop, and fp32
+is both faster and safer than fp16 on a CPU. bf16 on a CUDA card without bf16 support is refused, since there is no
 drop-in equivalent the user would expect.
 """
 
@@ -13,8 +15,9 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 
-from img2mesh.errors import InputError
+from recon.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             f"bf16 was requested but {torch.cuda.get_device_name(device)} does not support it; use --dtype fp16."
         )
     return DTYPES[name]
+
+
+def fit_device(device: torch.device) -> torch.device:
+    """Where reconstruction runs for ``device``: itself, except MPS where this torch lacks 3-D grid sampling or its
+    gradient (the fit's core operation), then the CPU, with one warning."""
+    if device.type != "mps":
+        return device
+    try:
+        volume = torch.zeros(1, 1, 2, 2, 2, device=device, requires_grad=True)
+        F.grid_sample(volume, torch.zeros(1, 1, 1, 1, 3, device=device), align_corners=True).sum().backward()
+    except (NotImplementedError, RuntimeError) as error:
+        log.warning("Reconstruction runs on the CPU: this torch cannot fit on MPS (%s).", str(error).split("\n")[0])
+        return torch.device("cpu")
+    return device
 
 
 def _mps_available() -> bool:
