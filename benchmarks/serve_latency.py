@@ -338,7 +338,8 @@ def table(result: dict) -> str:
                     f"| {num(row['steady_img_per_min'])} |"
                 )
             else:
-                lines.append(f"| {label} | {json.dumps(row)[:200]} | | | |")
+                why = f"not run ({row['skipped']})" if "skipped" in row else json.dumps(row)[:200]
+                lines.append(f"| {label} | {why} | | | |")
         lines.append("")
     memory = result.get("memory")
     if memory:
@@ -394,7 +395,7 @@ def main() -> None:
     result: dict = {
         "card": card,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-        "commit": commit.stdout.strip() or os.environ.get("IMG2MESH_COMMIT"),
+        "commit": os.environ.get("IMG2MESH_COMMIT") or commit.stdout.strip(),  # a copy without .git names its own
         "command": " ".join(sys.argv),
         "weights": f"{args.size}-size random" if args.model is None else args.model,
     }
