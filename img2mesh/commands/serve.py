@@ -84,8 +84,8 @@ def serve(
         raise InputError(INSTALL_HINT) from None
     from img2mesh.commands.run import check_writable
     from img2mesh.config import load_config
-    from img2mesh.devices import resolve_device
     from img2mesh.zero123pp.weights import resolve_model
+    from recon.devices import resolve_device
 
     configure_logging(quiet, verbose)
     overrides = config_overrides(options)
