@@ -24,6 +24,8 @@ COMMANDS = {
     "batch": "img2mesh.commands.batch:batch",
     "serve": "img2mesh.commands.serve:serve",
     "download": "img2mesh.commands.download:download",
+    "train-data": "img2mesh.commands.train:train_data",
+    "train": "img2mesh.commands.train:train",
 }
 
 

@@ -92,8 +92,17 @@ class Img2Mesh:
         folder = resolve_model(multiview.model, multiview.revision)
         if multiview.normals:  # fail before any weights are read, not after the main model has loaded
             resolve_model(multiview.normals_model, layout=CONTROLNET_LAYOUT)
+        if multiview.lora:
+            from img2mesh.train.lora import adapter_folder, load_lora
+
+            adapter_folder(multiview.lora)
         with _library_progress_bars(enabled=self.progress):
             pipe = Zero123PlusPipeline.from_pretrained(folder, torch_dtype=self.dtype, scheduler=multiview.scheduler)
+        compile_mode = multiview.compile
+        if multiview.lora:
+            load_lora(pipe.unet, multiview.lora, merge=multiview.lora_merge)
+            if not multiview.lora_merge:  # the fast path reads the projection weights directly: it would skip it
+                compile_mode = "off"
         if pipe.config.version != self.config.views.poses:
             # The weights decide where the views' cameras are; posing them with the other table would be wrong.
             version = pipe.config.version
@@ -109,7 +118,7 @@ class Img2Mesh:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        enable_fast_path(pipe, multiview.compile, offload=offload, images=images)
+        enable_fast_path(pipe, compile_mode, offload=offload, images=images)
         if multiview.normals:
             self._controlnet = load_normal_controlnet(multiview.normals_model, torch_dtype=self.dtype)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="diffusion")

@@ -64,11 +64,12 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
             "--compile", "multiview.compile", "Fast path of the denoising step (CUDA graphs, compiled UNet blocks)."
         ),
         ConfigOption("--normals", "multiview.normals", "Also run the normal ControlNet (its mattes become the masks)."),
+        ConfigOption("--lora", "multiview.lora", "LoRA from `img2mesh train` (its output folder), merged at load."),
     )
 }
 
 #: Options of the commands that run the diffusion model (``views``, ``run``, ``batch``).
-MODEL_OPTIONS = ("model", "revision", "steps", "guidance", "seed", "device", "dtype", "compile", "normals")
+MODEL_OPTIONS = ("model", "revision", "steps", "guidance", "seed", "device", "dtype", "compile", "normals", "lora")
 #: Options of the commands that reconstruct and export a mesh (``recon``, ``run``, ``batch``).
 RECON_OPTIONS = ("faces", "texture_size", "format")
 

@@ -84,6 +84,10 @@ class ReferenceBank:
         """Side stream the reference pass runs on, concurrently with the main pass; None runs it first, inline."""
         self.ready: dict[str, torch.cuda.Event] = {}
         """Layer name → event recorded on :attr:`stream` once that layer's keys and values exist."""
+        self.retain = False
+        """Training (gradient checkpointing re-runs layers in the backward pass, in the mode they first ran in): keep
+        the keys and values after the step until :meth:`clear` and read them without consuming them, run the
+        reference pass to its end, and let every layer project its own prompt keys and values."""
 
     def clear(self) -> None:
         self.mode = "off"
@@ -160,7 +164,8 @@ class ReferenceAttnProcessor:
             self._recorded()
         elif mode == "read":
             self._wait()
-            ref_key, ref_value = self.bank.keys_values.pop(self.name)
+            recorded = self.bank.keys_values
+            ref_key, ref_value = recorded[self.name] if self.bank.retain else recorded.pop(self.name)
             key = torch.cat([key, ref_key], dim=1)
             value = torch.cat([value, ref_value], dim=1)
         return attend(attn, query, key, value)
@@ -176,7 +181,7 @@ class ReferenceAttnProcessor:
             event = torch.cuda.Event()
             event.record()  # on the side stream, where the reference pass runs
             self.bank.ready[self.name] = event
-        if self.name == self.bank.last_layer:
+        if self.name == self.bank.last_layer and not self.bank.retain:
             raise ReferenceComplete
 
     def _shared(self, attn: Attention, hidden_states: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
@@ -335,7 +340,8 @@ class ReferenceUNet(torch.nn.Module):
         """
         stream = self.bank.stream
         try:
-            self._project_prompt(encoder_hidden_states)
+            if not self.bank.retain:
+                self._project_prompt(encoder_hidden_states)
             if reference_sample is not None:
                 if stream is not None:
                     stream.wait_stream(torch.cuda.current_stream())
@@ -355,7 +361,10 @@ class ReferenceUNet(torch.nn.Module):
         finally:
             if stream is not None and reference_sample is not None:
                 torch.cuda.current_stream().wait_stream(stream)  # join: the step ends when both passes have
-            self.bank.clear()
+            if self.bank.retain:
+                self.bank.mode = "off"
+            else:
+                self.bank.clear()
             for attn in self._cross:
                 setattr(attn, CROSS_KV, None)
 

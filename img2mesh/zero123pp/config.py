@@ -34,6 +34,12 @@ class MultiviewConfig:
     Its normal maps travel with the posed views."""
     normals_model: str = NORMAL_CONTROLNET
     """Hub id or local folder of the normal ControlNet (used when ``normals`` is on)."""
+    lora: str | None = None
+    """LoRA adapter from ``img2mesh train`` (its output folder); None runs ``model`` as is. A full fine-tune is a
+    model folder: pass it as ``model``."""
+    lora_merge: bool = True
+    """Fold the adapter into the weights at load, so the fast path runs at the base model's speed. Off keeps it a
+    separate branch (same maths, other rounding) and runs the step eagerly."""
 
     def validate(self) -> None:
         """Raise :class:`~recon.config.ConfigValueError` for the first value out of range."""
