@@ -17,8 +17,12 @@ Others:
 
     python benchmarks/recon_robustness.py --device cpu --config cpu --meshes duck spot --strengths 0 1
     python benchmarks/recon_robustness.py --device cuda --families misregistration --strengths 1   # one family
+    python benchmarks/recon_robustness.py --device cuda --families misregistration photometric detail noise
     python benchmarks/recon_robustness.py --device cuda --set recon.iterations=[400,400] --methods fit
     python benchmarks/recon_robustness.py --smoke      # CI: one small mesh on the CPU, strengths 0 and 1
+
+``--families misregistration photometric detail noise`` is the model the issue first measured with (no local
+inconsistency, no silhouette artefacts); all six families at the same strength are harsher.
 
 The summary table lists the mean of each method and strength; the second table every mesh. With ``--tables-dir``
 both are written to ``<dir>/recon_robustness.md`` after every mesh, so a run cut short keeps what it measured.
