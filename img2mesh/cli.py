@@ -20,7 +20,7 @@ COMMANDS = {
     "views": "img2mesh.commands.views:views",
     "dataset": "img2mesh.commands.dataset:dataset",
     "recon": "img2mesh.commands.recon:recon",
-    "view": "img2mesh.commands.view:view",
+    "show": "img2mesh.commands.show:show",
     "batch": "img2mesh.commands.batch:batch",
     "serve": "img2mesh.commands.serve:serve",
     "download": "img2mesh.commands.download:download",

@@ -1,4 +1,4 @@
-"""The whole job from a photo: preprocess → Zero123++ views → posed views → reconstruction → export → preview.
+"""The whole job from a photo: cut-out → Zero123++ views → posed views → reconstruction → export → preview.
 
 :class:`Img2Mesh` holds what is expensive to set up — the diffusion model on its device — and exposes every stage
 as its own method taking and returning plain objects, so that one loaded model serves any number of inputs and a
@@ -143,7 +143,7 @@ class Img2Mesh:
 
     def prepare_input(self, image: str | Path | Image.Image) -> Image.Image:
         """A photo (path or PIL image) → the square RGBA cut-out the model is conditioned on."""
-        from img2mesh.preprocess import load_image, preprocess
+        from img2mesh.cutout import load_image, preprocess
 
         if not hasattr(image, "size"):
             image = load_image(image)
@@ -224,7 +224,7 @@ class Img2Mesh:
         return export_mesh(mesh, path, format=format)
 
     def preview(self, mesh_path: str | Path, out: str | Path) -> Path:
-        """An off-screen render of the exported mesh file into the PNG ``out`` (the same code as ``img2mesh view``)."""
+        """An off-screen render of the exported mesh file into the PNG ``out`` (the same code as ``img2mesh show``)."""
         from img2mesh.viewer import save_screenshot
 
         return save_screenshot(mesh_path, out, self.config.preview)
@@ -288,8 +288,8 @@ class Img2Mesh:
         ``export`` also writes the mesh to that path (format from its suffix). Returns the record saved as
         ``run.json``; an :class:`InputError` leaves no folder behind.
         """
+        from img2mesh.cutout import load_image
         from img2mesh.outputs import atomic_output_dir
-        from img2mesh.preprocess import load_image
 
         out_dir = Path(out_dir)
         photo = image if hasattr(image, "size") else load_image(image)  # a bad file costs no model load

@@ -35,7 +35,7 @@ TURNTABLE_SUFFIXES = (".gif", ".mp4")
 
 @dataclass
 class PreviewConfig:
-    """The preview image written next to the mesh, and the defaults of ``img2mesh view``."""
+    """The preview image written next to the mesh, and the defaults of ``img2mesh show``."""
 
     enabled: bool = True
     """Write ``preview.png`` after export."""
@@ -235,7 +235,7 @@ def show(path: str | Path, config: PreviewConfig | None = None) -> None:
     plotter.add_axes()
     plotter.add_text(f"{Path(path).name}   [t] turntable  [q] quit", font_size=9)
     add_turntable_key(plotter, config)
-    plotter.show(title=f"img2mesh view: {Path(path).name}")
+    plotter.show(title=f"img2mesh show: {Path(path).name}")
 
 
 def _write_atomically(out: Path, write) -> None:

@@ -46,7 +46,7 @@ from img2mesh.batch.phases import (
     CrashPlan,
     FittedItem,
     ItemFailed,
-    ViewsOutput,
+    PosedItem,
     failure_record,
     finish_item,
     fit_item,
@@ -62,8 +62,8 @@ from img2mesh.pipeline import Img2Mesh
 Report = Callable[[ItemRecord], None]
 
 #: Called with an item, the stage it enters ("generate_views", "pose_views", "fit", "finish") and, from
-#: "pose_views" on, its :class:`ViewsOutput` (cut-out and grid); from the runner's threads.
-OnStage = Callable[[BatchItem, str, "ViewsOutput | None"], None]
+#: "pose_views" on, its :class:`PosedItem` (cut-out and grid); from the runner's threads.
+OnStage = Callable[[BatchItem, str, "PosedItem | None"], None]
 
 #: Photos read and cut out ahead of the GPU.
 PREFETCH = 2
@@ -192,7 +192,7 @@ class LocalRunner:
         except ItemFailed as failed:
             report(failed.record)
         else:
-            self.on_stage(item, "finish", fitted.views)
+            self.on_stage(item, "finish", fitted.posed)
             finishers.submit(fitted)
         finishers.collect(block=False)
 
@@ -222,7 +222,7 @@ class FitProcess:
             initargs=(runner.pipeline, runner.config, self.threads),
         )
 
-    def fit(self, made: ViewsOutput) -> FittedItem:
+    def fit(self, made: PosedItem) -> FittedItem:
         """Fit ``made`` in the worker process. Raises :class:`ItemFailed` (also when the worker died too often)."""
         attempts = self.runner.max_retries + 1
         for _ in range(attempts):
@@ -330,9 +330,9 @@ class FinishPool:
                     f"The worker process died {attempt} time(s) while finishing this item (crash or out of memory); "
                     "rerun with --retry-failed once the cause is fixed."
                 )
-                self.report(lost_record(fitted.views.item, error))
+                self.report(lost_record(fitted.posed.item, error))
         except Exception as exc:  # the call itself failed (e.g. the item could not be pickled)
-            made = fitted.views
+            made = fitted.posed
             self.report(failure_record(made.item, exc, made.started, made.timings))
 
 
@@ -362,7 +362,7 @@ def _warm_up_gpu() -> None:
         torch.cuda.init()
 
 
-def _fit_in_worker(made: ViewsOutput, crash: CrashPlan) -> FittedItem:
+def _fit_in_worker(made: PosedItem, crash: CrashPlan) -> FittedItem:
     assert _WORKER_PIPE is not None
     return fit_item(_WORKER_PIPE, made, crash)
 

@@ -7,7 +7,7 @@ items, so the stages of :class:`~img2mesh.pipeline.Img2Mesh` are grouped by the 
 2. :func:`fit_item` (GPU, no model): posed views → fitted fields (moved to the CPU, so they can travel).
 3. :func:`finish_item` (CPU): fields → mesh, UV texture, export, preview, and the whole output folder.
 
-Phases 1 and 2 write nothing; what they produce (:class:`ViewsOutput`, :class:`FittedItem`) is plain picklable data
+Phases 1 and 2 write nothing; what they produce (:class:`PosedItem`, :class:`FittedItem`) is plain picklable data
 handed to the next phase, in another thread, process or Ray worker. Phase 3 writes the item's folder in the layout
 of ``img2mesh run`` under a temporary name and renames it when complete, ``run.json`` last
 (:mod:`img2mesh.outputs`), so a job killed at any moment leaves no item that looks finished.
@@ -82,8 +82,8 @@ class CrashPlan:
 
 
 @dataclass
-class ViewsOutput:
-    """What phase 1 hands on: the cut-out, the raw grid and the posed views of one item."""
+class PosedItem:
+    """What phase 1 hands on: one item with its cut-out, raw grid and posed views."""
 
     item: BatchItem
     cutout: Image.Image
@@ -104,7 +104,7 @@ class ViewsOutput:
 class FittedItem:
     """What phase 2 hands on: phase 1's output and the fitted fields (on the CPU)."""
 
-    views: ViewsOutput
+    posed: PosedItem
     fields: Fields
 
 
@@ -131,14 +131,14 @@ def prepare_cutout(pipe: Img2Mesh, item: BatchItem, cache: Path) -> Image.Image:
 
 def make_views(
     pipe: Img2Mesh, item: BatchItem, cache: Path, crash: CrashPlan, cutout: Image.Image | None = None
-) -> ViewsOutput:
+) -> PosedItem:
     """Phase 1: photo → cut-out → Zero123++ grid → posed views. Raises :class:`ItemFailed`."""
     return pose_item(pipe, make_grid(pipe, item, cache, crash, cutout))
 
 
 def make_grid(
     pipe: Img2Mesh, item: BatchItem, cache: Path, crash: CrashPlan, cutout: Image.Image | None = None
-) -> ViewsOutput:
+) -> PosedItem:
     """The GPU part of phase 1: photo → cut-out → Zero123++ grid (``views`` left None). Raises :class:`ItemFailed`."""
     started, timings = now(), {}
     try:
@@ -150,10 +150,10 @@ def make_grid(
         normals = pipe.generate_normals(cutout, grid)
     except Exception as exc:
         raise ItemFailed(failure_record(item, exc, started, timings)) from None
-    return ViewsOutput(item, cutout, grid, normals, None, pipe.model, str(pipe.device), started, timings)
+    return PosedItem(item, cutout, grid, normals, None, pipe.model, str(pipe.device), started, timings)
 
 
-def pose_item(pipe: Img2Mesh, made: ViewsOutput) -> ViewsOutput:
+def pose_item(pipe: Img2Mesh, made: PosedItem) -> PosedItem:
     """The CPU part of phase 1: the grid → posed views with masks and cameras. Raises :class:`ItemFailed`."""
     try:
         pipe = item_pipeline(pipe, made.item)
@@ -163,7 +163,7 @@ def pose_item(pipe: Img2Mesh, made: ViewsOutput) -> ViewsOutput:
     return made
 
 
-def fit_item(pipe: Img2Mesh, made: ViewsOutput, crash: CrashPlan) -> FittedItem:
+def fit_item(pipe: Img2Mesh, made: PosedItem, crash: CrashPlan) -> FittedItem:
     """Phase 2: posed views → fitted fields. Raises :class:`ItemFailed`."""
     try:
         crash.maybe_crash("fit", made.item)
@@ -176,7 +176,7 @@ def fit_item(pipe: Img2Mesh, made: ViewsOutput, crash: CrashPlan) -> FittedItem:
 
 def finish_item(pipe: Img2Mesh, fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
     """Phase 3: mesh, texture, export, preview, and the item's complete output folder. Never raises for the item."""
-    made = fitted.views
+    made = fitted.posed
     try:
         crash.maybe_crash("finish", made.item)
         return _write_folder(pipe, fitted, out_root)
@@ -188,7 +188,7 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
     from img2mesh.config import config_to_dict
     from img2mesh.outputs import atomic_output_dir
 
-    made = fitted.views
+    made = fitted.posed
     pipe = item_pipeline(pipe, made.item)
     timings = made.timings
     folder = out_root / made.item.key

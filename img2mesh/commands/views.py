@@ -33,9 +33,9 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
     Writes OUT/<name>/: input.png (the cut-out), views.png (the raw 960x640 grid), views/00.png ... 05.png
     (RGBA, masked, with posed_views.npz) and transforms.json with images/ and masks/.
     """
+    from img2mesh.cutout import load_image
     from img2mesh.outputs import atomic_output_dir
     from img2mesh.pipeline import Img2Mesh
-    from img2mesh.preprocess import load_image
 
     configure_logging(quiet, verbose)
     config = config_from_options(options)

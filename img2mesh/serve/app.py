@@ -383,7 +383,7 @@ def create_app(
 
 def _save_upload(folder: Path, job_id: str, name: str, data: bytes) -> None:
     """Write the upload as ``<id><suffix>`` and check that it is a photo img2mesh reads; raises 422 if not."""
-    from img2mesh.preprocess import load_image
+    from img2mesh.cutout import load_image
 
     suffix = Path(name).suffix.lower()
     path = folder / f"{job_id}{suffix if suffix in ('.png', '.jpg', '.jpeg', '.webp') else '.img'}"

@@ -6,7 +6,7 @@ own rasteriser (:mod:`recon.render`), loaded and normalised as the reconstructio
 viewpoints and writes, per viewpoint:
 
 - ``condition_KK.png``: the object seen from azimuth a ~ U[0°, 360°) and elevation e ~ U[-20°, 45°], an RGBA
-  cut-out cropped and padded exactly as ``img2mesh run`` prepares a photo (:func:`img2mesh.preprocess.center_object`,
+  cut-out cropped and padded exactly as ``img2mesh run`` prepares a photo (:func:`img2mesh.cutout.center_object`,
   the object's longer side 0.85 of a 512-px square), so the model is trained on what it sees at inference. Every
   azimuth is valid because the targets are relative to it, and the full circle lets every side be the front. The
   elevation range is InstantMesh's (zero123plus/InstantMesh issue 114): photos are taken from level to fairly
@@ -124,7 +124,7 @@ def render_mesh_pairs(
     """Render one mesh's pairs into ``out/name/`` (written under a temporary name, then renamed); its index entry."""
     from PIL import Image
 
-    from img2mesh.preprocess import center_object
+    from img2mesh.cutout import center_object
     from recon.assets import load_asset, render_grid, render_photo
     from recon.render import prepare_mesh
 

@@ -55,13 +55,13 @@ from scipy import ndimage
 
 from recon.cameras import GRID_COLS, GRID_ROWS
 from recon.config import ViewsConfig
-from recon.posed_views import PosedViews, to_uint8
+from recon.posed_views import BACKGROUND_GRAY, PosedViews, to_uint8
 
 Family = Literal["misregistration", "inconsistency", "photometric", "detail", "noise", "silhouette"]
 #: Every family, in the order they are applied.
 FAMILIES: tuple[Family, ...] = get_args(Family)
 #: Background of Zero123++ grids (gray 127), the colour warps fill in and halos are measured against.
-GRAY = 127 / 255
+GRAY = BACKGROUND_GRAY / 255
 
 
 @dataclass(frozen=True)

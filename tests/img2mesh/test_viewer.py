@@ -38,7 +38,7 @@ def spot_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("fmt", ["glb", "obj", "ply"])
 def test_screenshot_shows_the_textured_object_centred(spot_files: dict[str, Path], fmt: str, tmp_path: Path) -> None:
     out = tmp_path / "shot.png"
-    result = CliRunner().invoke(cli, ["view", str(spot_files[fmt]), "--screenshot", str(out), "--size", "160"])
+    result = CliRunner().invoke(cli, ["show", str(spot_files[fmt]), "--screenshot", str(out), "--size", "160"])
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(out).convert("RGB"))
     assert image.shape == (160, 160, 3)
@@ -67,7 +67,7 @@ def test_turntable_turns(spot_files: dict[str, Path], suffix: str, tmp_path: Pat
     import imageio.v3 as iio
 
     out = tmp_path / f"turn{suffix}"
-    args = ["view", str(spot_files["glb"]), "--turntable", str(out), "--size", "96"]
+    args = ["show", str(spot_files["glb"]), "--turntable", str(out), "--size", "96"]
     result = CliRunner().invoke(cli, [*args, "--set", "preview.turntable_frames=8"])
     assert result.exit_code == 0, result.output
     frames = iio.imread(out, index=None)
@@ -105,7 +105,7 @@ def test_bad_view_requests_get_one_sentence(
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     (tmp_path / "mesh.txt").write_text("not a mesh")
     argv = [a.format(tmp=tmp_path, glb=spot_files["glb"]) for a in args]
-    result = CliRunner().invoke(cli, ["view", *argv])
+    result = CliRunner().invoke(cli, ["show", *argv])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("."), result.output

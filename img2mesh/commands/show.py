@@ -1,4 +1,4 @@
-"""``img2mesh view``: look at a mesh — in a window, or off-screen as a screenshot or a turntable animation."""
+"""``img2mesh show``: look at a mesh — in a window, or off-screen as a screenshot or a turntable animation."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from img2mesh.errors import InputError
 @click.option("--elevation", type=float, help="Camera elevation in degrees. [config: preview.elevation]")
 @click.option("--background", help="Background colour name or hex code. [config: preview.background]")
 @config_option
-def view(
+def show(
     mesh: Path,
     screenshot: Path | None,
     turntable: Path | None,

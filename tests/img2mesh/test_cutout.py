@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2mesh.errors import InputError
-from img2mesh.preprocess import (
+from img2mesh.cutout import (
     OBJECT_ALPHA,
     PreprocessConfig,
     has_cutout_alpha,
@@ -17,6 +16,7 @@ from img2mesh.preprocess import (
     preprocess,
     remove_background,
 )
+from img2mesh.errors import InputError
 from img2mesh.zero123pp.pipeline import composite_on_gray
 
 
