@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 
@@ -36,9 +35,8 @@ from img2mesh.zero123pp import precompile, unet_patches
 
 logger = logging.getLogger(__name__)
 
-FastMode = Literal["auto", "off", "graphs", "blocks+graphs"]
-#: The compiled mode.
-COMPILED = "blocks+graphs"
+#: The compiled mode (the modes are ``MultiviewConfig.compile``'s: "auto", "off", "graphs" and this one).
+COMPILED_MODE = "blocks+graphs"
 #: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need dozens in the two passes, more
 #: than dynamo's default limit of 8 per function (process-wide setting, raised, never lowered).
 RECOMPILE_LIMIT = 128
@@ -54,7 +52,7 @@ def auto_mode(cuda: bool, offload: bool, can_compile: bool, images: int, cache_f
     if not cuda:
         return "off"
     if can_compile and not offload and images >= BLOCKS_FROM_IMAGES["cached" if cache_filled else "cold"]:
-        return COMPILED
+        return COMPILED_MODE
     return "graphs"
 
 
@@ -63,8 +61,8 @@ def resolve_mode(requested: str, device: torch.device | str, offload: bool = Fal
     process; never raises for an unsupported setup. Both active modes need CUDA and no offload hooks (a CUDA graph
     cannot replay weights that move); the compiled mode also needs Triton, else it runs "graphs". A requested mode
     that cannot run is logged."""
-    if requested not in ("auto", "off", "graphs", COMPILED):
-        raise ValueError(f"compile mode must be one of auto, off, graphs, {COMPILED}; got {requested!r}")
+    if requested not in ("auto", "off", "graphs", COMPILED_MODE):
+        raise ValueError(f"compile mode must be one of auto, off, graphs, {COMPILED_MODE}; got {requested!r}")
     device = torch.device(device)
     if requested == "off":
         return "off"
@@ -254,7 +252,7 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: in
     pipe.denoiser.fuse_projections()
     torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape once, at warm-up
     pipe.denoiser.bank.stream = torch.cuda.Stream(device)
-    backend = "inductor" if mode == COMPILED else None
+    backend = "inductor" if mode == COMPILED_MODE else None
     pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, backend, graphed=True)
     logger.info("Zero123++ fast path: %s", mode)
     return mode
