@@ -7,6 +7,7 @@ allowed but warned about: the API runs jobs on this machine's GPU for whoever re
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -88,6 +89,8 @@ def serve(
     from recon.devices import resolve_device
 
     configure_logging(quiet, verbose)
+    if token is not None and not token.strip():
+        raise InputError("--token is empty; pass a secret string or leave the option out.")
     overrides = config_overrides(options)
     config = load_config(options.get("config_path"), overrides)
     resolve_device(config.runtime.device)
@@ -97,8 +100,6 @@ def serve(
     warning = host_warning(host)
     if warning:
         click.echo(warning, err=True)
-    if token is not None and not token.strip():
-        raise InputError("--token is empty; pass a secret string or leave the option out.")
 
     settings = ServeSettings(
         root=folder,
@@ -118,7 +119,8 @@ def serve(
         click.echo(f"img2mesh serve: http://{shown}:{port}/ (API docs at /docs), jobs in {folder}/", err=True)
         if token:
             click.echo(f"Open http://{shown}:{port}/?token=… once in the browser to use the page.", err=True)
-    server.run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn hands Ctrl-C on after its graceful shutdown
+        server.run()
     if server.force_exit:
         logging.getLogger("img2mesh").warning("Stopped at once; unfinished jobs run again at the next start.")
         os._exit(130)  # the job thread may still hold the GPU; what it did not finish stays queued
