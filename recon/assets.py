@@ -24,8 +24,6 @@ import numpy as np
 
 from recon.cameras import (
     DEFAULT_RADIUS,
-    GRID_COLS,
-    GRID_ROWS,
     VIEW_SIZE,
     WORLD_TO_GLTF,
     camera_position,
@@ -35,7 +33,7 @@ from recon.cameras import (
     pose_set,
 )
 from recon.errors import InputError
-from recon.posed_views import BACKGROUND_GRAY
+from recon.posed_views import BACKGROUND_GRAY, join_grid
 from recon.render import Lighting, Render, render_views, world_geometry, world_parts
 
 #: Distance of the farthest vertex from the origin after normalisation (see the module docstring).
@@ -114,8 +112,7 @@ def render_grid(
     k = np.repeat(intrinsics(poses.fov, view_size)[None], len(poses.azimuths), axis=0)
     tiles = render_views(mesh, k, c2w, view_size, view_size, lighting, GRAY, supersample, device, normals)
     tiles_u8 = to_uint8(tiles.rgb)
-    grid = tiles_u8.reshape(GRID_ROWS, GRID_COLS, view_size, view_size, 3).transpose(0, 2, 1, 3, 4)
-    return grid.reshape(GRID_ROWS * view_size, GRID_COLS * view_size, 3), tiles
+    return join_grid(tiles_u8), tiles
 
 
 def render_photo(

@@ -223,6 +223,16 @@ def split_grid(grid: Image.Image | np.ndarray) -> list[Image.Image] | np.ndarray
     ]
 
 
+def join_grid(tiles: np.ndarray) -> np.ndarray:
+    """Six square views (6, S, S, ...) as one Zero123++ grid (3 S, 2 S, ...), row-major: the inverse of
+    :func:`split_grid` on arrays."""
+    count, side = tiles.shape[:2]
+    if count != GRID_ROWS * GRID_COLS:
+        raise ValueError(f"a grid holds {GRID_ROWS * GRID_COLS} views, got {count}")
+    rows = tiles.reshape(GRID_ROWS, GRID_COLS, side, side, *tiles.shape[3:]).swapaxes(1, 2)
+    return rows.reshape(GRID_ROWS * side, GRID_COLS * side, *tiles.shape[3:])
+
+
 def to_uint8(values: np.ndarray) -> np.ndarray:
     """[0, 1] floats to 8-bit, rounding to nearest, so that ``k / 255`` comes back as ``k``."""
     return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)

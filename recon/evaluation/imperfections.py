@@ -53,9 +53,8 @@ from typing import Literal, get_args
 import numpy as np
 from scipy import ndimage
 
-from recon.cameras import GRID_COLS, GRID_ROWS
 from recon.config import ViewsConfig
-from recon.posed_views import BACKGROUND_GRAY, PosedViews, to_uint8
+from recon.posed_views import BACKGROUND_GRAY, PosedViews, join_grid, to_uint8
 
 Family = Literal["misregistration", "inconsistency", "photometric", "detail", "noise", "silhouette"]
 #: Every family, in the order they are applied.
@@ -141,11 +140,7 @@ def as_grid(views: PosedViews):
     """The views' RGB as one 3 x 2 grid image (PIL, 8 bit), as Zero123++ writes ``views.png``."""
     from PIL import Image
 
-    n, size = len(views), views.size[0]
-    if n != GRID_ROWS * GRID_COLS:
-        raise ValueError(f"a grid holds {GRID_ROWS * GRID_COLS} views, got {n}")
-    tiles = to_uint8(views.images).reshape(GRID_ROWS, GRID_COLS, size, size, 3)
-    return Image.fromarray(np.ascontiguousarray(tiles.transpose(0, 2, 1, 3, 4)).reshape(GRID_ROWS * size, -1, 3))
+    return Image.fromarray(join_grid(to_uint8(views.images)))
 
 
 def as_user_views(views: PosedViews, config: ViewsConfig | None = None) -> PosedViews:
