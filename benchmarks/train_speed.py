@@ -14,7 +14,9 @@ times ``train-data`` at its default settings (8 pairs per mesh) on ``--meshes`` 
 Columns: "s/step" is the mean wall time of the timed steps (each ends on the loss's ``.item()``, so the GPU work
 is done), from the run's own ``log.csv``; "peak GB" is ``torch.cuda.max_memory_allocated`` over the run (weights,
 optimiser state and activations); "encoders s" is the frozen part of a step alone (condition VAE posterior and CLIP
-embedding, target VAE posterior), mean of 5. Checkpoints are not written during the timed run.
+embedding, target VAE posterior), mean of 5, which a step pays only for pairs it has not seen before
+(``cache_encodings``): the warm-up steps see every training pair, so the timed steps are the steady state of the
+second epoch on. Checkpoints are not written during the timed run.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def time_training(data: Path, model: Path, out: Path, mode: str, batch: int, war
 
     from img2mesh.train.config import TrainConfig
     from img2mesh.train.data import PairDataset, collate_pairs
-    from img2mesh.train.trainer import LOG, Trainer, encode_target
+    from img2mesh.train.trainer import LOG, Trainer, encode_pairs
 
     config = TrainConfig(
         model=str(model), mode=mode, batch_size=batch, steps=warmup + steps, validate_every=0, workers=4
@@ -110,15 +112,13 @@ def time_training(data: Path, model: Path, out: Path, mode: str, batch: int, war
 
     size = trainer.split.settings["view_size"]
     dataset = PairDataset(trainer.split.train, (3 * size, 2 * size))
-    conditions, targets = collate_pairs([dataset[i % len(dataset)] for i in range(batch)])
-    pipe, generator = trainer.pipe, torch.Generator().manual_seed(0)
+    _, conditions, targets = collate_pairs([dataset[i % len(dataset)] for i in range(batch)])
+    pipe = trainer.pipe
     encoder_times = []
     with torch.no_grad(), trainer.accelerator.autocast():
         for _ in range(6):
             start = time.perf_counter()
-            pipe.encode_condition(conditions, generator, negative=True, device=pipe.unet.device)
-            pipe.encode_prompt(conditions, True, True, device=pipe.unet.device)
-            encode_target(pipe, targets, generator)
+            encode_pairs(pipe, conditions, targets)
             if cuda:
                 torch.cuda.synchronize()
             encoder_times.append(time.perf_counter() - start)

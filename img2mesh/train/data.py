@@ -257,7 +257,7 @@ def read_index(folder: Path) -> tuple[dict[str, Any], list[tuple[str, list[Pair]
 
 
 class PairDataset:
-    """Training pairs as (condition RGB on gray, PIL; target grid in [-1, 1], (3, H, W) tensor)."""
+    """Training pairs as (index, condition RGB on gray as PIL, target grid in [-1, 1] as a (3, H, W) tensor)."""
 
     def __init__(self, pairs: list[Pair], grid_size: tuple[int, int]) -> None:
         self.pairs = pairs
@@ -286,12 +286,12 @@ class PairDataset:
                 f"{pair.target} is {target.shape[1]}x{target.shape[0]}, not the {self.grid_size[1]}x"
                 f"{self.grid_size[0]} grid of the index; render the data again."
             )
-        return condition, torch.from_numpy(target).permute(2, 0, 1) / 127.5 - 1.0
+        return index, condition, torch.from_numpy(target).permute(2, 0, 1) / 127.5 - 1.0
 
 
 def collate_pairs(items):
-    """A batch: list of condition images, stacked target grids."""
+    """A batch: pair indices, list of condition images, stacked target grids."""
     import torch
 
-    conditions, targets = zip(*items, strict=True)
-    return list(conditions), torch.stack(targets)
+    indices, conditions, targets = zip(*items, strict=True)
+    return list(indices), list(conditions), torch.stack(targets)

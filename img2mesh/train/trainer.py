@@ -2,12 +2,14 @@
 
 The loss is the one the model was trained with: v-prediction MSE on the target grid's latents, noised under the
 model's own linear schedule (β 0.00085 → 0.012, 1000 steps, a DDPM scheduler built from its scheduler config).
-Everything that conditions the UNet is the pipeline's code, run as at inference: :meth:`encode_condition` (the
-condition's VAE posterior sample for the reference pass), :meth:`encode_prompt` (FlexDiffuse: the empty prompt
-plus the ramp times the CLIP image embedding) and the pipeline's :class:`ReferenceUNet` (reference pass on the
-condition latent noised to the same timestep with fresh noise, then the main pass attending to it). Classifier-free
-dropout replaces, per pair, both with what guidance contrasts against at inference: the empty prompt and the gray
-image's latent (InstantMesh encodes black there and drops whole batches).
+Everything that conditions the UNet is the pipeline's code, run as at inference: :meth:`condition_posteriors` (the
+VAE posterior that ``encode_condition`` samples the reference latent from), :meth:`encode_prompt` (FlexDiffuse:
+the empty prompt plus the ramp times the CLIP image embedding) and the pipeline's :class:`ReferenceUNet` (reference
+pass on the condition latent noised to the same timestep with fresh noise, then the main pass attending to it).
+Classifier-free dropout replaces, per pair, both with what guidance contrasts against at inference: the empty
+prompt and the gray image's latent (InstantMesh encodes black there and drops whole batches). The frozen encoders'
+output of a pair (posteriors and prompt) is the same at every epoch, so it is kept in host memory after the pair's
+first step (``cache_encodings``); the latents are still drawn from the posteriors at every step.
 
 Gradient checkpointing re-runs the UNet's blocks in the backward pass. The reference keys and values live in the
 pipeline's :class:`ReferenceBank` and a block behaves by the bank's mode, so training sets ``bank.retain`` (keep
@@ -110,30 +112,73 @@ def bank_checkpoint(bank):
     return checkpoint
 
 
-def encode_target(pipe, grids, generator):
-    """Target grids in [-1, 1] (B, 3, H, W) → Zero123++ latents: the inverse of the pipeline's decoding."""
-    from img2mesh.zero123pp.pipeline import scale_image, scale_latents
+@dataclasses.dataclass
+class Encodings:
+    """What the frozen encoders make of a batch of pairs (the same at every epoch, so it can be kept)."""
 
-    pixels = scale_image(grids.to(device=pipe.vae.device, dtype=pipe.vae.dtype))
-    latents = pipe.vae.encode(pixels).latent_dist.sample(generator=generator)
-    return scale_latents(latents * pipe.vae.config.scaling_factor)
+    condition: Any
+    """VAE posterior parameters of the condition images, (B, 8, h, w): the reference pass's latent is drawn from it."""
+    prompt: Any
+    """FlexDiffuse prompt embeddings of the condition images (empty prompt + ramp · CLIP image embedding)."""
+    target: Any
+    """VAE posterior parameters of the target grids (in Zero123++'s image space), (B, 8, H/8, W/8)."""
 
 
-def training_loss(pipe, denoiser, noise_scheduler, conditions, targets, generator, cfg_dropout: float):
-    """The v-prediction MSE of one batch (conditions: RGB PIL images; targets: (B, 3, H, W) in [-1, 1])."""
+@dataclasses.dataclass
+class Unconditional:
+    """What classifier-free guidance contrasts with at inference (one of each, broadcast over the batch)."""
+
+    gray: Any
+    """VAE posterior parameters of the gray image, (1, 8, h, w)."""
+    prompt: Any
+    """The empty prompt's embedding, (1, 77, D)."""
+
+
+def encode_pairs(pipe, conditions, targets) -> Encodings:
+    """The pipeline's own encoders on a batch: conditions (RGB PIL images), targets ((B, 3, H, W) in [-1, 1])."""
     import torch
-    import torch.nn.functional as F
-    from diffusers.utils.torch_utils import randn_tensor
+
+    from img2mesh.zero123pp.pipeline import scale_image
 
     device = pipe.unet.device
-    batch = len(conditions)
     with torch.no_grad():
-        cond_lat = pipe.encode_condition(conditions, generator, negative=True, device=device)  # [gray, image]
-        prompt = pipe.encode_prompt(conditions, True, True, device=device)  # [empty, empty + ramp · image]
-        latents = encode_target(pipe, targets, generator).float()
-    drop = torch.rand(batch, generator=generator).to(device) < cfg_dropout
-    cond_lat = torch.where(drop[:, None, None, None], cond_lat[:batch], cond_lat[batch:]).float()
-    prompt = torch.where(drop[:, None, None], prompt[:batch], prompt[batch:])
+        posterior, _ = pipe.condition_posteriors(conditions, False, device)
+        prompt = pipe.encode_prompt(conditions, False, True, device=device)
+        pixels = scale_image(targets.to(device=device, dtype=pipe.vae.dtype))
+        target = pipe.vae.encode(pixels).latent_dist.parameters
+    return Encodings(posterior.parameters, prompt, target)
+
+
+def unconditional(pipe, condition) -> Unconditional:
+    """The gray image's posterior and the empty prompt, through the pipeline's code (``condition``: any image)."""
+    import torch
+
+    device = pipe.unet.device
+    with torch.no_grad():
+        _, gray = pipe.condition_posteriors([condition], True, device)
+        return Unconditional(gray.parameters, pipe.empty_prompt_embeds(device))
+
+
+def training_loss(pipe, denoiser, noise_scheduler, encodings: Encodings, uncond: Unconditional, generator, dropout):
+    """The v-prediction MSE of one batch: latents drawn from the posteriors, the pair replaced by the
+    unconditional input with probability ``dropout``, noised to random timesteps, the denoiser's v against the
+    scheduler's velocity."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from img2mesh.zero123pp.pipeline import scale_latents
+
+    device = pipe.unet.device
+    batch = encodings.prompt.shape[0]
+    cond_lat = DiagonalGaussianDistribution(encodings.condition).sample(generator=generator)
+    gray_lat = DiagonalGaussianDistribution(uncond.gray.expand_as(encodings.condition)).sample(generator=generator)
+    latents = DiagonalGaussianDistribution(encodings.target).sample(generator=generator)
+    latents = scale_latents(latents * pipe.vae.config.scaling_factor).float()
+    drop = torch.rand(batch, generator=generator).to(device) < dropout
+    cond_lat = torch.where(drop[:, None, None, None], gray_lat, cond_lat).float()
+    prompt = torch.where(drop[:, None, None], uncond.prompt, encodings.prompt)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
     timesteps = timesteps.to(device)
     noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
@@ -243,6 +288,9 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_steps)
         self.denoiser, self.optimizer = accelerator.prepare(pipe.denoiser, optimizer)
         self.pipe, self.params = pipe, params
+        self.uncond: Unconditional | None = None
+        self.cache: dict[int, tuple] = {}
+        """Training pair index → its encodings (condition posterior, prompt, target posterior) on the CPU."""
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         if self.start:
             self._restore(self.out / CHECKPOINTS / f"step-{self.start:06d}" / "state.pt")
@@ -265,13 +313,11 @@ class Trainer:
             disable=not (self.progress and accelerator.is_main_process),
         )  # fmt: skip
         started = time.perf_counter()
-        for step, (conditions, targets) in zip(range(self.start, config.steps), loader, strict=False):
+        for step, (indices, conditions, targets) in zip(range(self.start, config.steps), loader, strict=False):
             generator = torch.Generator().manual_seed(step_seed(config.seed, step, accelerator.process_index))
             bank.retain = config.gradient_checkpointing
             try:
-                loss = training_loss(
-                    self.pipe, self.denoiser, self.noise_scheduler, conditions, targets, generator, config.cfg_dropout
-                )
+                loss = self.loss(conditions, targets, generator, config.cfg_dropout, indices)
                 accelerator.backward(loss)
             finally:
                 bank.retain = False
@@ -295,6 +341,28 @@ class Trainer:
         bar.close()
         accelerator.wait_for_everyone()
         return losses
+
+    def loss(self, conditions, targets, generator, dropout: float, indices: list[int] | None = None):
+        """The training loss of a batch of pairs (``indices`` into the training pairs let their encodings be kept)."""
+        if self.uncond is None:
+            self.uncond = unconditional(self.pipe, conditions[0])
+        encodings = self.encodings(conditions, targets, indices)
+        return training_loss(self.pipe, self.denoiser, self.noise_scheduler, encodings, self.uncond, generator, dropout)
+
+    def encodings(self, conditions, targets, indices: list[int] | None) -> Encodings:
+        """The batch's encodings: kept ones from host memory (``cache_encodings``), the others encoded now."""
+        import torch
+
+        if indices is None or not self.config.cache_encodings:
+            return encode_pairs(self.pipe, conditions, targets)
+        new = [i for i, index in enumerate(indices) if index not in self.cache]
+        if new:
+            fresh = encode_pairs(self.pipe, [conditions[i] for i in new], targets[new])
+            for j, i in enumerate(new):
+                self.cache[indices[i]] = (fresh.condition[j].cpu(), fresh.prompt[j].cpu(), fresh.target[j].cpu())
+        device = self.pipe.unet.device
+        parts = zip(*(self.cache[index] for index in indices), strict=True)
+        return Encodings(*(torch.stack(part).to(device, non_blocking=True) for part in parts))
 
     def _loader(self):
         from torch.utils.data import DataLoader

@@ -327,14 +327,24 @@ class Zero123PlusPipeline(DiffusionPipeline):
         device: torch.device,
     ) -> torch.Tensor:
         """Condition latents: raw VAE posterior samples (no scaling factor), ``[gray × B, image × B]`` with CFG."""
+        posterior, gray = self.condition_posteriors(rgb, negative, device)
+        cond = posterior.sample(generator=generator)
+        if gray is None:
+            return cond
+        return torch.cat([gray.sample(generator=generator), cond])
+
+    def condition_posteriors(
+        self, rgb: list[PIL.Image.Image], negative: bool, device: torch.device
+    ) -> tuple[DiagonalGaussianDistribution, DiagonalGaussianDistribution | None]:
+        """The VAE posteriors :meth:`encode_condition` samples: the images', and with ``negative`` the gray
+        image's, one per image (training keeps them: they are the same at every epoch)."""
         pixels = self.feature_extractor_vae(images=rgb, return_tensors="pt").pixel_values
         pixels = pixels.to(device=device, dtype=self.vae.dtype)
-        cond = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+        posterior = self.vae.encode(pixels).latent_dist
         if not negative:
-            return cond
+            return posterior, None
         gray = self.vae.encode(torch.zeros_like(pixels[:1])).latent_dist.parameters
-        gray = DiagonalGaussianDistribution(gray.expand(len(rgb), *gray.shape[1:]))
-        return torch.cat([gray.sample(generator=generator), cond])
+        return posterior, DiagonalGaussianDistribution(gray.expand(len(rgb), *gray.shape[1:]))
 
     def encode_prompt(
         self, rgb: list[PIL.Image.Image], do_cfg: bool, flexdiffuse: bool, device: torch.device

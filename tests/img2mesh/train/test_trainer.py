@@ -13,7 +13,7 @@ from PIL import Image
 from img2mesh.train.config import TrainConfig
 from img2mesh.train.data import PairDataset, collate_pairs
 from img2mesh.train.lora import add_lora, load_lora
-from img2mesh.train.trainer import Trainer, training_loss
+from img2mesh.train.trainer import Trainer
 from img2mesh.zero123pp import Zero123PlusPipeline
 
 
@@ -34,11 +34,9 @@ def every_pair(trainer: Trainer):
 
 def probe_loss(trainer: Trainer, batch) -> float:
     """The loss of every pair at eight fixed draws of timestep and noise (no dropout): a deterministic measure."""
+    _, conditions, targets = batch
     with torch.no_grad():
-        losses = [
-            training_loss(trainer.pipe, trainer.denoiser, trainer.noise_scheduler, *batch, torch.manual_seed(s), 0.0)
-            for s in range(8)
-        ]
+        losses = [trainer.loss(conditions, targets, torch.manual_seed(s), 0.0) for s in range(8)]
     return float(torch.stack(losses).mean())
 
 
@@ -78,9 +76,8 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_backward(
     for checkpointing in (False, True):
         trainer = make_trainer(pairs, small_model, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
         trainer.pipe.denoiser.bank.retain = checkpointing
-        loss = training_loss(
-            trainer.pipe, trainer.denoiser, trainer.noise_scheduler, *every_pair(trainer), torch.manual_seed(1), 0.0
-        )
+        _, conditions, targets = every_pair(trainer)
+        loss = trainer.loss(conditions, targets, torch.manual_seed(1), 0.0)
         loss.backward()
         trainer.pipe.denoiser.bank.clear()
         gradients.append({n: p.grad.clone() for n, p in trainer.pipe.unet.named_parameters() if p.requires_grad})
@@ -103,6 +100,17 @@ def test_resume_continues_the_loss_curve(pairs: Path, small_model: Path, tmp_pat
     assert got == expected  # every draw of a step follows from (seed, step): the same curve, to the digit
     for name, value in straight.trainable_state().items():
         torch.testing.assert_close(resumed.trainable_state()[name], value)
+
+
+def test_kept_encodings_give_the_loss_curve_of_encoding_every_step(pairs: Path, small_model: Path, tmp_path: Path):
+    # 4 pairs, batch 2: steps 3 and 4 find their pairs' encodings kept from steps 1 and 2.
+    for cache in (True, False):
+        trainer = make_trainer(pairs, small_model, tmp_path / str(cache), steps=4, cache_encodings=cache)
+        trainer.run()
+        assert len(trainer.cache) == (4 if cache else 0)
+    kept, encoded = logged_losses(tmp_path / "True"), logged_losses(tmp_path / "False")
+    for step in range(1, 5):
+        assert kept[step] == pytest.approx(encoded[step], rel=1e-4, abs=1e-6), step
 
 
 def test_a_zero_adapter_leaves_the_output_bit_identical(small_model: Path, photo):
