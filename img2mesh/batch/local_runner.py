@@ -14,8 +14,9 @@ instead of filling memory.
 The same loop serves a stream of items that arrive over time (``img2mesh serve``): :meth:`LocalRunner.process`
 takes any iterable, which may block until the next item comes and yields ``None`` when it has nothing at hand; the
 runner then finishes and reports everything in flight before it asks again, so the last item never waits for a
-next one. ``on_stage`` hears when an item enters each phase (with the cut-out and grid once they exist), for live
-progress.
+next one. Such an item, alone with nothing behind it, is fitted and finished in one go in the fitting process, its
+texture baked on the fitting device: no hand-over of its fields, and the GPU has nothing else to do. ``on_stage``
+hears when an item enters each phase (with the cut-out and grid once they exist), for live progress.
 
 Why the fit runs in a process of its own rather than a thread: each fitting stage captures a CUDA graph, and a
 capture in one thread forbids memory allocation in every other thread of the process (CUDA's default capture mode),
@@ -137,7 +138,7 @@ class LocalRunner:
                         if finishers is not None:
                             finishers.drain()
                         continue
-                    item, cutout = entry
+                    item, cutout, alone = entry
                     try:
                         image, seconds = cutout.result()
                     except Exception as exc:
@@ -157,7 +158,7 @@ class LocalRunner:
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
                         self._hand_on(fitting, finishers, report)
-                    fitting = (item, fitter.submit(_fit_posed, fit_process, posed, self.on_stage))
+                    fitting = (item, fitter.submit(_fit_posed, fit_process, posed, self.on_stage, alone))
                 if fitting is not None:
                     assert finishers is not None
                     self._hand_on(fitting, finishers, report)
@@ -171,37 +172,45 @@ class LocalRunner:
 
     def _prefetched(
         self, pipe: Img2Mesh, feed: Iterable[BatchItem | None], reader: ThreadPoolExecutor
-    ) -> Iterator[tuple[BatchItem, Future] | None]:
+    ) -> Iterator[tuple[BatchItem, Future, bool] | None]:
+        """Items with their cut-out being read ahead, and whether each is alone (a gap follows it), then gaps."""
         queue: deque[tuple[BatchItem, Future]] = deque()
         for item in feed:
-            if item is None:  # a gap in the stream: what was read ahead goes now
-                yield from queue
-                queue.clear()
+            if item is None:  # a gap in the stream: what was read ahead goes now, the last one alone
+                while queue:
+                    yield (*queue.popleft(), not queue)
                 yield None
                 continue
             queue.append((item, reader.submit(_timed_cutout, pipe, item, self.cache)))
             if len(queue) > PREFETCH:
-                yield queue.popleft()
-        yield from queue
+                yield (*queue.popleft(), False)
+        while queue:
+            yield (*queue.popleft(), False)
 
     def _hand_on(self, fitting: tuple[BatchItem, Future], finishers: FinishPool, report: Report) -> None:
-        """Wait for an item's fit and hand it to the CPU workers (or report why it failed)."""
+        """Wait for an item's fit and hand it to the CPU workers (or report why it failed, or its record when the
+        fitting process finished it too)."""
         item, future = fitting
         try:
             fitted = future.result()
         except ItemFailed as failed:
             report(failed.record)
         else:
+            if isinstance(fitted, ItemRecord):
+                report(fitted)
+                finishers.collect(block=False)
+                return
             self.on_stage(item, "finish", fitted.posed)
             finishers.submit(fitted)
         finishers.collect(block=False)
 
 
-def _fit_posed(fit_process: FitProcess, posed: Future, on_stage: OnStage) -> FittedItem:
-    """The fit thread's task: wait for the item's posed views, then have them fitted. Raises :class:`ItemFailed`."""
+def _fit_posed(fit_process: FitProcess, posed: Future, on_stage: OnStage, alone: bool) -> FittedItem | ItemRecord:
+    """The fit thread's task: wait for the item's posed views, then have them fitted (and finished too when the item
+    is alone). Raises :class:`ItemFailed`."""
     made = posed.result()
     on_stage(made.item, "fit", made)
-    return fit_process.fit(made)
+    return fit_process.fit(made, finish=alone)
 
 
 class FitProcess:
@@ -222,12 +231,16 @@ class FitProcess:
             initargs=(runner.pipeline, runner.config, self.threads),
         )
 
-    def fit(self, made: PosedItem) -> FittedItem:
-        """Fit ``made`` in the worker process. Raises :class:`ItemFailed` (also when the worker died too often)."""
+    def fit(self, made: PosedItem, finish: bool = False) -> FittedItem | ItemRecord:
+        """Fit ``made`` in the worker process; with ``finish``, also write its folder there (baked on the fitting
+        device) and return its record. Raises :class:`ItemFailed` (also when the worker died too often)."""
         attempts = self.runner.max_retries + 1
+        runner = self.runner
         for _ in range(attempts):
             try:
-                return self.executor.submit(_fit_in_worker, made, self.runner.crash).result()
+                if finish:
+                    return self.executor.submit(_fit_and_finish_in_worker, made, runner.out_root, runner.crash).result()
+                return self.executor.submit(_fit_in_worker, made, runner.crash).result()
             except BrokenProcessPool:  # it died holding this item: replace it, then retry the item or give up on it
                 self.executor.shutdown(wait=False, cancel_futures=True)
                 self.executor = self._new_executor()
@@ -365,6 +378,12 @@ def _warm_up_gpu() -> None:
 def _fit_in_worker(made: PosedItem, crash: CrashPlan) -> FittedItem:
     assert _WORKER_PIPE is not None
     return fit_item(_WORKER_PIPE, made, crash)
+
+
+def _fit_and_finish_in_worker(made: PosedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
+    assert _WORKER_PIPE is not None
+    fitted = fit_item(_WORKER_PIPE, made, crash)
+    return finish_item(_WORKER_PIPE, fitted, out_root, crash, bake_device=None)
 
 
 def _finish_in_worker(fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:

@@ -174,17 +174,23 @@ def fit_item(pipe: Img2Mesh, made: PosedItem, crash: CrashPlan) -> FittedItem:
     return FittedItem(made, fields)
 
 
-def finish_item(pipe: Img2Mesh, fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
-    """Phase 3: mesh, texture, export, preview, and the item's complete output folder. Never raises for the item."""
+def finish_item(
+    pipe: Img2Mesh, fitted: FittedItem, out_root: Path, crash: CrashPlan, bake_device: str | None = "cpu"
+) -> ItemRecord:
+    """Phase 3: mesh, texture, export, preview, and the item's complete output folder. Never raises for the item.
+
+    The texture is baked on ``bake_device``: the CPU by default, as this phase runs beside the GPU phases of the
+    next items and must not compete with them; None bakes where the fields are (an item with nothing behind it).
+    """
     made = fitted.posed
     try:
         crash.maybe_crash("finish", made.item)
-        return _write_folder(pipe, fitted, out_root)
+        return _write_folder(pipe, fitted, out_root, bake_device)
     except Exception as exc:
         return failure_record(made.item, exc, made.started, made.timings)
 
 
-def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRecord:
+def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path, bake_device: str | None) -> ItemRecord:
     from img2mesh.config import config_to_dict
     from img2mesh.outputs import atomic_output_dir
 
@@ -202,8 +208,8 @@ def _write_folder(pipe: Img2Mesh, fitted: FittedItem, out_root: Path) -> ItemRec
     )
     with atomic_output_dir(folder) as work:
         record.outputs = pipe.save_views(work, made.cutout, made.grid, made.views, made.normals)
-        # Baked on the CPU: this phase runs beside the GPU phases of the next items and must not compete with them.
-        pipe.save_mesh(work, fitted.fields, made.views, record, functools.partial(_timer, timings), device="cpu")
+        timer = functools.partial(_timer, timings)
+        pipe.save_mesh(work, fitted.fields, made.views, record, timer, device=bake_device)
         record.timings = dict(timings)
         record.finished = now()
         record.save(work)  # last: a folder with run.json is complete
