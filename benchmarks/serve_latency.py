@@ -204,6 +204,8 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
             count += len(jobs)
             result["burst"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
             print(f"  burst: {json.dumps(result['burst'])}", flush=True)
+            # A step up here (every CPU worker has had its first item) is told apart from a slope by the end sample.
+            memory["after_burst"] = {"resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib(), "jobs": count}
         if "cold" in args.phases:  # while the server idles: its memory stays on the card, as in real use
             cold_phase(args, model, clock, result)
         if count < 5:
@@ -344,14 +346,16 @@ def table(result: dict) -> str:
     memory = result.get("memory")
     if memory:
         a, b, g = memory["after_5"], memory["end"], memory["growth"]
+        m = memory.get("after_burst", {})
+        pct = {k: num(None if g[k] is None else 100 * g[k], " %") for k in ("resident_mib", "gpu_mib")}
         lines += [
-            "| memory | after 5 jobs | after the last job | growth |",
-            "| --- | ---: | ---: | ---: |",
-            f"| resident (server + workers), MiB | {num(a['resident_mib'])} | {num(b['resident_mib'])} "
-            f"| {num(None if g['resident_mib'] is None else 100 * g['resident_mib'], ' %')} |",
-            f"| GPU (whole card), MiB | {num(a['gpu_mib'])} | {num(b['gpu_mib'])} "
-            f"| {num(None if g['gpu_mib'] is None else 100 * g['gpu_mib'], ' %')} |",
-            f"| jobs | 5 | {b['jobs']} | |",
+            "| memory | after 5 jobs | after the burst | after the last job | growth (5 → last) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| resident (server + workers), MiB | {num(a['resident_mib'])} | {num(m.get('resident_mib'))} "
+            f"| {num(b['resident_mib'])} | {pct['resident_mib']} |",
+            f"| GPU (whole card), MiB | {num(a['gpu_mib'])} | {num(m.get('gpu_mib'))} | {num(b['gpu_mib'])} "
+            f"| {pct['gpu_mib']} |",
+            f"| jobs | 5 | {m.get('jobs', 'n/a')} | {b['jobs']} | |",
             "",
         ]
     if result.get("cold"):

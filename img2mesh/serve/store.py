@@ -81,8 +81,6 @@ class JobStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
-        self.version = 0
-        """Bumped on every change, so watchers can tell that something moved without reading the table."""
 
     def requeue_running(self) -> int:
         """Put the jobs left running by a server that stopped back in the queue; returns how many."""
@@ -90,7 +88,6 @@ class JobStore:
             cursor = self._db.execute(
                 "UPDATE jobs SET state='queued', stage=NULL, started=NULL, timings='{}' WHERE state='running'"
             )
-            self.version += 1
             return cursor.rowcount
 
     def add(self, job: Job) -> None:
@@ -111,7 +108,6 @@ class JobStore:
                     job.finished,
                 ),
             )
-            self.version += 1
 
     def update(self, job_id: str, **values: Any) -> None:
         """Set some fields of a job (dict fields are stored as JSON)."""
@@ -119,7 +115,6 @@ class JobStore:
         params = [json.dumps(v) if isinstance(v, dict) else v for v in values.values()]
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {columns} WHERE id=?", [*params, job_id])
-            self.version += 1
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -144,7 +139,6 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-            self.version += 1
 
     def close(self) -> None:
         with self._lock:
