@@ -109,7 +109,7 @@ def field_sdf(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def mesh_sdf(args: argparse.Namespace, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact SDF of a test mesh over its bounds padded by 4%, ``--resolution`` points along the longest side;
     distances next to the surface only (marching cubes reads no other), two voxels elsewhere."""
-    import open3d as o3d
+    import igl
     from scipy.ndimage import binary_dilation, binary_erosion
 
     from recon.evaluation.metrics import occupancy, world_geometry
@@ -126,13 +126,11 @@ def mesh_sdf(args: argparse.Namespace, name: str) -> tuple[np.ndarray, np.ndarra
     points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
     inside = occupancy(mesh, points).reshape(shape)
     band = binary_dilation(inside) & ~binary_erosion(inside)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(geometry.vertices, np.float32)),
-        o3d.core.Tensor(np.asarray(geometry.faces, np.uint32)),
-    )
     distance = np.full(shape, 2 * (hi - lo).max() / (args.resolution - 1), dtype=np.float32)
-    distance[band] = scene.compute_distance(o3d.core.Tensor(points[band.reshape(-1)])).numpy()
+    squared, _, _ = igl.point_mesh_squared_distance(
+        points[band.reshape(-1)].astype(np.float64), np.asarray(geometry.vertices, np.float64), geometry.faces
+    )
+    distance[band] = np.sqrt(squared)
     return np.where(inside, -distance, distance), lo, hi
 
 

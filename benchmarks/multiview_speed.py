@@ -399,7 +399,7 @@ def main() -> None:
     dtype = "fp16" if args.device.startswith("cuda") else "fp32"
     text = (
         f"## Zero123++ fast path (multiview_speed.py)\n\n{env['date']}, {env['card']}, torch {env['torch']}, "
-        f"diffusers {env['diffusers']}, Python {env['python']}, {args.size} random weights, {dtype}, 960×640, "
+        f"diffusers {env['diffusers']}, Python {env['python']}, {args.size} random weights, {dtype}, 640×960, "
         f"CFG on. Command: `{command}`.\n\n{table(rows, args)}\n"
     )
     print(text)

@@ -1,7 +1,7 @@
 """Regenerate the example inputs from the CC0 test meshes in ``tests/data/meshes``.
 
 Each photo is the ground-truth renderer's "input photo" of the mesh (RGBA, azimuth 0, 512 px), and
-``spot_views.png`` is the exact 960x640 grid Zero123++ v1.2 would draw for Spot if it were perfect (oracle views,
+``spot_views.png`` is the exact 640x960 grid Zero123++ v1.2 would draw for Spot if it were perfect (oracle views,
 see :mod:`recon.evaluation.oracle`), so ``img2mesh recon examples/spot_views.png`` works with no model and no GPU.
 
 Run from the repository root: ``python examples/make_examples.py``.

@@ -14,6 +14,7 @@ missing file is reported with its expected path and where to get it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,29 @@ def remove_background(image: Image.Image, config: PreprocessConfig | None = None
     cutout = rgb.convert("RGBA")
     cutout.putalpha(mask)
     return cutout
+
+
+def check_background_removal(images: Iterable[str | Path | Image.Image], config: PreprocessConfig) -> None:
+    """Fail now, before any model loads, when one of ``images`` needs rembg and its model cannot be had (missing
+    offline, unknown name): rembg's session is opened (and kept for the job) for the first image that needs it.
+
+    An unreadable image is left to the job, which reports it as that input's failure.
+    """
+    if config.remove_bg == "none":
+        return
+    for image in images:
+        if config.remove_bg == "auto":
+            try:
+                photo = image if isinstance(image, Image.Image) else load_image(image)
+            except InputError:
+                continue
+            if has_cutout_alpha(photo):
+                continue
+        from recon.masks import rembg_session
+
+        instead = "pass --remove-bg none with an RGBA cut-out"
+        rembg_session(config.rembg_model, download=not hub_offline(), instead=instead)
+        return
 
 
 def has_cutout_alpha(image: Image.Image) -> bool:

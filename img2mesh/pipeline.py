@@ -7,7 +7,7 @@ finishes this one (:meth:`fit` is the GPU half of reconstruction, :meth:`finish`
 them for one input and writes this output folder::
 
     <out>/<stem>/input.png          the square RGBA cut-out the model was conditioned on
-                 views.png          the raw 960x640 grid of six views
+                 views.png          the raw 640x960 grid of six views
                  views/00..05.png   each view, RGBA with its mask (plus posed_views.npz, full precision)
                  transforms.json    the nerfstudio / instant-ngp dataset of the six posed views
                  mesh.glb           the textured mesh (or mesh.obj + .mtl + .png, or mesh.ply)
@@ -150,7 +150,7 @@ class Img2Mesh:
         return preprocess(image, self.config.preprocess)
 
     def generate_views(self, cutout: Image.Image, seed: int | None = None) -> Image.Image:
-        """The cut-out → Zero123++'s 960x640 grid of six views (the same seed gives the same views)."""
+        """The cut-out → Zero123++'s 640x960 grid of six views (the same seed gives the same views)."""
         import torch
 
         self.load()

@@ -12,10 +12,10 @@ Conventions (convert only at the boundaries, with the helpers below):
 - **Pixels**: ``u`` to the right, ``v`` down, continuous coordinates in which pixel ``(i, j)`` covers
   ``[i, i + 1) x [j, j + 1)`` (its centre is ``i + 0.5``); the principal point of a ``W x H`` view is
   ``(W / 2, H / 2)``. Intrinsics ``K`` are in pixels: ``u = cx + fx * x_c / -z_c``, ``v = cy - fy * y_c / -z_c``.
-- **Zero123++ views**: six 320x320 tiles of a 3 rows x 2 columns grid (960x640), numbered row-major. Azimuths are
-  30, 90, 150, 210, 270, 330 degrees relative to the input view; elevations are absolute: v1.2 +20/-10 alternating
-  with a 30 degree field of view, v1.1 +30/-20 with 49.134 degrees (2 * atan(16 / 35)). The camera distance is free
-  (scale ambiguity); 4.0 with the object inside [-1, 1]^3 is the convention of the public models built on v1.2.
+- **Zero123++ views**: six 320x320 tiles in 3 rows x 2 columns (the grid is 640 wide x 960 tall), numbered row-major.
+  Azimuths are 30, 90, 150, 210, 270, 330 degrees relative to the input view; elevations are absolute: v1.2 +20/-10
+  alternating with a 30 degree field of view, v1.1 +30/-20 with 49.134 degrees (2 * atan(16 / 35)). The camera distance
+  is free (scale ambiguity); 4.0 with the object inside [-1, 1]^3 is the convention of the public models built on v1.2.
 - **Exported meshes** (GLB/OBJ/PLY) use the glTF convention, +Y up: world ``(x, y, z)`` becomes glTF
   ``(y, z, x)``, so the side seen in the input photo (world +X) faces glTF +Z.
 """

@@ -31,6 +31,7 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path, format: str | None = No
     ``format`` defaults to the path's extension. OBJ also writes ``<stem>.mtl`` and ``<stem>.png`` beside it.
     """
     path, fmt = export_target(path, format)
+    path.parent.mkdir(parents=True, exist_ok=True)
     out = gltf_axes(mesh)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as tmp:
         staged = Path(tmp) / path.name
@@ -50,16 +51,36 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path, format: str | None = No
 
 
 def export_target(path: str | Path, format: str | None = None) -> tuple[Path, str]:
-    """The file that :func:`export_mesh` will write and its format, checked before any work is spent on the mesh."""
+    """The file that :func:`export_mesh` will write and its format, checked before any work is spent on the mesh: a
+    known format, and a folder that exists and is writable or can be created (:func:`export_mesh` creates it)."""
     path = Path(path)
     fmt = (format or path.suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
         raise InputError(f"Cannot export {path.name}: unknown mesh format {fmt!r}; use .glb, .obj or .ply.")
     if path.suffix.lower() != f".{fmt}":
         path = path.with_suffix(f".{fmt}")
-    if not path.parent.is_dir():
-        raise InputError(f"Output folder {path.parent} does not exist; create it or choose another --export path.")
+    if path.is_dir():
+        raise InputError(f"Cannot export to {path}: it is a folder; name a mesh file such as {path / 'mesh.glb'}.")
+    check_writable(path.parent, "export")
     return path, fmt
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot be created or written (``what`` names it in the sentence), leaving nothing
+    behind: the nearest existing ancestor must be a folder this process can create files in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"The {what} location {folder} is inside a file ({existing}); choose another folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"Cannot write the {what} to {folder}: creating a file in {existing} fails ({exc.strerror}); "
+            "choose a writable location."
+        ) from None
 
 
 def gltf_axes(mesh: trimesh.Trimesh) -> trimesh.Trimesh:

@@ -72,12 +72,7 @@ def batch(
     INPUTS are folders of photos, globs (quoted), photos, or text files listing one path or URI (file://, http://,
     https://) per line. A rerun skips what is finished; exit status 1 if any item failed.
     """
-    from img2mesh.batch.inputs import collect_items
-    from img2mesh.batch.job import print_summary, run_job
-    from img2mesh.batch.phases import CrashPlan
-    from img2mesh.batch.shard import parse_shard
     from img2mesh.commands.options import configure_logging
-    from img2mesh.commands.run import check_writable
 
     configure_logging(quiet, verbose)
     if ray_address is not None and not _RAY_ADDRESS.fullmatch(ray_address):
@@ -85,10 +80,19 @@ def batch(
             f"--ray {ray_address!r} is not an address (auto, HOST:PORT, ray://HOST:PORT); "
             "put INPUTS before --ray or write --ray=ADDRESS."
         )
-    config = config_from_options(options)
+    config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
+
+    from img2mesh.batch.inputs import collect_items
+    from img2mesh.batch.job import print_summary, run_job
+    from img2mesh.batch.phases import CrashPlan
+    from img2mesh.batch.shard import parse_shard
+    from img2mesh.preprocess import check_background_removal
+    from recon.export import check_writable
+
     part = parse_shard(shard) if shard else None
     items = collect_items(list(inputs))
     check_writable(out, "output")
+    check_background_removal([item.source for item in items if not item.is_remote], config.preprocess)
     crash = CrashPlan.from_env()
     if ray_address is not None:
         from img2mesh.batch.ray_runner import RayRunner

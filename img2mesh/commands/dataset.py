@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import config_overrides, out_option, shared_options
+from img2mesh.commands.options import config_overrides, out_option, override_sources, shared_options
 from recon.config import ViewsConfig
 
 
@@ -38,20 +38,19 @@ from recon.config import ViewsConfig
 def dataset(source: Path, out: Path, radius: float | None, mask: str | None, ns_masks: bool, quiet: bool, **options):
     """Views → transforms.json dataset that nerfstudio and instant-ngp read as-is.
 
-    SOURCE is a 640x960 Zero123++ grid image (3 rows x 2 columns), a folder of six views (00.png ... 05.png),
-    a folder saved by ``img2mesh views`` or another dataset folder.
+    SOURCE is a Zero123++ grid image (640 wide x 960 tall: 3 rows x 2 columns of 320-px views), a folder of six
+    views (00.png ... 05.png), a folder saved by ``img2mesh views`` or another dataset folder.
     """
     from img2mesh.config import load_config
     from img2mesh.errors import InputError
     from img2mesh.outputs import atomic_output_dir
     from recon.dataset import read_views, write_dataset
 
-    overrides = config_overrides(options)
-    if radius is not None:
-        overrides["views.radius"] = radius
-    if mask is not None:
-        overrides["views.mask"] = mask
-    config = load_config(options.get("config_path"), overrides)
+    overrides, sources = config_overrides(options), override_sources(options)
+    for key, flag, value in (("views.radius", "--radius", radius), ("views.mask", "--mask", mask)):
+        if value is not None:
+            overrides[key], sources[key] = value, f"{flag} {value}"
+    config = load_config(options.get("config_path"), overrides, sources)
     if not source.exists():
         raise InputError(f"{source} does not exist; pass a 640x960 views image or a folder of six views.")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "transforms.json").is_file())):

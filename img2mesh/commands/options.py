@@ -68,8 +68,21 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
     )
 }
 
-#: Options of the commands that run the diffusion model (``views``, ``run``, ``batch``).
-MODEL_OPTIONS = ("model", "revision", "steps", "guidance", "seed", "device", "dtype", "compile", "normals", "lora")
+#: Options of the commands that turn photos into views with the diffusion model (``views``, ``run``, ``batch``).
+MODEL_OPTIONS = (
+    "remove_bg",
+    "model",
+    "revision",
+    "steps",
+    "guidance",
+    "seed",
+    "device",
+    "dtype",
+    "compile",
+    "normals",
+    "poses",
+    "lora",
+)
 #: Options of the commands that reconstruct and export a mesh (``recon``, ``run``, ``batch``).
 RECON_OPTIONS = ("faces", "texture_size", "format")
 
@@ -185,6 +198,18 @@ def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def override_sources(options: dict[str, Any]) -> dict[str, str]:
+    """What the user typed for each override (``{"mesh.faces": "--faces 0"}``), for error messages."""
+    sources = {item.partition("=")[0].strip(): f"--set {item}" for item in options.get("set_values") or ()}
+    for name, option in CONFIG_OPTIONS.items():
+        value = options.get(name)
+        if isinstance(value, bool):
+            sources[option.key] = option.flag if value else f"--no-{option.flag.lstrip('-')}"
+        elif value is not None:
+            sources[option.key] = f"{option.flag} {value}"
+    return sources
+
+
 def _typed(key: str, value: Any) -> Any:
     """Click hands choices over as strings; the config wants the Literal's own value type."""
     hint = _field_type(key)
@@ -194,10 +219,32 @@ def _typed(key: str, value: Any) -> Any:
 
 
 def config_from_options(options: dict[str, Any]):
-    """The :class:`~img2mesh.config.Img2MeshConfig` of a command: defaults, then ``--config``, then options."""
+    """The :class:`~img2mesh.config.Img2MeshConfig` of a command: defaults, then ``--config``, then options, checked.
+
+    Without ``--config``, a job whose device comes out as the CPU takes the ``cpu`` preset, and says so: the
+    default preset is sized for a GPU and takes minutes where the CPU preset takes seconds.
+    """
     from img2mesh.config import load_config
 
-    return load_config(options.get("config_path"), config_overrides(options))
+    overrides, sources = config_overrides(options), override_sources(options)
+    preset = options.get("config_path")
+    config = load_config(preset, overrides, sources)  # a bad value fails here, before torch is imported
+    if preset is None and _runs_on_cpu(config.runtime.device):
+        logging.getLogger("img2mesh").warning(
+            "No GPU here: using the cpu preset (smaller grids); pass --config default to keep the GPU settings."
+        )
+        config = load_config("cpu", overrides, sources)
+    return config
+
+
+def _runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    from img2mesh.devices import resolve_device
+
+    return resolve_device("auto").type == "cpu"
 
 
 __all__ = [
@@ -210,6 +257,7 @@ __all__ = [
     "config_overrides",
     "configure_logging",
     "out_option",
+    "override_sources",
     "parse_set_values",
     "shared_options",
     "verbosity_options",

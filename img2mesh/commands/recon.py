@@ -1,4 +1,4 @@
-"""``img2mesh recon``: six posed views in (a 960x640 grid, a folder of six views, or a dataset), a textured mesh out.
+"""``img2mesh recon``: six posed views in (a 640x960 grid, a folder of six views, or a dataset), a textured mesh out.
 
 The second half of ``img2mesh run``, for views made elsewhere or kept from an earlier run. The views are read and
 checked before any work starts, and the mesh files appear only once complete (:func:`recon.export.export_mesh`).
@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import RECON_OPTIONS, config_from_options, shared_options, verbosity_options
+from img2mesh.commands.options import (
+    RECON_OPTIONS,
+    config_from_options,
+    configure_logging,
+    shared_options,
+    verbosity_options,
+)
 
 
 @click.command()
@@ -28,17 +34,21 @@ from img2mesh.commands.options import RECON_OPTIONS, config_from_options, shared
 def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options) -> None:
     """Posed views → textured mesh (SDF fitted by volume rendering, UV texture baked from the views).
 
-    VIEWS is a 960x640 Zero123++ grid image, a folder of six views (00.png ... 05.png), a folder saved by
-    ``img2mesh views`` or a dataset folder with transforms.json.
+    VIEWS is a Zero123++ grid image (640 wide x 960 tall: 3 rows x 2 columns of 320-px views), a folder of six
+    views (00.png ... 05.png), a folder saved by ``img2mesh views`` or a dataset folder with transforms.json.
     """
+    configure_logging(quiet, verbose)
+    config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
+
     from recon.dataset import read_views
     from recon.export import export_mesh, export_target
-    from recon.reconstruct import reconstruct
 
-    config = config_from_options(options)
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
     posed = read_views(views, config.views)
+
+    from recon.reconstruct import reconstruct
+
     result = reconstruct(
         posed,
         config.recon,

@@ -8,7 +8,6 @@ the others go on; the exit status is 0 only when every photo produced its folder
 
 from __future__ import annotations
 
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -63,17 +62,19 @@ def run(
     INPUTS are image files (PNG, JPEG, WebP) or folders of them. Each photo gets OUT/<name>/ with input.png,
     views.png, views/, transforms.json, the mesh, preview.png and run.json (written last).
     """
-    from img2mesh.pipeline import Img2Mesh
-    from img2mesh.run_record import is_complete
-    from recon.export import export_target
-
     configure_logging(quiet, verbose)
-    config = config_from_options(options)
+    config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
+
+    from img2mesh.pipeline import Img2Mesh
+    from img2mesh.preprocess import check_background_removal
+    from img2mesh.run_record import is_complete
+    from recon.export import check_writable, export_target
+
     images = collect_inputs(inputs)
     if export_path is not None:
         if len(images) > 1:
             raise InputError(f"--export takes one input but {len(images)} were given; use -o for several.")
-        export_target(export_path)  # a known format and an existing folder, before any work
+        export_target(export_path)  # a known format and a writable folder, before any work
     check_writable(out, "output")
 
     todo = []
@@ -86,6 +87,7 @@ def run(
         _say(quiet, "Nothing to do: every input is already finished.")
         return
 
+    check_background_removal(todo, config.preprocess)
     pipeline = Img2Mesh(config, progress=not quiet).load()
     records, failures = [], []
     from tqdm.auto import tqdm
@@ -144,20 +146,6 @@ def collect_inputs(inputs: tuple[Path, ...]) -> list[Path]:
             )
         stems[image.stem] = image
     return list(stems.values())
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """Refuse an output folder that cannot be created or written, leaving nothing behind."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"The {what} location {folder} is inside a file ({existing}); choose another folder.")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise InputError(f"Cannot write to {existing} ({exc.strerror}); choose a writable {what} folder.") from None
 
 
 def timings_table(records, load_seconds: float | None = None) -> str:

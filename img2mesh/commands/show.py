@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import config_option, parse_set_values
-from img2mesh.errors import InputError
+from img2mesh.commands.options import config_option, override_sources, parse_set_values
 
 
 @click.command()
@@ -43,11 +42,12 @@ def show(
     from img2mesh.config import load_config
 
     overrides = parse_set_values(set_values)
+    sources = override_sources({"set_values": set_values})
     given = {"size": size, "azimuth": azimuth, "elevation": elevation, "background": background}
-    overrides.update({f"preview.{key}": value for key, value in given.items() if value is not None})
-    config = load_config(config_path, overrides).preview
-    if config.size < 16:
-        raise InputError(f"--size {config.size} is too small to show anything; use 16 pixels or more.")
+    for key, value in given.items():
+        if value is not None:
+            overrides[f"preview.{key}"], sources[f"preview.{key}"] = value, f"--{key} {value}"
+    config = load_config(config_path, overrides, sources).preview
     viewer.check_mesh_path(mesh)
     if screenshot is None and turntable is None:
         viewer.show(mesh, config)

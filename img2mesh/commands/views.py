@@ -25,22 +25,27 @@ from img2mesh.commands.options import (
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @out_option("Folder that receives OUT/<image name>/.")
-@shared_options(*MODEL_OPTIONS, "remove_bg", "poses")
+@shared_options(*MODEL_OPTIONS)
 @verbosity_options
 def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None:
-    """Photo → square cut-out → Zero123++ 3x2 views → posed views and a nerfstudio / instant-ngp dataset.
+    """Photo → square cut-out → Zero123++'s six views → posed views and a nerfstudio / instant-ngp dataset.
 
-    Writes OUT/<name>/: input.png (the cut-out), views.png (the raw 960x640 grid), views/00.png ... 05.png
-    (RGBA, masked, with posed_views.npz) and transforms.json with images/ and masks/.
+    Writes OUT/<name>/: input.png (the cut-out), views.png (the raw grid, 640 wide x 960 tall: 3 rows x 2 columns
+    of 320-px views), views/00.png ... 05.png (RGBA, masked, with posed_views.npz) and transforms.json with images/
+    and masks/.
     """
-    from img2mesh.cutout import load_image
+    configure_logging(quiet, verbose)
+    config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
+
+    from img2mesh.cutout import check_background_removal, load_image
     from img2mesh.outputs import atomic_output_dir
     from img2mesh.pipeline import Img2Mesh
+    from recon.export import check_writable
 
-    configure_logging(quiet, verbose)
-    config = config_from_options(options)
     photo = load_image(image)
     folder = out / image.stem
+    check_writable(out, "output")
+    check_background_removal([photo], config.preprocess)
     with atomic_output_dir(folder) as work:
         # Device and weights are checked inside load() before the model is read; a failure removes the folder.
         pipeline = Img2Mesh(config, progress=not quiet).load()

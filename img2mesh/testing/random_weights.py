@@ -7,7 +7,7 @@ real thing:
 
 - ``size="tiny"``: the same architecture family (cross-attention UNet whose transformer blocks have ``attn1`` and
   ``attn2``, a four-level ``AutoencoderKL`` so latents are 1/8 of the image, CLIP text and vision towers) with tiny
-  channels; it samples a 960x640 grid on a CPU in seconds.
+  channels; it samples a 640x960 grid on a CPU in seconds.
 - ``size="full"``: the real shapes (SD2 UNet, SD VAE, 23-layer OpenCLIP-H text tower, CLIP ViT-H/14 vision tower), so
   a GPU run costs exactly what the real weights cost. Stored dtypes follow the v1.2 repository (fp32 UNet, fp16
   rest). Models are built on the ``meta`` device and only their tensors are drawn, so nothing is initialised twice.
@@ -79,7 +79,7 @@ _UNET = {
         use_linear_projection=True,
         upcast_attention=True,
     ),
-    # Attention only at 1/4 and 1/8 of the latent resolution keeps 960x640 sampling cheap on a CPU.
+    # Attention only at 1/4 and 1/8 of the latent resolution keeps 640x960 sampling cheap on a CPU.
     "tiny": dict(
         sample_size=32,
         block_out_channels=(16, 16, 32, 32),

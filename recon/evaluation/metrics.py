@@ -10,8 +10,13 @@ Choices, stated once:
   longest side. **F-score** at tau is the harmonic mean of precision (share of pred samples within tau of gt) and
   recall (share of gt samples within tau of pred).
 - **Volume IoU** uses the cell centres of a 64^3 grid over [-0.5, 0.5]^3 of the normalised frame. Occupancy is
-  counted by ray parity with a majority vote of several rays (open3d), per part, and the parts are united; parity is
-  exact for closed meshes and a vote for open ones (small holes rarely change the answer).
+  counted by ray parity, per part, and the parts are united: rays along +x and +y from each point, and +z where those
+  two disagree (a majority of three); hits at one depth count once, so double-sided copies of a face are one
+  surface. Parity is exact for closed meshes and a vote for open ones. Axis-aligned rays make the search a 2D
+  point-in-triangle test over a bin grid, in numpy (no ray-tracing library to install): on the closed test meshes it
+  agrees with Open3D's ray casting to the cell (the bunny, open at its base, in 99.3% of its cells); on the open,
+  many-bodied ones (table, stool, cabinet, truck, cake) it counts 9-40% fewer cells than Open3D did, nearer their
+  divergence-theorem volumes.
 - **Novel views** use poses not among the six Zero123++ views: elevations 0 and 40 degrees at azimuths 0, 60, ...,
   300, distance 4, 30 degree field of view, 320 px. The ground truth is rendered lit (as the oracle views were), the
   reconstruction unlit (its baked texture already carries that light). Both are composited on the gray 127 background
@@ -73,20 +78,71 @@ def chamfer_fscore(pred, gt, samples: int = 100_000, seed: int = 0, thresholds=F
     return result
 
 
-def occupancy(mesh, points: np.ndarray, rays: int = 5) -> np.ndarray:
-    """Inside test (bool) of points for a Scene/Trimesh: ray-parity majority vote per part, united over parts."""
-    import open3d as o3d
-
+def occupancy(mesh, points: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Inside test (bool) of points for a Scene/Trimesh: ray parity voted over axes per part, united over parts."""
+    points = np.asarray(points, dtype=np.float64)
     inside = np.zeros(len(points), dtype=bool)
-    query = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
     for geometry, transform in world_parts(mesh):
-        vertices = geometry.vertices @ transform[:3, :3].T + transform[:3, 3]
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(
-            o3d.core.Tensor(np.asarray(vertices, np.float32)), o3d.core.Tensor(np.asarray(geometry.faces, np.uint32))
-        )
-        inside |= scene.compute_occupancy(query, nsamples=rays).numpy().astype(bool)
+        vertices = np.asarray(geometry.vertices, np.float64) @ transform[:3, :3].T + transform[:3, 3]
+        triangles = vertices[np.asarray(geometry.faces, np.int64)]
+        near = np.flatnonzero(np.all((points >= vertices.min(axis=0)) & (points <= vertices.max(axis=0)), axis=1))
+        extent = float(np.ptp(vertices, axis=0).max()) or 1.0
+        # A ray through an edge or a vertex would be counted by both triangles or by neither: an irrational
+        # sub-micron offset of every ray keeps rays off edges (the grid's rays run along boxes' edges otherwise).
+        rays = points[near] + extent * 1e-7 * np.sqrt([2.0, 3.0, 5.0])
+        odd_x, odd_y = (_odd_crossings(triangles, rays, axis, extent, chunk) for axis in (0, 1))
+        part = odd_x & odd_y
+        undecided = np.flatnonzero(odd_x != odd_y)
+        part[undecided] = _odd_crossings(triangles, rays[undecided], 2, extent, chunk)
+        inside[near] |= part
     return inside
+
+
+def _odd_crossings(triangles: np.ndarray, points: np.ndarray, axis: int, extent: float, chunk: int) -> np.ndarray:
+    """Whether the ray from each point along +``axis`` crosses the triangles an odd number of times (hits at one
+    depth counted once). Triangles are binned by their 2D bounding boxes across the ray direction; each point tests
+    the triangles of its bin."""
+    u, v = [k for k in range(3) if k != axis]
+    flat = triangles[..., [u, v]]
+    bins = int(np.clip(np.sqrt(len(triangles)), 4, 256))
+    lo = np.minimum(flat.min(axis=(0, 1)), points[:, [u, v]].min(axis=0, initial=np.inf))
+    hi = np.maximum(flat.max(axis=(0, 1)), points[:, [u, v]].max(axis=0, initial=-np.inf))
+    size = (hi - lo) / bins + 1e-12
+    first_bin = np.clip(((flat.min(axis=1) - lo) // size).astype(np.int64), 0, bins - 1)
+    span = np.clip(((flat.max(axis=1) - lo) // size).astype(np.int64), 0, bins - 1) - first_bin + 1
+    count = span[:, 0] * span[:, 1]
+    owner = np.repeat(np.arange(len(triangles)), count)
+    local = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    key = (first_bin[owner, 0] + local // span[owner, 1]) * bins + first_bin[owner, 1] + local % span[owner, 1]
+    order = np.argsort(key, kind="stable")
+    key, owner = key[order], owner[order]
+    odd = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk]
+        cell = np.clip(((block[:, [u, v]] - lo) // size).astype(np.int64), 0, bins - 1)
+        cell_key = cell[:, 0] * bins + cell[:, 1]
+        first = np.searchsorted(key, cell_key, "left")
+        per_point = np.searchsorted(key, cell_key, "right") - first
+        point = np.repeat(np.arange(len(block)), per_point)
+        candidate = owner[np.repeat(first - np.cumsum(per_point) + per_point, per_point) + np.arange(len(point))]
+        a, b, c = (triangles[candidate, k] for k in range(3))
+        p = block[point]
+
+        def edge(o: np.ndarray, s: np.ndarray, p: np.ndarray = p) -> np.ndarray:
+            return (s[:, u] - o[:, u]) * (p[:, v] - o[:, v]) - (s[:, v] - o[:, v]) * (p[:, u] - o[:, u])
+
+        w0, w1, w2 = edge(b, c), edge(c, a), edge(a, b)
+        covered = ((w0 > 0) & (w1 > 0) & (w2 > 0)) | ((w0 < 0) & (w1 < 0) & (w2 < 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            depth = (w0 * a[:, axis] + w1 * b[:, axis] + w2 * c[:, axis]) / (w0 + w1 + w2)
+        hit = covered & (depth > p[:, axis])
+        point, depth = point[hit], depth[hit]
+        order = np.lexsort((depth, point))
+        point, depth = point[order], depth[order]
+        distinct = np.ones(len(point), dtype=bool)
+        distinct[1:] = (point[1:] != point[:-1]) | (depth[1:] - depth[:-1] > 1e-6 * extent)
+        odd[start : start + chunk] = np.bincount(point[distinct], minlength=len(block)) % 2 == 1
+    return odd
 
 
 def volume_iou(pred, gt, resolution: int = 64) -> float:

@@ -1,8 +1,9 @@
 """Oracle views: a real mesh rendered exactly where and how Zero123++ would show it, as if the diffusion were perfect.
 
 The real Zero123++ weights cannot be used on the build machines, but its output can be imitated: render a ground-truth
-mesh at the six fixed poses of :mod:`recon.cameras` into the 960x640, 3x2 grid on a gray (127) background, and hand
-the reconstruction the exact alpha as masks. Reconstruction quality is then measured against the mesh itself.
+mesh at the six fixed poses of :mod:`recon.cameras` into the grid of 3 rows x 2 columns of 320-px views (640 wide x 960
+tall) on a gray (127) background, and hand the reconstruction the exact alpha as masks. Reconstruction quality is then
+measured against the mesh itself.
 
 Loading, normalisation and the grid layout are those of :mod:`recon.assets` (shared with ``img2mesh train-data``);
 ``OBJ_UP_AXIS`` adds, per test mesh, which axis of an OBJ file is up (+Y unless listed).
@@ -31,7 +32,7 @@ class OracleViews:
     """Zero123++-like output rendered from a ground-truth mesh."""
 
     grid: object
-    """PIL RGB image, 640 wide x 960 high: the six views in a 3x2 grid over gray 127, as Zero123++ returns it."""
+    """PIL RGB image, 640 wide x 960 tall: the six views, 3 rows x 2 columns, over gray 127, as Zero123++ returns it."""
     input_photo: object
     """PIL RGBA image: the view at azimuth 0 (the "photo" Zero123++ is conditioned on), straight alpha."""
     views: PosedViews

@@ -130,5 +130,5 @@ def test_unwritable_output(tiny_zero123pp: Path, photo: Path, tmp_path: Path) ->
     blocker = tmp_path / "taken"
     blocker.write_text("a file where the output folder should go")
     code, output = views(photo, "-o", blocker / "out", "--model", tiny_zero123pp, "--device", "cpu")
-    assert_one_sentence_and_no_output(code, output, blocker / "out", "is a file")
+    assert_one_sentence_and_no_output(code, output, blocker / "out", "inside a file")
     assert blocker.read_text().startswith("a file")

@@ -290,9 +290,9 @@ def test_every_shared_option_is_a_config_key_and_overrides_the_file(tmp_path: Pa
     config = config_from_options({"config_path": str(file)})
     assert (config.multiview.steps, config.mesh.faces, config.export.format) == (9, 1234, "obj")
     config = config_from_options(
-        {"config_path": str(file), "steps": 3, "format": "ply", "set_values": ["mesh.faces=77"]}
+        {"config_path": str(file), "steps": 3, "format": "ply", "set_values": ["mesh.faces=777"]}
     )
-    assert (config.multiview.steps, config.mesh.faces, config.export.format) == (3, 77, "ply")
+    assert (config.multiview.steps, config.mesh.faces, config.export.format) == (3, 777, "ply")
     for name, option in CONFIG_OPTIONS.items():
         section, _, key = option.key.partition(".")
         assert hasattr(getattr(config, section), key), name

@@ -9,7 +9,7 @@ from PIL import Image
 
 from recon.cameras import world_to_gltf
 from recon.errors import InputError
-from recon.export import export_mesh
+from recon.export import export_mesh, export_target
 from recon.texture import unwrap
 
 
@@ -90,9 +90,21 @@ def test_every_format_reloads_in_pyvista_with_its_texture(textured, tmp_path):
 def test_bad_targets_are_refused_before_writing(textured, tmp_path):
     with pytest.raises(InputError, match="unknown mesh format"):
         export_mesh(textured, tmp_path / "mesh.fbx")
-    with pytest.raises(InputError, match="does not exist"):
-        export_mesh(textured, tmp_path / "missing" / "mesh.glb")
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="inside a file"):
+        export_target(tmp_path / "file" / "missing" / "mesh.glb")
+    with pytest.raises(InputError, match=r"Cannot write the export to /proc/img2mesh: .*choose a writable location"):
+        export_target("/proc/img2mesh/mesh.glb")
+    (tmp_path / "folder.glb").mkdir()
+    with pytest.raises(InputError, match="it is a folder"):
+        export_target(tmp_path / "folder.glb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.glb"]
+
+
+def test_missing_folders_are_created_like_an_output_folder(textured, tmp_path):
+    assert export_target(tmp_path / "a" / "b" / "mesh.glb") == (tmp_path / "a" / "b" / "mesh.glb", "glb")
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+    assert export_mesh(textured, tmp_path / "a" / "b" / "mesh.glb") == [tmp_path / "a" / "b" / "mesh.glb"]
 
 
 def test_textures_are_written_with_fast_png_compression(textured, tmp_path):

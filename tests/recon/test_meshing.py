@@ -103,7 +103,7 @@ def real_sdf(request):
     """Exact SDF of a real test mesh (thin legs and rails) on a grid of 128 points along its longest side, the default
     preset's last grid stage, over its bounds padded by 4%: distances only next to the surface (marching cubes reads
     no other), capped at two voxels elsewhere."""
-    import open3d as o3d
+    import igl
     from scipy.ndimage import binary_dilation, binary_erosion
 
     from recon.evaluation.metrics import occupancy, world_geometry
@@ -119,13 +119,11 @@ def real_sdf(request):
     points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
     inside = occupancy(mesh, points).reshape(shape)
     band = binary_dilation(inside) & ~binary_erosion(inside)  # both sides of every sign change
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(geometry.vertices, np.float32)),
-        o3d.core.Tensor(np.asarray(geometry.faces, np.uint32)),
-    )
     distance = np.full(shape, 2 * (hi - lo).max() / 127, dtype=np.float32)
-    distance[band] = scene.compute_distance(o3d.core.Tensor(points[band.reshape(-1)])).numpy()
+    squared, _, _ = igl.point_mesh_squared_distance(
+        points[band.reshape(-1)].astype(np.float64), np.asarray(geometry.vertices, np.float64), geometry.faces
+    )
+    distance[band] = np.sqrt(squared)
     return np.where(inside, -distance, distance), lo, hi
 
 
@@ -138,8 +136,10 @@ def test_default_mesh_of_a_real_field_is_a_closed_outward_manifold_of_the_target
     assert 0.98 * config.faces <= len(mesh.faces) <= config.faces
 
 
+# The stool's rails pinch under decimation; the table's legs, thicker, come through it clean.
+@pytest.mark.parametrize("real_sdf", ["painted_wooden_stool.glb"], indirect=True)
 def test_decimation_alone_leaves_the_defects_that_the_repair_removes(real_sdf):
-    # what the test above guards against: quadric decimation of these fields pinches and flattens thin parts
+    # what the test above guards against: quadric decimation of this field pinches and flattens thin parts
     sdf, lo, hi = real_sdf
     raw = extract_mesh(sdf, lo, hi, MeshConfig(faces=10**9))  # marching cubes and clean-up, no decimation
     decimated = welded(decimate(raw, MeshConfig().faces))
