@@ -12,9 +12,11 @@ only the interactive window needs a display, which is checked up front so the us
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,8 +94,26 @@ def add_mesh_file(plotter: pyvista.Plotter, path: str | Path) -> None:
     """Load a mesh file into ``plotter`` with its texture or vertex colours."""
     pv = _pyvista()
     path = check_mesh_path(path)
+    before = set(plotter.renderer.actors)
+    # VTK reports a corrupt file through its log, PyVista's reader through logging and a warning, and both carry on
+    # with nothing loaded: catch all three and say it in the sentence below.
+    with pv.VtkErrorCatcher(send_to_logging=False) as vtk_errors, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.ERROR)
+        try:
+            _load(plotter, pv, path)
+        finally:
+            logging.disable(logging.NOTSET)
+    added = [actor for name, actor in plotter.renderer.actors.items() if name not in before]
+    if sum(_points(actor) for actor in added) == 0 or not _has_extent(plotter.bounds):
+        if vtk_errors.error_events:
+            reason = vtk_errors.error_events[0].alert.strip().splitlines()[-1].removeprefix("(nullptr): ")
+            raise InputError(f"Mesh file {path} cannot be read ({reason}); re-export it or pass another file.")
+        raise InputError(f"Mesh file {path} holds no geometry to show; re-export it or pass another file.")
+
+
+def _load(plotter: pyvista.Plotter, pv, path: Path) -> None:
     suffix = path.suffix.lower()
-    before = len(plotter.renderer.actors)
     if suffix in (".glb", ".gltf"):
         plotter.import_gltf(str(path))
     elif suffix == ".obj":
@@ -111,8 +131,16 @@ def add_mesh_file(plotter: pyvista.Plotter, path: str | Path) -> None:
             plotter.add_mesh(mesh, scalars=colours, rgb=True, smooth_shading=True)
         else:
             plotter.add_mesh(mesh, color="lightgray", smooth_shading=True)
-    if len(plotter.renderer.actors) == before or not _has_extent(plotter.bounds):
-        raise InputError(f"Mesh file {path} holds no geometry to show; re-export it or pass another file.")
+
+
+def _points(actor) -> int:
+    """Points of the data an actor draws (its mapper's input, computed now if it comes from a filter; 0 without)."""
+    mapper = actor.GetMapper()
+    if mapper is None:
+        return 0
+    mapper.Update()
+    data = mapper.GetInput()
+    return data.GetNumberOfPoints() if data is not None and hasattr(data, "GetNumberOfPoints") else 0
 
 
 def _has_extent(bounds) -> bool:

@@ -235,6 +235,7 @@ def test_cli_summary_exit_status_and_retry_failed(tiny_zero123pp: Path, tmp_path
     Image.fromarray(blank, "RGBA").save(folder / "blank.png")
     out = tmp_path / "out"
     args = ["batch", str(folder), "-o", str(out), "--config", "cpu", "--model", str(tiny_zero123pp), "--steps", "1"]
+    args += ["--remove-bg", "none"]  # with rembg's model missing offline the job would stop before it starts
 
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output

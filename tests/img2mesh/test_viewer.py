@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +119,34 @@ def test_bad_view_requests_get_one_sentence(
 def test_preview_helper_writes_png(spot_files: dict[str, Path], tmp_path: Path) -> None:
     out = save_screenshot(spot_files["ply"], tmp_path / "p.png", PreviewConfig(size=48))
     assert Image.open(out).size == (48, 48)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("truncated.glb", b"glTF\x02\x00\x00\x00" + b"\x00" * 40, "cannot be read (Truncated glb file)"),
+        ("png.glb", None, "cannot be read"),
+        ("png.ply", None, "holds no geometry"),
+    ],
+)
+def test_corrupt_mesh_files_get_one_sentence_and_no_vtk_log(
+    spot_files: dict[str, Path], tmp_path: Path, name: str, content: bytes | None, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if content is not None else (MESHES / "spot.png").read_bytes()[:400])
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from img2mesh.cli import main; main()",
+            "view",
+            str(path),
+            "--screenshot",
+            str(tmp_path / "shot.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.splitlines() == [result.stderr.strip()] and reason in result.stderr, result.stderr
+    assert not (tmp_path / "shot.png").exists()
