@@ -86,7 +86,7 @@ def batch(
     from img2mesh.batch.job import print_summary, run_job
     from img2mesh.batch.phases import CrashPlan
     from img2mesh.batch.shard import parse_shard
-    from img2mesh.preprocess import check_background_removal
+    from img2mesh.cutout import check_background_removal
     from recon.export import check_writable
 
     part = parse_shard(shard) if shard else None

@@ -242,7 +242,7 @@ def _runs_on_cpu(device: str) -> bool:
         return True
     if device != "auto":
         return False
-    from img2mesh.devices import resolve_device
+    from recon.devices import resolve_device
 
     return resolve_device("auto").type == "cpu"
 

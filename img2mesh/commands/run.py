@@ -65,8 +65,8 @@ def run(
     configure_logging(quiet, verbose)
     config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
 
+    from img2mesh.cutout import check_background_removal
     from img2mesh.pipeline import Img2Mesh
-    from img2mesh.preprocess import check_background_removal
     from img2mesh.run_record import is_complete
     from recon.export import check_writable, export_target
 

@@ -139,7 +139,7 @@ def test_corrupt_mesh_files_get_one_sentence_and_no_vtk_log(
             sys.executable,
             "-c",
             "from img2mesh.cli import main; main()",
-            "view",
+            "show",
             str(path),
             "--screenshot",
             str(tmp_path / "shot.png"),
