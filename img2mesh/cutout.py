@@ -14,6 +14,8 @@ missing file is reported with its expected path and where to get it.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +32,11 @@ READABLE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 #: Alpha at or above this counts as object when measuring its bounding box, so faint matting halos don't widen it.
 OBJECT_ALPHA = 128
 
+#: Longer side a photo is reduced to as it loads (the cut-out is 512 px; a 100-megapixel decode costs gigabytes).
+MAX_INPUT_SIDE = 4096
+
+log = logging.getLogger(__name__)
+
 #: An existing alpha channel counts as a cut-out when at least this share of the pixels is transparent.
 CUTOUT_MIN_TRANSPARENT = 0.01
 
@@ -42,12 +49,23 @@ def load_image(path: str | Path) -> Image.Image:
     if path.is_dir():
         raise InputError(f"Input {path} is a folder, not an image; pass a PNG, JPEG or WebP file.")
     try:
-        with Image.open(path) as opened:
-            fmt = opened.format
-            if fmt not in READABLE_FORMATS:
-                raise InputError(f"Input image {path} is a {fmt} file; img2mesh reads PNG, JPEG and WebP, convert it.")
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+        # A big photo is ordinary input here, not a decompression bomb: it is reduced below, with a line of notice.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                fmt = opened.format
+                if fmt not in READABLE_FORMATS:
+                    raise InputError(
+                        f"Input image {path} is a {fmt} file; img2mesh reads PNG, JPEG and WebP, convert it."
+                    )
+                original = opened.size
+                opened.draft(opened.mode, (MAX_INPUT_SIDE, MAX_INPUT_SIDE))  # JPEG decodes at 1/2..1/8 scale
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+        if max(image.size) > MAX_INPUT_SIDE:
+            image.thumbnail((MAX_INPUT_SIDE, MAX_INPUT_SIDE), Image.Resampling.LANCZOS)
+        if sorted(image.size) != sorted(original):
+            log.warning("%s is %dx%d pixels; downscaled to %dx%d.", path, *original, *image.size)
     except UnidentifiedImageError:
         raise InputError(f"Input {path} is not a readable image; pass a PNG, JPEG or WebP file.") from None
     except PermissionError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from img2mesh.cutout import (
+    MAX_INPUT_SIDE,
     OBJECT_ALPHA,
     PreprocessConfig,
     has_cutout_alpha,
@@ -271,3 +274,21 @@ def test_unknown_or_misplaced_rembg_models_get_a_sentence(rembg_home: Path, tmp_
     with pytest.raises(InputError) as misplaced:
         remove_background(photo, PreprocessConfig(rembg_model=str(outside)))
     assert_sentence(str(misplaced.value), str(rembg_home), "U2NET_HOME")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_huge_photo_is_downscaled_with_one_line_of_notice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, suffix: str
+) -> None:
+    # Pillow's decompression-bomb limit lowered so that a small file crosses it, as a 100-megapixel photo would.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3_000_000)
+    path = tmp_path / f"big{suffix}"
+    Image.new("RGB", (MAX_INPUT_SIDE * 2 + 100, 600), (200, 40, 40)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning reaches the user
+        with caplog.at_level(logging.WARNING, logger="img2mesh"):
+            image = load_image(path)
+    assert max(image.size) <= MAX_INPUT_SIDE and image.size[0] / image.size[1] == pytest.approx(8292 / 600, rel=0.02)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is 8292x600 pixels; downscaled to {image.size[0]}x{image.size[1]}."
+    ]
