@@ -505,6 +505,8 @@ class Trainer:
                 "license": "CC-BY-NC-4.0 (a fine-tune is a derivative)",
             },
             "mode": self.config.mode,
+            "processes": self.accelerator.num_processes,
+            "pairs_per_step": self.config.batch_size * self.accelerator.num_processes,
             "data": {
                 "folder": str(self.data.resolve()),
                 "settings": self.split.settings,
