@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from recon.config import DEFAULT_RADIUS
 
@@ -114,13 +116,41 @@ def world_to_camera(points: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
     return (np.asarray(points) - translation) @ rotation
 
 
+def project_points(points: torch.Tensor, k, cam_to_world) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``(..., N, 2)`` and depths along the viewing axis ``(..., N)`` of world points ``(N, 3)``.
+
+    The one pinhole projection of img2mesh (the fit, the hull, the rasteriser and the baking all use it). ``k``
+    ``(..., 3, 3)`` and ``cam_to_world`` ``(..., 4, 4)`` (tensors or arrays, taken to the points' device and dtype)
+    may carry batch dimensions: one projection per camera. Depths are clamped to 1e-6 in the division, so a point
+    behind the camera lands far outside the frame rather than mirrored into it.
+    """
+    k = torch.as_tensor(np.asarray(k) if not torch.is_tensor(k) else k, dtype=points.dtype, device=points.device)
+    c2w = torch.as_tensor(
+        np.asarray(cam_to_world) if not torch.is_tensor(cam_to_world) else cam_to_world,
+        dtype=points.dtype,
+        device=points.device,
+    )
+    cam = (points - c2w[..., None, :3, 3]) @ c2w[..., :3, :3]
+    depth = -cam[..., 2]
+    safe = depth.clamp_min(1e-6)
+    u = k[..., None, 0, 2] + k[..., None, 0, 0] * cam[..., 0] / safe
+    v = k[..., None, 1, 2] - k[..., None, 1, 1] * cam[..., 1] / safe
+    return torch.stack([u, v], dim=-1), depth
+
+
 def project(points: np.ndarray, k: np.ndarray, cam_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates ``(N, 2)`` and depths ``(N,)`` (distance along the viewing axis) of world points."""
-    cam = world_to_camera(points, cam_to_world)
-    depth = -cam[:, 2]
-    u = k[0, 2] + k[0, 0] * cam[:, 0] / depth
-    v = k[1, 2] - k[1, 1] * cam[:, 1] / depth
-    return np.stack([u, v], axis=-1), depth
+    """:func:`project_points` for numpy arrays (float64): pixel coordinates ``(N, 2)`` and depths ``(N,)``."""
+    uv, depth = project_points(torch.as_tensor(np.asarray(points, dtype=np.float64)), k, cam_to_world)
+    return uv.numpy(), depth.numpy()
+
+
+def sample_image(image: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Values ``(N, C)`` of a ``(C, H, W)`` image at pixel coordinates ``(N, 2)`` (the convention above); zero
+    outside the frame."""
+    _, h, w = image.shape
+    grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], dim=-1).reshape(1, -1, 1, 2)
+    values = F.grid_sample(image[None], grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return values.reshape(image.shape[0], -1).T
 
 
 #: Rotation taking img2mesh world coordinates (z-up) to glTF coordinates (+Y up): (x, y, z) -> (y, z, x).

@@ -56,3 +56,48 @@ def run_steps(
         graph.replay()
         after()
     return True
+
+
+class StepSchedule:
+    """Everything that varies from step to step of a run, prepared up front as ``(steps, ...)`` device tensors.
+
+    The step reads row ``counter`` of each (:meth:`now`) and advances the counter itself (:meth:`advance`), so one
+    captured step serves every step of the run.
+    """
+
+    def __init__(self, values: dict[str, torch.Tensor]):
+        self.values = values
+        device = next(iter(values.values())).device
+        self.counter = torch.zeros(1, dtype=torch.long, device=device)
+        """(1,) long: the step about to run."""
+
+    def now(self) -> dict[str, torch.Tensor]:
+        """This step's row of every scheduled value."""
+        return {name: values.index_select(0, self.counter)[0] for name, values in self.values.items()}
+
+    def advance(self) -> None:
+        self.counter.add_(1)
+
+
+class ScheduledAdam:
+    """Adam with one parameter per group, each group's learning rate read from a schedule row on the device.
+
+    Fused, with tensor learning rates, and capturable on CUDA: the update never touches the host.
+    """
+
+    def __init__(self, groups: list[tuple[torch.nn.Parameter, torch.Tensor]], betas: tuple[float, float]):
+        self.rates = [rates for _, rates in groups]
+        self.optimiser = torch.optim.Adam(
+            [{"params": [param], "lr": rates[0].clone()} for param, rates in groups],
+            betas=betas,
+            fused=True,
+            capturable=groups[0][0].device.type == "cuda",
+        )
+
+    def step(self, loss: torch.Tensor, counter: torch.Tensor) -> None:
+        """Back-propagate ``loss`` and update every parameter with its learning rate of step ``counter``."""
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        for group, rates in zip(self.optimiser.param_groups, self.rates, strict=True):
+            group["lr"].copy_(rates.index_select(0, counter)[0])
+        self.optimiser.step()

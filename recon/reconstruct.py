@@ -26,27 +26,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 
 from recon.config import ReconConfig
 from recon.devices import fit_device, resolve_device
 from recon.errors import InputError
-from recon.graph_steps import run_steps
+from recon.graph_steps import ScheduledAdam, StepSchedule, run_steps
+from recon.losses import LossWeights, fit_loss
 from recon.meshing import MeshConfig, extract_mesh
 from recon.posed_views import PosedViews
-from recon.sdf_grid import (
-    Box,
-    SdfGrid,
-    carve_hull,
-    hull_box,
-    initial_colour,
-    initial_light,
-    occupancy_to_sdf,
-    sample_grid,
-)
+from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
 from recon.texture import TextureConfig, bake_texture
-from recon.volume_render import clip_to_hull, pixel_rays, render_rays
+from recon.visual_hull import Hull
+from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays
 
 
 @dataclass
@@ -114,131 +106,135 @@ def fit_fields(
     start = time.perf_counter()
     generator = torch.Generator(device=dev).manual_seed(seed)
 
-    occupied = carve_hull(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev)
-    if not occupied.any():
+    hull = Hull.carve(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev)
+    if not hull.occupied.any():
         raise InputError("The views' masks share no common volume, so their cameras do not match; check --poses.")
-    cube = Box(torch.full((3,), -recon.bound, device=dev), torch.full((3,), recon.bound, device=dev))
-    cube_voxel = 2 * recon.bound / (recon.hull_resolution - 1)
-    hull_sdf = occupancy_to_sdf(occupied, cube_voxel)[None, None]
-    # Dilated by two voxels: the surface may move a little outside a hull carved from area-resampled masks.
-    allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
-    box = hull_box(occupied, recon.bound, margin=3 * cube_voxel)
+    box = hull.box()
     normals = views.normals is not None and recon.normal_weight > 0
     rays = pixel_rays(views, recon.image_size, dev, normals=normals)
-    rays = clip_to_hull(rays, allowed, cube, recon.hull_resolution, 2 * cube_voxel)
-    # The volume term is a share of the hull's volume, so its weight does not depend on the object's size.
-    volume_weight = recon.volume_weight / (float(occupied.sum()) * cube_voxel**3)
+    rays = clip_to_hull(rays, hull.allowed, hull.cube, recon.hull_resolution, 2 * hull.voxel)
     timings["hull"] = time.perf_counter() - start
 
-    grid: SdfGrid | None = None
-    area_weight = 0.0
     total = sum(recon.iterations)
     longest = float((box.hi - box.lo).max())
-    s_start = recon.sharpness[0] * (recon.resolutions[0] - 1) / longest
-    s_end = recon.sharpness[1] * (recon.resolutions[-1] - 1) / longest
+    sharpness = (
+        recon.sharpness[0] * (recon.resolutions[0] - 1) / longest,
+        recon.sharpness[1] * (recon.resolutions[-1] - 1) / longest,
+    )
     bar = _progress(total, progress)
+    grid = initial_grid(views, hull, box, recon.resolutions[0], recon.colour_resolution, recon.shading)
+    with torch.no_grad():
+        # Volume and area are shares of the hull's, so their weights do not depend on the object's size.
+        weights = LossWeights(
+            mask=recon.mask_weight,
+            eikonal=recon.eikonal_weight,
+            colour_smoothness=recon.colour_smoothness_weight,
+            volume=recon.volume_weight / hull.volume,
+            area=recon.area_weight / float(grid.surface_area()),
+            normal=recon.normal_weight if normals else 0.0,
+        )
     done = 0
     losses: dict[str, float] = {}
-    terms: dict[str, torch.Tensor] = {}  # the last step's loss terms (device tensors, read after each stage)
     for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
         stage_start = time.perf_counter()
-        colour_res = min(resolution, recon.colour_resolution)
-        if grid is None:
-            points = box.grid_points(box.shape(resolution))
-            sdf = sample_grid(hull_sdf, cube, points)[..., 0]
-            colour_points = box.grid_points(box.shape(colour_res))
-            colour = initial_colour(views, colour_points.reshape(-1, 3), dev)
-            colour = colour.T.reshape(3, *colour_points.shape[:3])
-            grid = SdfGrid(sdf, colour, box, initial_light(dev) if recon.shading == "lambertian" else None)
-            with torch.no_grad():
-                area_weight = recon.area_weight / float(grid.surface_area())
-        else:
-            grid = grid.resample(resolution, colour_res)
-        band = 4 * grid.voxel
-        schedule = _StageSchedule.draw(
-            len(rays), min(recon.rays, len(rays)), iterations, done, total, recon, stage, (s_start, s_end), generator
+        if stage > 0:
+            grid = grid.resample(resolution, min(resolution, recon.colour_resolution))
+        schedule = stage_schedule(
+            len(rays), min(recon.rays, len(rays)), iterations, done, total, recon, stage, sharpness, generator
         )
-        groups = [(grid.sdf, schedule.sdf_lr), (grid.colour, schedule.colour_lr)]
+        groups = [(grid.sdf, schedule.values["sdf_lr"]), (grid.colour, schedule.values["colour_lr"])]
         if grid.light is not None:
-            groups.append((grid.light, schedule.light_lr))
-        optimiser = torch.optim.Adam(
-            [{"params": [param], "lr": lrs[0].clone()} for param, lrs in groups],
-            betas=(0.9, 0.99),
-            fused=True,
-            capturable=dev.type == "cuda",
-        )
-
-        def step(
-            grid: SdfGrid = grid,
-            schedule: _StageSchedule = schedule,
-            optimiser=optimiser,
-            band=band,
-            groups=groups,
-            area_weight=area_weight,
-        ) -> None:
-            # One optimisation step, read entirely from device tensors indexed by the step counter (graph-capturable).
-            i = schedule.counter
-            batch = rays[schedule.index.index_select(0, i)[0]]
-            background = schedule.background.index_select(0, i)[0]
-            jitter = schedule.jitter.index_select(0, i)[0]
-            inv_s = schedule.inv_s.index_select(0, i)[0]
-            gradient = grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
-            out = render_rays(
-                grid, batch, recon.samples, inv_s, background, jitter, recon.colour_per_sample, gradient, normals
-            )
-            target = batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
-            photometric = torch.sqrt((out.rgb - target) ** 2 + 1e-6).mean()
-            opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
-            mask = F.binary_cross_entropy(opacity, batch.mask)
-            eikonal, smooth = grid.eikonal_and_smoothness(band, gradient)
-            loss = (
-                photometric
-                + recon.mask_weight * mask
-                + recon.eikonal_weight * eikonal
-                + schedule.smoothness_weight.index_select(0, i)[0] * smooth
-                + recon.colour_smoothness_weight * grid.colour_tv()
-                + schedule.prior_weight.index_select(0, i)[0]
-                * (volume_weight * grid.volume() + area_weight * grid.surface_area(gradient))
-            )
-            if normals:
-                normal = _normal_error(out.normal, batch.normal)
-                loss = loss + recon.normal_weight * normal
-                terms["normal"] = normal.detach()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            for group, (_, lrs) in zip(optimiser.param_groups, groups, strict=True):
-                group["lr"].copy_(lrs.index_select(0, i)[0])
-            optimiser.step()
-            schedule.counter.add_(1)
-            # Detached: a loss tensor kept alive would keep this step's autograd graph (and its gradient
-            # accumulators, bound to the warm-up stream) alive into the CUDA graph capture, which then fails.
-            terms.update(
-                photometric=photometric.detach(),
-                mask=mask.detach(),
-                eikonal=eikonal.detach(),
-                smoothness=smooth.detach(),
-            )
-
+            groups.append((grid.light, schedule.values["light_lr"]))
+        optimiser = ScheduledAdam(groups, betas=(0.9, 0.99))
+        step = FitStep(grid, rays, schedule, optimiser, weights, recon, band=4 * grid.voxel, normals=normals)
         run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
         done += iterations
-        losses = {name: value.item() for name, value in terms.items()}
+        losses = {name: value.item() for name, value in step.terms.items()}
         bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in losses.items()})
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings[f"fit_{resolution}"] = time.perf_counter() - stage_start
     bar.close()
-    assert grid is not None
-    with torch.no_grad():
-        # The masks bound the object: outside the (dilated) hull the SDF is made positive, which removes floaters
-        # that no ray constrains.
-        points = box.grid_points(tuple(grid.sdf.shape[-3:]))
-        outside = sample_grid(allowed, cube, points)[..., 0] < 0.5
-        grid.sdf[0, 0][outside] = grid.sdf[0, 0][outside].clamp_min(grid.voxel)
+    clamp_to_hull(grid, hull)
     light = None if grid.light is None else grid.light.detach().cpu()
     cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu")), light)
     cpu_grid.requires_grad_(False)
     timings["fit"] = time.perf_counter() - start
     return Fields(cpu_grid, timings, losses, str(dev))
+
+
+class FitStep:
+    """One optimisation step, read entirely from device tensors indexed by the schedule's counter, so that it can
+    be captured once as a CUDA graph (:mod:`recon.graph_steps`); :attr:`terms` holds the last step's loss terms."""
+
+    def __init__(
+        self,
+        grid: SdfGrid,
+        rays: RayBatch,
+        schedule: StepSchedule,
+        optimiser: ScheduledAdam,
+        weights: LossWeights,
+        recon: ReconConfig,
+        band: float,
+        normals: bool,
+    ):
+        self.grid, self.rays, self.schedule, self.optimiser = grid, rays, schedule, optimiser
+        self.weights, self.recon, self.band, self.normals = weights, recon, band, normals
+        self.terms: dict[str, torch.Tensor] = {}
+
+    def __call__(self) -> None:
+        now = self.schedule.now()
+        batch = self.rays[now["index"]]
+        gradient = self.grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
+        out = render_rays(
+            self.grid,
+            batch,
+            self.recon.samples,
+            now["inv_s"],
+            now["background"],
+            now["jitter"],
+            self.recon.colour_per_sample,
+            gradient,
+            self.normals,
+        )
+        loss, terms = fit_loss(
+            self.grid,
+            out,
+            batch,
+            now["background"],
+            gradient,
+            self.band,
+            self.weights,
+            now["smoothness_weight"],
+            now["prior_weight"],
+        )
+        self.optimiser.step(loss, self.schedule.counter)
+        self.schedule.advance()
+        # Detached: a loss tensor kept alive would keep this step's autograd graph (and its gradient accumulators,
+        # bound to the warm-up stream) alive into the CUDA graph capture, which then fails.
+        self.terms = {name: value.detach() for name, value in terms.items()}
+
+
+def initial_grid(
+    views: PosedViews, hull: Hull, box: Box, resolution: int, colour_resolution: int, shading: str
+) -> SdfGrid:
+    """The first stage's grids: the hull's signed distance, and the views' mean colour where each point projects."""
+    dev = hull.occupied.device
+    points = box.grid_points(box.shape(resolution))
+    sdf = sample_grid(hull.signed_distance(), hull.cube, points)[..., 0]
+    colour_points = box.grid_points(box.shape(min(resolution, colour_resolution)))
+    colour = initial_colour(views, colour_points.reshape(-1, 3), dev)
+    colour = colour.T.reshape(3, *colour_points.shape[:3])
+    return SdfGrid(sdf, colour, box, initial_light(dev) if shading == "lambertian" else None)
+
+
+def clamp_to_hull(grid: SdfGrid, hull: Hull) -> None:
+    """Make the SDF positive outside the (dilated) hull: the masks bound the object, and this removes floaters that
+    no ray constrains."""
+    with torch.no_grad():
+        points = grid.box.grid_points(tuple(grid.sdf.shape[-3:]))
+        outside = sample_grid(hull.allowed, hull.cube, points)[..., 0] < 0.5
+        grid.sdf[0, 0][outside] = grid.sdf[0, 0][outside].clamp_min(grid.voxel)
 
 
 def finish_mesh(
@@ -290,77 +286,47 @@ def reconstruct(
     return ReconResult(result, timings)
 
 
-@dataclass
-class _StageSchedule:
+def stage_schedule(
+    ray_count: int,
+    rays: int,
+    steps: int,
+    done: int,
+    total: int,
+    recon: ReconConfig,
+    stage: int,
+    sharpness: tuple[float, float],
+    generator: torch.Generator,
+) -> StepSchedule:
     """Everything that varies from step to step of one stage, drawn and computed up front on the device.
 
-    Drawing all random numbers before the stage (rather than per step) keeps the step free of host work, so it can be
-    captured once as a CUDA graph (recon.graph_steps); the step reads row ``counter`` of each tensor.
+    Drawing all random numbers before the stage (rather than per step) keeps the step free of host work. Rows:
+    ``index`` (rays,) training rays; ``background`` (rays, 3) colours the targets are composited on; ``jitter``
+    (rays, 1) stratified-sampling offsets; ``inv_s`` NeuS sharpness, geometric from the start of ``sharpness`` to
+    its end over all stages; ``smoothness_weight`` and the SDF, colour and light learning rates, falling to a tenth
+    over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages.
     """
-
-    index: torch.Tensor
-    """(steps, rays) indices of each step's training rays."""
-    background: torch.Tensor
-    """(steps, rays, 3) random background colours the targets are composited on."""
-    jitter: torch.Tensor
-    """(steps, rays, 1) stratified-sampling offsets."""
-    inv_s: torch.Tensor
-    """(steps,) NeuS sharpness, geometric from the config's start to its end over all stages."""
-    smoothness_weight: torch.Tensor
-    """(steps,) Laplacian weight, falling to a tenth over the stage."""
-    sdf_lr: torch.Tensor
-    """(steps,) Adam step of the SDF grid, falling to a tenth over the stage."""
-    colour_lr: torch.Tensor
-    """(steps,) Adam step of the colour grid, falling to a tenth over the stage."""
-    light_lr: torch.Tensor
-    """(steps,) Adam step of the light (shaded colour), falling to a tenth over the stage."""
-    prior_weight: torch.Tensor
-    """(steps,) factor of the volume and area priors, falling from 1 to 0 over all stages."""
-    counter: torch.Tensor
-    """(1,) long: the step about to run."""
-
-    @classmethod
-    def draw(
-        cls,
-        ray_count: int,
-        rays: int,
-        steps: int,
-        done: int,
-        total: int,
-        recon: ReconConfig,
-        stage: int,
-        sharpness: tuple[float, float],
-        generator: torch.Generator,
-    ) -> _StageSchedule:
-        dev = generator.device
-        index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
-        background = torch.rand(steps, rays, 3, device=dev, generator=generator)
-        jitter = torch.rand(steps, rays, 1, device=dev, generator=generator)
-        it = torch.arange(steps, device=dev, dtype=torch.float64)
-        decay = 0.1 ** (it / max(1, steps - 1))
-        s_start, s_end = sharpness
-        inv_s = s_start * (s_end / s_start) ** ((done + it) / max(1, total - 1))
-        lr = recon.learning_rate * 0.5**stage
-        return cls(
-            index,
-            background,
-            jitter,
-            inv_s.float(),
-            (recon.smoothness_weight * decay).float(),
-            (lr * decay).float(),
-            (recon.colour_learning_rate * decay).float(),
-            (recon.light_learning_rate * decay).float(),
-            (1 - (done + it) / max(1, total - 1)).float(),
-            torch.zeros(1, dtype=torch.long, device=dev),
-        )
-
-
-def _normal_error(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean ``1 − cos`` between rendered (R, 3) and target (R, 3) normals, each ray weighted by its target's length
-    (the pixel's share of normal map: 0 on the background, so those rays do not count)."""
-    share = target.norm(dim=-1)
-    agreement = (F.normalize(rendered, dim=-1, eps=1e-6) * target).sum(-1)
-    return (share - agreement).sum() / share.sum().clamp_min(1.0)
+    dev = generator.device
+    index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
+    background = torch.rand(steps, rays, 3, device=dev, generator=generator)
+    jitter = torch.rand(steps, rays, 1, device=dev, generator=generator)
+    it = torch.arange(steps, device=dev, dtype=torch.float64)
+    decay = 0.1 ** (it / max(1, steps - 1))
+    s_start, s_end = sharpness
+    inv_s = s_start * (s_end / s_start) ** ((done + it) / max(1, total - 1))
+    lr = recon.learning_rate * 0.5**stage
+    return StepSchedule(
+        {
+            "index": index,
+            "background": background,
+            "jitter": jitter,
+            "inv_s": inv_s.float(),
+            "smoothness_weight": (recon.smoothness_weight * decay).float(),
+            "sdf_lr": (lr * decay).float(),
+            "colour_lr": (recon.colour_learning_rate * decay).float(),
+            "light_lr": (recon.light_learning_rate * decay).float(),
+            "prior_weight": (1 - (done + it) / max(1, total - 1)).float(),
+        }
+    )
 
 
 def _progress(total: int, enabled: bool):

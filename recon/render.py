@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon.cameras import project_points
+
 Lighting = Literal["lit", "unlit"]
 
 #: Unit direction towards the fixed light, world z-up: from above and in front of the input view (+X).
@@ -240,16 +242,6 @@ def _as_batch(intrinsics, cam_to_world, device) -> tuple[torch.Tensor, torch.Ten
     return k, c2w
 
 
-def _project(vertices: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates (B, V, 2) and depths (B, V) of world vertices, exactly as recon.cameras.project."""
-    cam = torch.einsum("bvi,bij->bvj", vertices[None] - c2w[:, None, :3, 3], c2w[:, :3, :3])
-    depth = -cam[..., 2]
-    safe = torch.where(depth.abs() > 1e-12, depth, torch.full_like(depth, 1e-12))
-    u = k[:, None, 0, 2] + k[:, None, 0, 0] * cam[..., 0] / safe
-    v = k[:, None, 1, 2] - k[:, None, 1, 1] * cam[..., 1] / safe
-    return torch.stack([u, v], dim=-1), depth
-
-
 def _plane_coefficients(tri: torch.Tensor, tri_depth: torch.Tensor) -> torch.Tensor:
     """Per triangle (T, 9): origin (x0, y0), gradients of the screen barycentrics w1, w2, and of 1/depth.
 
@@ -304,7 +296,7 @@ def rasterize(
     device = mesh.device
     k, c2w = _as_batch(intrinsics, cam_to_world, device)
     b, n_faces = k.shape[0], mesh.faces.shape[0]
-    screen, depth = _project(mesh.vertices, k, c2w)
+    screen, depth = project_points(mesh.vertices, k, c2w)
     tri = screen[:, mesh.faces].reshape(-1, 3, 2)  # (B*F, 3, 2): camera-major
     tri_depth = depth[:, mesh.faces].reshape(-1, 3)
     # candidate pixels: centres i + 0.5 within the triangle's bounding box, clipped to the image

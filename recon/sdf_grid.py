@@ -5,8 +5,6 @@ and ``F.grid_sample`` interpolates it with one fused native kernel on the CPU an
 backward, so the whole optimiser stays pure PyTorch. The grid spans the visual hull's bounding box (padded) with
 cubic voxels, so flat or elongated objects spend the resolution where they are.
 
-The hull is carved here in torch (on the optimisation device) rather than meshed: the optimiser needs an occupancy
-volume for its initial signed distance, for the ray intervals it samples in, and as a bound that no surface may leave.
 Grid tensors are laid out ``(1, C, Z, Y, X)`` as ``grid_sample`` wants; :meth:`SdfGrid.sdf_xyz` gives ``[x, y, z]``.
 """
 
@@ -14,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
+from recon.cameras import project_points, sample_image
 from recon.posed_views import PosedViews
 
 
@@ -61,51 +58,6 @@ def sample_grid(grid: torch.Tensor, box: Box, points: torch.Tensor) -> torch.Ten
     coords = box.normalise(points).reshape(1, -1, 1, 1, 3)
     values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
     return values.reshape(grid.shape[1], -1).T.reshape(*lead, grid.shape[1])
-
-
-def carve_hull(views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> torch.Tensor:
-    """Visual-hull occupancy (R, R, R) bool, laid out (Z, Y, X), over the cube [-bound, bound]³.
-
-    A point is occupied when it projects inside the mask of at least ``min_views`` views; a point outside a view's
-    frame counts as empty there, since the object is always framed. Voting tolerates one bad mask of a generated view.
-    """
-    box = Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
-    points = box.grid_points((resolution,) * 3).reshape(-1, 3)
-    masks = torch.as_tensor(views.masks, dtype=torch.float32, device=device)
-    votes = torch.zeros(points.shape[0], device=device)
-    for i in range(len(views)):
-        uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
-        inside = sample_image(masks[i][None], uv)[:, 0] > 0.5
-        votes += (inside & (depth > 0)).float()
-    return (votes >= min_views).reshape((resolution,) * 3)
-
-
-def occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:
-    """Signed Euclidean distance (world units, negative inside) of a boolean volume, exact at voxel precision."""
-    occ = occupied.cpu().numpy()
-    inside = ndimage.distance_transform_edt(occ)
-    outside = ndimage.distance_transform_edt(~occ)
-    sdf = (outside - inside + np.where(occ, 0.5, -0.5)) * voxel
-    return torch.as_tensor(sdf, dtype=torch.float32, device=occupied.device)
-
-
-def project_points(points: torch.Tensor, k: np.ndarray, cam_to_world: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates (N, 2) and depths along the viewing axis (N,) of world points (as recon.cameras.project)."""
-    c2w = torch.as_tensor(cam_to_world, dtype=torch.float32, device=points.device)
-    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
-    depth = -cam[:, 2]
-    safe = depth.clamp_min(1e-6)
-    u = float(k[0, 2]) + float(k[0, 0]) * cam[:, 0] / safe
-    v = float(k[1, 2]) - float(k[1, 1]) * cam[:, 1] / safe
-    return torch.stack([u, v], dim=-1), depth
-
-
-def sample_image(image: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Values (N, C) of a ``(C, H, W)`` image at pixel coordinates (N, 2); zero outside the frame."""
-    _, h, w = image.shape
-    grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], dim=-1).reshape(1, -1, 1, 2)
-    values = F.grid_sample(image[None], grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return values.reshape(image.shape[0], -1).T
 
 
 class SdfGrid(torch.nn.Module):
@@ -262,20 +214,6 @@ def sdf_gradient(sdf: torch.Tensor, voxel: float) -> torch.Tensor:
 def resize(grid: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Trilinear resampling of a ``(1, C, Z, Y, X)`` grid to ``shape`` with corners kept in place."""
     return F.interpolate(grid, size=shape, mode="trilinear", align_corners=True)
-
-
-def hull_box(occupied: torch.Tensor, bound: float, margin: float) -> Box:
-    """Bounding box (world) of an occupancy cube over [-bound, bound]³, grown by ``margin``; the whole cube if empty."""
-    device = occupied.device
-    n = occupied.shape[0]
-    idx = torch.nonzero(occupied)
-    if idx.numel() == 0:
-        return Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
-    step = 2 * bound / (n - 1)
-    lo_zyx, hi_zyx = idx.min(0).values.float(), idx.max(0).values.float()
-    lo = (lo_zyx.flip(0) * step - bound - margin).clamp(min=-bound - margin)
-    hi = (hi_zyx.flip(0) * step - bound + margin).clamp(max=bound + margin)
-    return Box(lo, hi)
 
 
 def initial_colour(views: PosedViews, points: torch.Tensor, device: torch.device) -> torch.Tensor:

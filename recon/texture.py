@@ -251,8 +251,8 @@ def project_views(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Visibility- and angle-weighted mean colour (N, 3) of surface points over the views, and which were seen (N,)."""
+    from recon.cameras import project_points, sample_image
     from recon.render import prepare_mesh, rasterize
-    from recon.sdf_grid import project_points, sample_image
 
     h, w = views.size
     fragments = rasterize(prepare_mesh(mesh, device), views.intrinsics, views.cam_to_world, w, h)

@@ -18,34 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon.cameras import project_points, sample_image
 from recon.posed_views import PosedViews
-
-
-def _project(points: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates (N, 2) and depth (N,) of world points in one camera (recon.cameras conventions)."""
-    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
-    depth = -cam[:, 2]
-    safe = depth.clamp(min=1e-6)
-    return torch.stack([k[0, 2] + k[0, 0] * cam[:, 0] / safe, k[1, 2] - k[1, 1] * cam[:, 1] / safe], dim=1), depth
-
-
-def _lookup(image: torch.Tensor, uv: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bilinear lookup (N, C) of image (C, H, W) at pixel coordinates; zero outside the image."""
-    grid = torch.stack([uv[:, 0] / width * 2 - 1, uv[:, 1] / height * 2 - 1], dim=1)[None, None]
-    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0].T
 
 
 def carve(views: PosedViews, resolution: int = 128, bound: float = 1.0, tolerance: int = 0) -> np.ndarray:
     """Soft occupancy (resolution^3, float32 in [0, 1]) of the cube [-bound, bound]^3, indexed [x, y, z]."""
     if not 0 <= tolerance < len(views):
         raise ValueError(f"tolerance must be in [0, {len(views) - 1}], got {tolerance}")
-    height, width = views.size
     axis = torch.linspace(-bound, bound, resolution)
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     samples = []
     for mask, k, c2w in zip(views.masks, views.intrinsics, views.cam_to_world, strict=True):
-        uv, _ = _project(points, torch.as_tensor(k, dtype=torch.float32), torch.as_tensor(c2w, dtype=torch.float32))
-        samples.append(_lookup(torch.as_tensor(mask)[None].float(), uv, width, height)[:, 0])
+        uv, _ = project_points(points, k, c2w)
+        samples.append(sample_image(torch.as_tensor(mask)[None].float(), uv)[:, 0])
     field = torch.stack(samples, dim=1).sort(dim=1).values[:, tolerance]
     return field.reshape(resolution, resolution, resolution).numpy()
 
@@ -88,11 +74,11 @@ def vertex_colors(mesh, views: PosedViews, depth_tolerance: float = 0.01) -> np.
     for index in range(len(views)):
         k = torch.as_tensor(views.intrinsics[index], dtype=torch.float32)
         c2w = torch.as_tensor(views.cam_to_world[index], dtype=torch.float32)
-        uv, depth = _project(points, k, c2w)
+        uv, depth = project_points(points, k, c2w)
         image = torch.as_tensor(views.images[index]).permute(2, 0, 1).float()
-        color = _lookup(image, uv, width, height)
-        seen_depth = _lookup(torch.as_tensor(rendered.depth[index])[None], uv, width, height)[:, 0]
-        mask = _lookup(torch.as_tensor(views.masks[index])[None].float(), uv, width, height)[:, 0]
+        color = sample_image(image, uv)
+        seen_depth = sample_image(torch.as_tensor(rendered.depth[index])[None], uv)[:, 0]
+        mask = sample_image(torch.as_tensor(views.masks[index])[None].float(), uv)[:, 0]
         facing = (F.normalize(c2w[:3, 3] - points, dim=1) * normals).sum(dim=1).clamp(min=0)
         visible = (depth - seen_depth).abs() < depth_tolerance * depth
         w = facing * mask * visible

@@ -1,0 +1,99 @@
+"""The visual hull of posed views' masks, carved in torch on the fitting device: where the object can be.
+
+The fit needs it three times: its signed distance starts the SDF grid, its extent along each pixel ray bounds where
+that ray is sampled, and, dilated, it bounds the fitted surface (no floaters in space that no ray checks). A point is
+occupied when it projects inside the masks of at least ``min_views`` views (voting tolerates a bad mask of a
+generated view); a point outside a view's frame counts as empty there, since the object is always framed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from recon.cameras import project_points, sample_image
+from recon.posed_views import PosedViews
+from recon.sdf_grid import Box
+
+
+@dataclass
+class Hull:
+    """The carved hull over the cube [-bound, bound]³ and what the fit derives from it."""
+
+    occupied: torch.Tensor
+    """(R, R, R) bool, laid out (Z, Y, X): the points inside the hull."""
+    bound: float
+    """Half-side of the cube the hull is carved in."""
+    allowed: torch.Tensor
+    """(1, 1, R, R, R) float: the hull dilated by two voxels, which the fitted surface may not leave (the surface may
+    move a little outside a hull carved from area-resampled masks)."""
+
+    @classmethod
+    def carve(cls, views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> Hull:
+        occupied = carve_hull(views, bound, resolution, min_views, device)
+        allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
+        return cls(occupied, bound, allowed)
+
+    @property
+    def cube(self) -> Box:
+        """The cube [-bound, bound]³ the hull is carved in."""
+        device = self.occupied.device
+        return Box(torch.full((3,), -self.bound, device=device), torch.full((3,), self.bound, device=device))
+
+    @property
+    def voxel(self) -> float:
+        """Spacing of the hull's grid points, world units."""
+        return 2 * self.bound / (self.occupied.shape[0] - 1)
+
+    @property
+    def volume(self) -> float:
+        """Volume of the hull, world units³."""
+        return float(self.occupied.sum()) * self.voxel**3
+
+    def signed_distance(self) -> torch.Tensor:
+        """Signed distance to the hull's surface, ``(1, 1, R, R, R)`` over :attr:`cube`."""
+        return occupancy_to_sdf(self.occupied, self.voxel)[None, None]
+
+    def box(self, margin_voxels: float = 3) -> Box:
+        """Bounding box of the hull grown by ``margin_voxels``: the box the SDF grid spans."""
+        return hull_box(self.occupied, self.bound, margin_voxels * self.voxel)
+
+
+def carve_hull(views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> torch.Tensor:
+    """Visual-hull occupancy (R, R, R) bool, laid out (Z, Y, X), over the cube [-bound, bound]³ (see the module)."""
+    box = Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
+    points = box.grid_points((resolution,) * 3).reshape(-1, 3)
+    masks = torch.as_tensor(views.masks, dtype=torch.float32, device=device)
+    votes = torch.zeros(points.shape[0], device=device)
+    for i in range(len(views)):
+        uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
+        inside = sample_image(masks[i][None], uv)[:, 0] > 0.5
+        votes += (inside & (depth > 0)).float()
+    return (votes >= min_views).reshape((resolution,) * 3)
+
+
+def occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:
+    """Signed Euclidean distance (world units, negative inside) of a boolean volume, exact at voxel precision."""
+    occ = occupied.cpu().numpy()
+    inside = ndimage.distance_transform_edt(occ)
+    outside = ndimage.distance_transform_edt(~occ)
+    sdf = (outside - inside + np.where(occ, 0.5, -0.5)) * voxel
+    return torch.as_tensor(sdf, dtype=torch.float32, device=occupied.device)
+
+
+def hull_box(occupied: torch.Tensor, bound: float, margin: float) -> Box:
+    """Bounding box (world) of an occupancy cube over [-bound, bound]³, grown by ``margin``; the whole cube if empty."""
+    device = occupied.device
+    n = occupied.shape[0]
+    idx = torch.nonzero(occupied)
+    if idx.numel() == 0:
+        return Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
+    step = 2 * bound / (n - 1)
+    lo_zyx, hi_zyx = idx.min(0).values.float(), idx.max(0).values.float()
+    lo = (lo_zyx.flip(0) * step - bound - margin).clamp(min=-bound - margin)
+    hi = (hi_zyx.flip(0) * step - bound + margin).clamp(max=bound + margin)
+    return Box(lo, hi)
