@@ -146,3 +146,14 @@ def test_a_saved_adapter_loads_back_to_identical_outputs(pairs: Path, small_mode
     trained.unet.fuse_lora()
     trained.unet.unload_lora()
     assert torch.equal(sample(loaded(merge=True), photo), sample(trained, photo))
+
+
+def test_a_full_fine_tune_is_a_model_folder_that_loads(pairs: Path, small_model: Path, tmp_path: Path):
+    trainer = make_trainer(pairs, small_model, tmp_path / "run", steps=1, mode="full", learning_rate=1e-3)
+    trainer.run()
+    loaded = Zero123PlusPipeline.from_pretrained(tmp_path / "run" / "model").unet.state_dict()
+    base = Zero123PlusPipeline.from_pretrained(small_model).unet.state_dict()
+    trained = trainer.pipe.unet.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[name], trained[name]) for name in loaded)
+    assert any(not torch.equal(loaded[name], base[name]) for name in loaded)
