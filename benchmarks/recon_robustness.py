@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, float, str], dict[str
     """Run the benchmark; returns its rows, keyed by (method, strength, mesh)."""
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    args.commit = _commit()  # the code that runs, not whatever the checkout holds when the tables are written
     overrides = parse_set_values(args.set or [])
     if args.smoke:
         args.meshes, args.strengths, args.config = SMOKE["meshes"], SMOKE["strengths"], SMOKE["config"]
@@ -152,7 +153,7 @@ def _write(rows: dict[tuple[str, float, str], dict[str, float]], args: argparse.
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/recon_robustness.py " + " ".join(args.argv)
     header = (
-        f"{machine(args.device)}, torch {torch.__version__}, commit {_commit()}, {date}, config "
+        f"{machine(args.device)}, torch {torch.__version__}, commit {args.commit}, {date}, config "
         f"{args.config or 'default'}, masks {args.masks}, seed {args.seed}, command: `{command}`"
     )
     text = f"{header}\n\n{summary_table(rows)}\n\n{mesh_table(rows)}\n"
