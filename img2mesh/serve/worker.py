@@ -248,10 +248,12 @@ class JobWorker:
 
 
 def clean_leftovers(root: Path) -> None:
-    """Remove what a stopped server left half-written: live files, temporary and moved-aside job folders."""
+    """Remove what a stopped server left half-written: live files, temporary and moved-aside job folders, uploads."""
     shutil.rmtree(root / LIVE_DIR, ignore_errors=True)
     shutil.rmtree(root / WARM_UP_KEY, ignore_errors=True)
     for path in root.glob(".*.partial-*"):
         shutil.rmtree(path, ignore_errors=True)
     for path in root.glob(".*.old-*"):
         shutil.rmtree(path, ignore_errors=True)
+    for path in (root / UPLOADS_DIR).glob(".*.partial"):  # an upload cut off while it was written
+        path.unlink(missing_ok=True)

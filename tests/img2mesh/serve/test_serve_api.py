@@ -288,9 +288,15 @@ def test_restart_keeps_finished_jobs_and_resumes_queued_ones_behind_a_token(serv
         shutil.copy(PHOTO, copy / "uploads" / f"{job_id}.png")
         store.add(Job(id=job_id, name=f"{state}.png", state=state, stage="fit" if state == "running" else None))
     store.close()
+    # What a kill leaves half-written: a job folder under its temporary name, an upload cut off, live files.
+    leftovers = [copy / ".abc.partial-0123" / "input.png", copy / "uploads" / ".cc.png.partial", copy / ".live" / "x"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
     app = create_app(settings(copy, tiny_zero123pp, token="s3cret", warm_up=False), pipeline=OracleGridPipeline)
     with TestClient(app) as restarted:
         assert restarted.get("/api/health").status_code == 200  # the health check needs no token
+        assert not any(path.exists() for path in leftovers) and not (copy / ".abc.partial-0123").exists()
         refused = restarted.get("/api/jobs")
         assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
         assert restarted.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
