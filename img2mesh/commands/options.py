@@ -231,7 +231,8 @@ def config_from_options(options: dict[str, Any]):
     config = load_config(preset, overrides, sources)  # a bad value fails here, before torch is imported
     if preset is None and _runs_on_cpu(config.runtime.device):
         logging.getLogger("img2mesh").warning(
-            "No GPU here: using the cpu preset (smaller grids); pass --config default to keep the GPU settings."
+            "The job runs on the CPU: using the cpu preset (smaller grids); "
+            "pass --config default to keep the GPU settings."
         )
         config = load_config("cpu", overrides, sources)
     return config

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +146,23 @@ def test_recon_on_the_example_grid_matches_the_ground_truth(tmp_path: Path) -> N
     # (0.0155 / 0.72 / 0.976 before them). The bars leave room for other platforms' float noise, and a fit cut short
     # fails them (40 + 40 steps, before the priors: Chamfer 0.026, F@0.05 0.84).
     assert scores["chamfer"] < 0.012 and scores["fscore@0.02"] > 0.85 and scores["fscore@0.05"] > 0.97, scores
+
+
+def test_two_recon_commands_write_the_same_mesh(tmp_path: Path) -> None:
+    # Same input, seed, config and machine, two processes as a user runs them, on two threads: one mesh.
+    meshes = []
+    for name in ("a", "b"):
+        args = ["recon", EXAMPLES / "spot_views.png", "--config", "cpu", "--set", "recon.iterations=[15,15]", "--quiet"]
+        args += ["--faces", 1000, "--texture-size", 128, "--export", tmp_path / name / "spot.glb"]
+        result = subprocess.run(
+            [sys.executable, "-c", "from img2mesh.cli import main; main()", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        assert result.returncode == 0, result.stderr
+        meshes.append((tmp_path / name / "spot.glb").read_bytes())
+    assert meshes[0] == meshes[1]
 
 
 def test_same_seed_same_views(tiny_zero123pp: Path) -> None:
@@ -296,6 +317,21 @@ def test_every_shared_option_is_a_config_key_and_overrides_the_file(tmp_path: Pa
     for name, option in CONFIG_OPTIONS.items():
         section, _, key = option.key.partition(".")
         assert hasattr(getattr(config, section), key), name
+
+
+def test_a_cpu_job_without_a_preset_takes_the_cpu_preset(caplog: pytest.LogCaptureFixture) -> None:
+    from img2mesh.commands.options import config_from_options
+
+    with caplog.at_level(logging.WARNING, logger="img2mesh"):
+        config = config_from_options({"device": "cpu", "faces": 3000})
+    assert config.recon == load_config("cpu").recon and config.mesh.faces == 3000  # options still win
+    assert [record.getMessage() for record in caplog.records] == [
+        "The job runs on the CPU: using the cpu preset (smaller grids); pass --config default to keep the GPU settings."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="img2mesh"):
+        config = config_from_options({"device": "cpu", "config_path": "default"})
+    assert config.recon == load_config("default").recon and caplog.records == []
 
 
 # ----------------------------------------------------------------------------------------------- run.json
