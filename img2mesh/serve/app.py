@@ -274,7 +274,7 @@ def create_app(
             raise HTTPException(422, f"Field {not_text[0]!r} is a file; send one photo per job, as 'photo'.")
         try:
             options = parse_options(fields)
-            job_config(worker().config, settings.config_source, settings.overrides, options)
+            job_config(worker().config, settings.config_source, settings.overrides, options, fields)
         except InputError as exc:
             raise HTTPException(422, str(exc)) from None
         data = await photo.read()

@@ -47,13 +47,22 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
 
 
 def job_config(
-    server: Img2MeshConfig, source: str | Path | None, overrides: dict[str, Any], options: dict[str, Any]
+    server: Img2MeshConfig,
+    source: str | Path | None,
+    overrides: dict[str, Any],
+    options: dict[str, Any],
+    fields: dict[str, str] | None = None,
 ) -> Img2MeshConfig:
     """The config of one job: the server's file ``source`` and ``overrides``, then the job's ``options``.
 
-    ``server`` is the config the model was loaded with; the job keeps its :data:`SERVER_KEYS`.
+    ``server`` is the config the model was loaded with; the job keeps its :data:`SERVER_KEYS`. ``fields``, the
+    options as sent, lets an error quote what the client typed.
     """
-    config = load_config(source, {**overrides, **options})
+    typed = fields or {}
+    sources = {
+        key: f"the job option {key}={typed[key]}" if key in typed else f"the job option {key}" for key in options
+    }
+    config = load_config(source, {**overrides, **options}, sources)
     for key in SERVER_KEYS:
         section, _, name = key.partition(".")
         fixed = getattr(getattr(server, section), name)

@@ -234,7 +234,12 @@ def test_bad_uploads_get_their_status_and_sentence(server, data, options, status
 def test_invalid_options_get_the_clis_sentence(server, options, cli_args) -> None:
     client, _ = server
     code, answer = post(client, photo_bytes(), **options)
-    assert code == 422 and answer["detail"] == cli_sentence("--config", "cpu", *cli_args), answer
+    # The same sentence, naming where the value came from: the job option instead of --set.
+    ((key, value),) = options.items()
+    expected = cli_sentence("--config", "cpu", *cli_args).replace(
+        f"--set {key}={value}", f"the job option {key}={value}"
+    )
+    assert code == 422 and answer["detail"] == expected, answer
 
 
 def test_missing_photo_is_one_sentence(server) -> None:
