@@ -3,7 +3,7 @@ fine-tuning (``img2mesh train``).
 
 Builds full-size random weights of the real architecture (they cost exactly what the real ones cost) unless
 ``--model`` names a folder. Renders ``--train-meshes`` meshes (the test meshes of ``tests/data/meshes``, cycled;
-each copy draws its own viewpoints) with 2 pairs each at the default sizes (320-px views in 960x640 grids, 512-px
+each copy draws its own viewpoints) with 2 pairs each at the default sizes (320-px views in 640x960 grids, 512-px
 conditions, 2x supersampling) and trains each mode on them for ``--warmup`` + ``--steps`` steps at
 ``--batch-size`` with the defaults (bf16 autocast on CUDA, gradient checkpointing, workers reading ahead). Last,
 times ``train-data`` at its default settings (8 pairs per mesh) on ``--meshes`` meshes.

@@ -50,7 +50,7 @@ def train_data(meshes: Path, out: Path, config_path: Path | None, set_values: tu
     """Meshes (GLB, glTF, OBJ, PLY under MESHES/) → condition images and 3x2 target grids to fine-tune on.
 
     Per mesh and condition: an RGBA cut-out from a random viewpoint (azimuth 0-360°, elevation -20° to 45°) and the
-    six views at the fixed Zero123++ poses relative to it, laid out as the model's 960x640 output over gray.
+    six views at the fixed Zero123++ poses relative to it, laid out as the model's 640x960 output over gray.
     """
     from img2mesh.train.config import load_data_config
     from img2mesh.train.data import render_training_data

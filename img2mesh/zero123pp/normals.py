@@ -36,9 +36,9 @@ class NormalViews:
     alpha: np.ndarray
     """Alpha mattes in [0, 1], float32 (6, 320, 320)."""
     normal_grid: PIL.Image.Image
-    """The 960x640 normal grid as colours, composited over 0.5 gray with the matte (the reference's normals.png)."""
+    """The 640x960 normal grid as colours, composited over 0.5 gray with the matte (the reference's normals.png)."""
     cutout_grid: PIL.Image.Image
-    """The 960x640 colour grid as RGBA: estimated foreground colours with the matte as alpha."""
+    """The 640x960 colour grid as RGBA: estimated foreground colours with the matte as alpha."""
 
 
 def load_normal_controlnet(
@@ -64,7 +64,7 @@ def generate_normal_grid(
     generator: torch.Generator | None = None,
     conditioning_scale: float = 1.0,
 ) -> PIL.Image.Image:
-    """The 960x640 normal grid for the colour ``grid`` that ``pipe`` generated from ``image``.
+    """The 640x960 normal grid for the colour ``grid`` that ``pipe`` generated from ``image``.
 
     Defaults follow the zero123plus example (guidance 4, 75 steps); its model card notes guidance 1 (one UNet batch,
     twice as fast) is usually good enough for normals.

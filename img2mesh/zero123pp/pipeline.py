@@ -1,4 +1,4 @@
-"""Zero123++: one image in, six views of the object around it out, as a 960x640 grid (3 rows x 2 columns).
+"""Zero123++: one image in, six views of the object around it out, as a grid 640 wide x 960 tall (3 rows x 2 columns).
 
 Our own implementation of SUDO AI's public pipeline (the ``pipeline.py`` of their model repositories) on plain
 diffusers/transformers building blocks. It loads the public repository layout (``sudo-ai/zero123plus-v1.2``,
@@ -129,7 +129,7 @@ class Zero123PlusOutput:
     """What one call produced, for each input image."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    """The 960x640 grids: PIL list, array (B, 960, 640, 3) in [0, 1], tensor (B, 3, 960, 640) in [0, 1], or for
+    """The 640x960 grids: PIL list, array (B, 960, 640, 3) in [0, 1], tensor (B, 3, 960, 640) in [0, 1], or for
     output_type "latent" the final latents (B, 4, 120, 80) mapped back to SD scale (``unscale_latents``)."""
     poses: dict[int, tuple[float, float]]
     """View index → (azimuth relative to the input view, absolute elevation) in degrees."""
@@ -230,7 +230,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         makes the run reproducible on its own (see the module docstring for the order of draws).
         ``guidance_scale`` ≤ 1 runs without classifier-free guidance (one UNet batch instead of two).
         ``reference_attention`` / ``flexdiffuse`` switch the two conditioning paths off (ablations, tests).
-        ``controlnet`` (a diffusers ``ControlNetModel``) with ``control_image`` (a 960x640 grid) adds ControlNet
+        ``controlnet`` (a diffusers ``ControlNetModel``) with ``control_image`` (a 640x960 grid) adds ControlNet
         residuals to the main pass, as the reference's normal-map generation does.
         """
         images = [image] if isinstance(image, PIL.Image.Image) else list(image)
