@@ -83,10 +83,10 @@ def serve(
         from img2mesh.serve.app import ServeSettings, create_app
     except ImportError:
         raise InputError(INSTALL_HINT) from None
-    from img2mesh.commands.run import check_writable
     from img2mesh.config import load_config
     from img2mesh.zero123pp.weights import resolve_model
     from recon.devices import resolve_device
+    from recon.export import check_writable
 
     configure_logging(quiet, verbose)
     if token is not None and not token.strip():
