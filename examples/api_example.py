@@ -26,10 +26,10 @@ def views_to_mesh(out: Path) -> None:
     pipeline = Img2Mesh(img2mesh.load_config("cpu"))  # no .load(): these stages need no diffusion model
     views = pipeline.pose_views(Image.open(EXAMPLES / "spot_views.png"))
     fields = pipeline.fit(views)  # the GPU half (runs on the CPU here)
-    mesh = pipeline.finish(fields, views)  # the CPU half: mesh, clean-up, UV unwrap, baked texture
-    files = pipeline.export(mesh, out / "spot.glb")
+    meshes = pipeline.finish(fields, views)  # the CPU half: mesh, clean-up, UV unwrap, baked texture
+    files = pipeline.export(meshes, out / "spot.glb")  # standing on y = 0, export.height metres high
     pipeline.preview(files[0], out / "spot_preview.png")
-    print(f"{len(mesh.faces)} faces -> {files[0]}")
+    print(f"{len(meshes[0].faces)} faces -> {files[0]}")
 
 
 def photos_to_meshes(photos: list[Path], out: Path) -> None:

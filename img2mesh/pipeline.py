@@ -10,9 +10,11 @@ them for one input and writes this output folder::
                  views.png          the raw 640x960 grid of six views
                  views/00..05.png   each view, RGBA with its mask (plus posed_views.npz, full precision)
                  transforms.json    the nerfstudio / instant-ngp dataset of the six posed views
-                 mesh.glb           the textured mesh (or mesh.obj + .mtl + .png, or mesh.ply)
+                 mesh.glb           the textured mesh (or mesh.obj + .mtl + .png, or mesh.ply; with export.lods
+                                    mesh_lod0.glb, mesh_lod1.glb, ... finest first)
                  preview.png        an off-screen render of the mesh
-                 run.json           versions, model and commit, config, seed, seconds per stage, files (last)
+                 run.json           versions, model and commit, config, seed, seconds per stage, files, the
+                                    asset's placement and textures (written last)
 
 The folder is built under a temporary name and appears only when complete (:mod:`img2mesh.outputs`), with
 ``run.json`` written last, so an interrupted or failed input leaves nothing that looks finished.
@@ -203,25 +205,44 @@ class Img2Mesh:
         recon_device = self._recon_device()
         return fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
 
-    def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> trimesh.Trimesh:
-        """Fields → clean, decimated, UV-textured mesh in world z-up (the CPU half of reconstruction).
+    def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> list[trimesh.Trimesh]:
+        """Fields → clean, decimated, UV-textured meshes in world z-up (the CPU half of reconstruction): the levels of
+        detail, finest first (one mesh unless ``export.lods``), with the albedo and normal map ``export`` asks for.
 
         The texture bake runs on ``device``: by default the fitting device (fastest for one job); a batch runner
         passes "cpu" to keep the GPU free for the next object's fit.
         """
-        from recon.reconstruct import finish_mesh
+        from recon.asset import finish_asset
 
         device = device or fields.device
-        return finish_mesh(fields, views, self.config.mesh, self.config.texture, device=device)
+        config = self.config
+        timings: dict[str, float] = {}
+        meshes = finish_asset(fields, views, config.mesh, config.texture, config.export, device=device, timings=timings)
+        log.info("finish: %s", "  ".join(f"{step} {seconds:.2f} s" for step, seconds in timings.items()))
+        return meshes
 
-    def export(self, mesh: trimesh.Trimesh, path: str | Path, format: str | None = None) -> list[Path]:
-        """Write the mesh (glTF axes) to ``path``; ``format`` defaults to the path's suffix, else the config's."""
-        from recon.export import export_mesh
+    def export(
+        self, meshes: trimesh.Trimesh | list[trimesh.Trimesh], path: str | Path, format: str | None = None
+    ) -> list[Path]:
+        """Write the mesh, or the levels of detail of :meth:`finish` (``<stem>_lod<i>``), in glTF axes, standing on
+        y = 0 and ``export.height`` metres high, to ``path``; ``format`` defaults to the path's suffix, else the
+        config's. Returns every file written, each level's mesh file first."""
+        from recon.export import export_levels
 
         path = Path(path)
         if format is None and not path.suffix:
             format = self.config.export.format
-        return export_mesh(mesh, path, format=format)
+        meshes = [meshes] if not isinstance(meshes, list) else meshes
+        return export_levels(meshes, path, format=format, height=self.config.export.height)
+
+    def export_record(self, meshes: list[trimesh.Trimesh]) -> dict[str, Any]:
+        """``run.json``'s account of the exported asset (placement, colour space, texture sizes, texel density)."""
+        from recon.export import export_record
+
+        record = export_record(meshes, self.config.export)
+        for level in record["levels"]:
+            log.info("level of %d faces: %s", level["faces"], level)
+        return record
 
     def preview(self, mesh_path: str | Path, out: str | Path) -> Path:
         """An off-screen render of the exported mesh file into the PNG ``out`` (the same code as ``img2mesh show``)."""
@@ -265,20 +286,22 @@ class Img2Mesh:
         record: RunRecord,
         timed: Callable[[str], contextlib.AbstractContextManager],
         device: str | None = None,
-    ) -> trimesh.Trimesh:
+    ) -> list[trimesh.Trimesh]:
         """Write the 3D half of an output folder (the mesh file(s), ``preview.png``) from fitted fields, each stage
-        under ``timed(stage)``, their entries into ``record.outputs``; returns the mesh. ``device``: see
-        :meth:`finish`. With :meth:`save_views`, what ``run`` and ``batch`` share, so their folders cannot drift."""
+        under ``timed(stage)``, their entries into ``record.outputs`` and the asset's into ``record.export``; returns
+        the levels of detail of :meth:`finish`. ``device``: see :meth:`finish`. With :meth:`save_views`, what ``run``
+        and ``batch`` share, so their folders cannot drift."""
         with timed("finish"):
-            mesh = self.finish(fields, views, device)
+            meshes = self.finish(fields, views, device)
         with timed("export"):
-            files = self.export(mesh, folder / f"{MESH_NAME}.{self.config.export.format}")
+            files = self.export(meshes, folder / f"{MESH_NAME}.{self.config.export.format}")
             record.outputs["mesh"] = [p.relative_to(folder).as_posix() for p in files]
+            record.export = self.export_record(meshes)
         if self.config.preview.enabled:
             with timed("preview"):
                 self.preview(files[0], folder / "preview.png")
             record.outputs["preview"] = "preview.png"
-        return mesh
+        return meshes
 
     # --------------------------------------------------------------------------------------------- the job
 
@@ -312,9 +335,9 @@ class Img2Mesh:
                 record.outputs = self.save_views(work, cutout, grid, views, normals)
             with self._timed("fit", record, bar):
                 fields = self.fit(views)
-            mesh = self.save_mesh(work, fields, views, record, lambda stage: self._timed(stage, record, bar))
+            meshes = self.save_mesh(work, fields, views, record, lambda stage: self._timed(stage, record, bar))
             if export is not None:
-                copies = self.export(mesh, export)  # written whole or not at all, like every export
+                copies = self.export(meshes, export)  # written whole or not at all, like every export
                 record.outputs["export"] = [str(path.resolve()) for path in copies]
             record.finished = now()
             record.save(work)  # last: a folder with run.json is complete

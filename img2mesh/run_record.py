@@ -59,6 +59,9 @@ class RunRecord:
     """Seconds per stage, in the order they ran."""
     outputs: dict[str, str | list[str]] = field(default_factory=dict)
     """Files written, by role (input, views, mesh, ...), relative to the output folder."""
+    export: dict[str, Any] = field(default_factory=dict)
+    """The exported asset: height in metres, origin, axes, base colour (sRGB), and per level of detail its faces,
+    texture side and texel density (:func:`recon.export.export_record`)."""
     versions: dict[str, str | None] = field(default_factory=lambda: package_versions())
     """Versions of Python and of the recorded packages."""
     started: str = field(default_factory=lambda: now())

@@ -245,3 +245,28 @@ class ExportConfig:
 
     format: Format = "glb"
     """File format of the exported mesh (used when the output path has no known extension)."""
+    height: float = 1.0
+    """Height of the exported object in metres (its extent along glTF +Y); its origin is the centre of its base."""
+    lods: tuple[int, ...] = ()
+    """Face counts of levels of detail, finest first, each its own file (``mesh_lod0.glb``, ...) with its own UVs and
+    texture (the texture side shrinks with the square root of the face count, to a power of two); empty: one mesh of
+    ``mesh.faces`` faces."""
+    normal_map: bool = False
+    """Bake a tangent-space normal map of the fitted surface onto the mesh (glTF ``normalTexture``), which keeps the
+    detail that decimation flattens as lighting detail."""
+    colour: Literal["views", "albedo"] = "views"
+    """Base colour texture: "views" (baked from the views, their lighting included: looks right unlit) or "albedo"
+    (the same with the fit's learnt shading divided out: for an engine that lights the asset itself)."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigValueError` for the first value out of range."""
+        check(self.height > 0, "height", self.height, "use a positive height in metres, e.g. 1.5")
+        for faces in self.lods:
+            check_range("lods", faces, MIN_FACES)
+        decreasing = all(a > b for a, b in zip(self.lods, self.lods[1:], strict=False))
+        check(
+            decreasing,
+            "lods",
+            list(self.lods),
+            "list face counts finest first, strictly decreasing, e.g. 20000,5000,1000",
+        )

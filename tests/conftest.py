@@ -33,3 +33,30 @@ def tiny_pipe(tiny_zero123pp):
     pipe = Zero123PlusPipeline.from_pretrained(tiny_zero123pp)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+#: Node tools of the tests (``npm ci --prefix tests/tools`` installs them; .ci/run does).
+TEST_TOOLS = Path(__file__).resolve().parent / "tools"
+
+
+@pytest.fixture(scope="session")
+def gltf_validator():
+    """``validate(*paths)``: the Khronos glTF-Validator's report of each file (a dict with ``issues``), run by node.
+
+    Fails (rather than skips) when node or the validator is missing: every exported GLB is meant to be checked.
+    """
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    script = TEST_TOOLS / "validate_gltf.js"
+    if node is None or not (TEST_TOOLS / "node_modules" / "gltf-validator").is_dir():
+        pytest.fail("The glTF-Validator is not installed: install node and run `npm ci --prefix tests/tools`.")
+
+    def validate(*paths: Path) -> list[dict]:
+        done = subprocess.run([node, str(script), *map(str, paths)], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return validate

@@ -58,6 +58,10 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
         ConfigOption("--faces", "mesh.faces", "Target face count of the mesh."),
         ConfigOption("--texture-size", "texture.size", "Side of the square base-colour texture in pixels."),
         ConfigOption("--format", "export.format", "File format of the exported mesh."),
+        ConfigOption("--height", "export.height", "Height of the exported object in metres (it stands on y = 0)."),
+        ConfigOption("--lods", "export.lods", "Levels of detail: face counts, finest first (e.g. 20000,5000,1000)."),
+        ConfigOption("--normal-map", "export.normal_map", "Bake the fitted surface's fine detail into a normal map."),
+        ConfigOption("--colour", "export.colour", "Base colour: the views' lit colours, or albedo (shading removed)."),
         ConfigOption("--remove-bg", "preprocess.remove_bg", "Background removal: auto keeps an existing alpha."),
         ConfigOption("--poses", "views.poses", "Zero123++ pose table of the views (match the model version)."),
         ConfigOption(
@@ -84,7 +88,7 @@ MODEL_OPTIONS = (
     "lora",
 )
 #: Options of the commands that reconstruct and export a mesh (``recon``, ``run``, ``batch``).
-RECON_OPTIONS = ("faces", "texture_size", "format")
+RECON_OPTIONS = ("faces", "texture_size", "format", "height", "lods", "normal_map", "colour")
 
 
 def _field_type(key: str) -> Any:
@@ -215,6 +219,9 @@ def _typed(key: str, value: Any) -> Any:
     hint = _field_type(key)
     if typing.get_origin(hint) is Literal:
         return next((c for c in typing.get_args(hint) if str(c) == value), value)
+    if typing.get_origin(hint) is tuple and isinstance(value, str):  # --lods 20000,5000,1000
+        items = [item.strip() for item in value.split(",")]
+        return [int(item) if item.lstrip("-").isdigit() else item for item in items]  # the config names a bad one
     return value
 
 

@@ -40,27 +40,28 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     configure_logging(quiet, verbose)
     config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
 
+    import time
+
+    from recon.asset import finish_asset
     from recon.dataset import read_views
-    from recon.export import export_mesh, export_target
+    from recon.export import export_levels, export_target
+    from recon.reconstruct import fit_fields
 
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
     posed = read_views(views, config.views)
 
-    from recon.reconstruct import reconstruct
-
-    result = reconstruct(
-        posed,
-        config.recon,
-        config.mesh,
-        config.texture,
-        device=config.runtime.device,
-        progress=not quiet,
-        seed=config.runtime.seed,
+    start = time.perf_counter()
+    fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)
+    timings = dict(fields.timings)
+    meshes = finish_asset(
+        fields, posed, config.mesh, config.texture, config.export, device=fields.device, timings=timings
     )
-    written = export_mesh(result.mesh, target, fmt)
+    written = export_levels(meshes, target, fmt, config.export.height)
+    timings["total"] = time.perf_counter() - start
     if not quiet:
         names = ", ".join(str(p) for p in written)
-        click.echo(f"Mesh of {len(result.mesh.faces)} faces written to {names} in {result.timings['total']:.1f} s.")
+        faces = "/".join(str(len(mesh.faces)) for mesh in meshes)
+        click.echo(f"Mesh of {faces} faces written to {names} in {timings['total']:.1f} s.")
         if verbose:
-            click.echo("  " + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+            click.echo("  " + "  ".join(f"{k} {v:.2f}s" for k, v in timings.items()))

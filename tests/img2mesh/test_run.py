@@ -94,6 +94,7 @@ def test_run_writes_the_documented_folder(spot_run: tuple[RunRecord, Path, Path]
 
     mesh = trimesh.load(folder / "mesh.glb", force="mesh")
     assert len(mesh.faces) > 500 and mesh.visual.uv is not None
+    np.testing.assert_allclose(mesh.bounds[:, 1], [0, 1], atol=1e-6)  # stands on y = 0, export.height (1 m) high
     preview = np.asarray(Image.open(folder / "preview.png").convert("RGB"))
     obj = np.abs(preview.astype(int) - 255).sum(-1) > 30
     assert preview.shape == (128, 128, 3) and 0.05 < obj.mean() < 0.7
@@ -112,6 +113,9 @@ def test_run_json_records_what_was_done(spot_run: tuple[RunRecord, Path, Path], 
     assert saved["seed"] == 42 and saved["config"]["runtime"]["seed"] == 42 and saved["device"] == "cpu"
     assert saved["config"] == config_to_dict(load_config("cpu", {**CPU, "multiview.model": str(tiny_zero123pp)}))
     assert list(saved["timings"]) == list(STAGES) and all(t >= 0 for t in saved["timings"].values())
+    assert saved["export"]["height_m"] == 1.0 and saved["export"]["base_colour"] == "views, sRGB"
+    (level,) = saved["export"]["levels"]
+    assert level["texture_size"] == 256 and level["texels_per_metre"] > 100
     assert saved["outputs"]["mesh"] == ["mesh.glb"] and saved["outputs"]["preview"] == "preview.png"
     assert saved["finished"] >= saved["started"]
     assert is_complete(folder)
@@ -133,14 +137,15 @@ def test_timings_table_lists_every_stage(spot_run: tuple[RunRecord, Path, Path])
 
 def test_recon_on_the_example_grid_matches_the_ground_truth(tmp_path: Path) -> None:
     # The Quickstart's offline command: the shipped grid → mesh, with the CPU preset; then the mesh against Spot.
-    from recon.cameras import gltf_to_world
     from recon.evaluation.metrics import chamfer_fscore
+    from recon.export import world_to_file
 
     out = tmp_path / "spot.glb"
     code, output = invoke("recon", EXAMPLES / "spot_views.png", "--export", out, "--config", "cpu", "--quiet")
     assert code == 0, output
     mesh = trimesh.load(out, force="mesh")
-    mesh.vertices = gltf_to_world(mesh.vertices)  # the file is in glTF axes, the ground truth in world z-up
+    # the file is in glTF axes, standing on y = 0 and 1 m high; the ground truth is in the fit's world, z-up
+    mesh.vertices = trimesh.transform_points(mesh.vertices, np.linalg.inv(world_to_file(out)))
     scores = chamfer_fscore(mesh, example_ground_truth())
     # Measured with the CPU preset (shaded colour, volume/area priors): Chamfer 0.0069, F@0.02 0.966, F@0.05 0.999
     # (0.0155 / 0.72 / 0.976 before them). The bars leave room for other platforms' float noise, and a fit cut short

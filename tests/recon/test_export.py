@@ -1,15 +1,27 @@
-"""Export: GLB, OBJ+MTL+PNG and PLY reload in trimesh and PyVista with their texture/colours, in glTF axes."""
+"""Export: GLB, OBJ+MTL+PNG and PLY reload in trimesh and PyVista with their texture/colours, in glTF axes, standing
+on y = 0 at their height; every GLB passes the Khronos glTF-Validator with no error and no warning."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 import trimesh
 from PIL import Image
 
 from recon.cameras import world_to_gltf
 from recon.errors import InputError
-from recon.export import export_mesh, export_target
+from recon.export import (
+    export_levels,
+    export_mesh,
+    export_target,
+    place,
+    power_of_two,
+    texel_density,
+    world_to_file,
+)
 from recon.texture import unwrap
 
 
@@ -37,7 +49,11 @@ def test_glb_round_trip_keeps_uvs_texture_and_turns_world_x_to_gltf_z(textured, 
     assert isinstance(loaded.visual, trimesh.visual.TextureVisuals)
     np.testing.assert_allclose(loaded.visual.uv, textured.visual.uv, atol=1e-6)
     assert loaded.visual.material.baseColorTexture.size == (256, 256)
-    np.testing.assert_allclose(loaded.vertices, world_to_gltf(textured.vertices), atol=1e-5)
+    placement = place(textured)
+    expected = (world_to_gltf(textured.vertices) - placement.offset) * placement.scale
+    np.testing.assert_allclose(loaded.vertices, expected, atol=1e-5)
+    recorded = trimesh.transform_points(textured.vertices, world_to_file(written[0]))  # the file says where it put it
+    np.testing.assert_allclose(recorded, expected, atol=1e-6)
     nose = np.argmax(textured.vertices[:, 0])  # world +X ...
     assert np.argmax(loaded.vertices[:, 2]) == nose  # ... is glTF +Z (the front)
     top = np.argmax(textured.vertices[:, 2])  # world +Z (up) ...
@@ -53,7 +69,9 @@ def test_obj_writes_mtl_and_png_and_reloads_textured(textured, tmp_path):
     loaded = trimesh.load(tmp_path / "mesh.obj", force="mesh", process=False)
     assert loaded.visual.uv is not None and len(loaded.visual.uv) == len(loaded.vertices)
     assert np.asarray(loaded.visual.material.image).shape[:2] == (256, 256)
-    assert loaded.bounds[1, 2] == pytest.approx(world_to_gltf(textured.vertices)[:, 2].max(), abs=1e-5)
+    placement = place(textured)
+    front = (world_to_gltf(textured.vertices)[:, 2].max() - placement.offset[2]) * placement.scale
+    assert loaded.bounds[1, 2] == pytest.approx(front, abs=1e-5)
 
 
 def test_ply_carries_the_texture_as_vertex_colours(textured, tmp_path):
@@ -116,3 +134,56 @@ def test_textures_are_written_with_fast_png_compression(textured, tmp_path):
         assert cmf & 0x0F == 8 and (cmf * 256 + flg) % 31 == 0  # a zlib header
         assert flg >> 6 == 0  # FLEVEL 0: zlib levels 0-1 (Pillow's default 6 writes 2)
     assert not hasattr(textured.visual.material.baseColorTexture, "encoderinfo")  # the caller's image untouched
+
+
+def test_glbs_pass_the_khronos_validator_with_normals_and_tangents(textured, tmp_path, gltf_validator):
+    from recon.normal_map import bake_normal_map
+    from recon.sdf_grid import Box, SdfGrid
+
+    box = Box(torch.full((3,), -1.6), torch.full((3,), 1.6))
+    points = box.grid_points((48, 48, 48))
+    grid = SdfGrid(points.norm(dim=-1) - 1.0, torch.zeros(3, 4, 4, 4), box)
+    plain = export_mesh(textured, tmp_path / "plain.glb")[0]
+    mapped = export_mesh(bake_normal_map(textured, grid), tmp_path / "mapped.glb")[0]
+    for report in gltf_validator(plain, mapped):
+        issues = report["issues"]
+        assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]
+    assert report["info"]["hasTextures"] and report["info"]["materialCount"] == 1
+    attributes = json.loads(mapped.read_bytes()[20 : 20 + int.from_bytes(mapped.read_bytes()[12:16], "little")])
+    primitive = attributes["meshes"][0]["primitives"][0]
+    assert {"POSITION", "NORMAL", "TEXCOORD_0", "TANGENT"} <= set(primitive["attributes"])
+    assert "normalTexture" in attributes["materials"][0]
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply"])
+def test_every_format_stands_on_the_ground_at_its_height(textured, tmp_path, suffix):
+    export_mesh(textured, tmp_path / f"mesh{suffix}", placement=place(textured, 1.5))
+    loaded = trimesh.load(tmp_path / f"mesh{suffix}", force="mesh", process=False)
+    assert loaded.bounds[0, 1] == pytest.approx(0, abs=1e-6) and loaded.bounds[1, 1] == pytest.approx(1.5, abs=1e-6)
+    centre = loaded.bounds.mean(0)
+    assert centre[0] == pytest.approx(0, abs=1e-6) and centre[2] == pytest.approx(0, abs=1e-6)
+    with pytest.raises(InputError, match="positive number of metres"):
+        place(textured, 0.0)
+
+
+def test_levels_share_the_finest_levels_placement(textured, tmp_path):
+    small = textured.copy()
+    small.vertices = small.vertices * 0.5  # a coarser level that came out smaller must not be stretched to fit
+    written = export_levels([textured, small], tmp_path / "mesh.glb", height=2.0)
+    assert [p.name for p in written] == ["mesh_lod0.glb", "mesh_lod1.glb"]
+    lod0, lod1 = (trimesh.load(p, force="mesh") for p in written)
+    assert lod0.bounds[1, 1] == pytest.approx(2.0, abs=1e-6) and lod1.extents[1] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(world_to_file(written[0]), world_to_file(written[1]))
+
+
+def test_textures_become_square_powers_of_two_and_density_is_measured(textured, tmp_path):
+    odd = textured.copy()
+    odd.visual.material = textured.visual.material.copy()
+    odd.visual.material.baseColorTexture = textured.visual.material.baseColorTexture.resize((300, 300))
+    loaded = trimesh.load(export_mesh(odd, tmp_path / "mesh.glb")[0], force="mesh")
+    assert loaded.visual.material.baseColorTexture.size == (512, 512)
+    assert power_of_two(Image.new("RGB", (256, 256))).size == (256, 256)
+    # a unit square mapped onto the whole texture has size texels per unit length
+    square = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
+    square.visual = trimesh.visual.TextureVisuals(uv=[[0, 0], [1, 0], [1, 1], [0, 1]])
+    assert texel_density(square, 256) == pytest.approx(256)

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 from img2mesh.cli import cli
 from img2mesh.config import load_config
-from recon.cameras import gltf_to_world
 from recon.errors import InputError
 from recon.evaluation.hull_baseline import visual_hull
 from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics
 from recon.evaluation.oracle import load_mesh, oracle_views
+from recon.export import world_to_file
 from recon.posed_views import PosedViews
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields, reconstruct
 from recon.render import LIGHT_DIRECTION
@@ -98,7 +98,8 @@ def test_cli_reconstructs_a_views_grid_into_a_glb(tmp_path):
     assert "3000 faces" in result.output or "faces written" in result.output
     loaded = trimesh.load(out, force="mesh")
     assert len(loaded.faces) <= 3000 and loaded.visual.uv is not None
-    world = trimesh.Trimesh(gltf_to_world(loaded.vertices), loaded.faces, process=False)
+    to_world = np.linalg.inv(world_to_file(out))  # the file stands on y = 0, 1 m high; the ground truth is world z-up
+    world = trimesh.Trimesh(trimesh.transform_points(loaded.vertices, to_world), loaded.faces, process=False)
     quality = chamfer_fscore(world, gt, samples=30000)
     assert quality["chamfer"] <= 0.03, quality
 

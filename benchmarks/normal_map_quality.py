@@ -1,0 +1,235 @@
+"""What the normal map buys a low-poly mesh: lit novel views of a 2k-face mesh with and without it, and the 20k one.
+
+For each test mesh: oracle views (recon.evaluation.oracle), one fit (``--config``'s recon section), then from the same
+fields the 20k-face mesh (the default mesh and texture sections), the 2k-face mesh (the lowpoly preset's) and the 2k
+mesh with its normal map (recon.normal_map, timed on ``--device``). Each is rendered lit under the oracle's fixed light
+(recon.render's AMBIENT, DIFFUSE, LIGHT_DIRECTION) from the 12 novel views of recon.evaluation.metrics and compared
+with the lit ground truth, PSNR over the union of alphas on gray, two ways:
+
+- ``clay``: every mesh in the renderer's clay albedo, so only the shading normals differ (the normal map's own job);
+- ``albedo``: each mesh with its albedo texture (recon.albedo: the baked views with the learnt shading divided out)
+  against the ground truth with its own textures: what an engine shows when it lights the asset.
+
+``gap closed`` = (PSNR 2k+map − PSNR 2k) / (PSNR 20k − PSNR 2k), per mesh and for the means. The prediction is
+rendered here, not by recon.render, because that renderer knows no normal maps: per pixel the interpolated vertex
+normal and tangent and the map's texel make the shading normal, as a glTF shader does. ``--images FILE`` writes one
+mesh's first novel view side by side: ground truth, 20k, 2k, 2k + normal map (clay).
+
+    .venv/bin/python benchmarks/normal_map_quality.py --config cpu --meshes duck spot --no-write
+    python benchmarks/normal_map_quality.py --config default --device cuda --images benchmarks/normal_map.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from results_file import replace_section  # noqa: E402  (benchmarks/, the script's folder)
+
+from img2mesh.config import load_config  # noqa: E402
+from recon.albedo import remove_shading  # noqa: E402
+from recon.evaluation.metrics import novel_view_cameras  # noqa: E402
+from recon.evaluation.oracle import GRAY, load_mesh, oracle_views  # noqa: E402
+from recon.normal_map import bake_normal_map, vertex_normals, vertex_tangents  # noqa: E402
+from recon.reconstruct import finish_mesh, fit_fields  # noqa: E402
+from recon.render import (  # noqa: E402
+    AMBIENT,
+    DEFAULT_ALBEDO,
+    DIFFUSE,
+    LIGHT_DIRECTION,
+    prepare_mesh,
+    rasterize,
+    render_views,
+    world_geometry,
+)
+
+MESHES = ROOT / "tests" / "data" / "meshes"
+BEGIN, END = "<!-- normal_map_quality:begin -->", "<!-- normal_map_quality:end -->"
+SUPERSAMPLE = 2
+
+
+def texture_tensor(image, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(image.convert("RGB")), dtype=torch.float32, device=device).permute(2, 0, 1) / 255
+
+
+def sample(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup (N, C) with trimesh UVs (v up)."""
+    grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1)[None, None]
+    return F.grid_sample(texture[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+
+
+def render_lit(mesh, k, c2w, size: int, albedo: str, device) -> tuple[np.ndarray, np.ndarray]:
+    """Lit render (B, H, W, 3) on gray and alpha (B, H, W) of a UV mesh, its normal map applied where it has one;
+    ``albedo`` "clay" or "texture"."""
+    normals = vertex_normals(mesh)
+    material = mesh.visual.material
+    mapped = getattr(material, "normalTexture", None) is not None
+    prepared = prepare_mesh(mesh, device)
+    kk = np.array(k, dtype=np.float64).reshape(-1, 3, 3)
+    kk[:, :2] *= SUPERSAMPLE
+    fragments = rasterize(prepared, kk, np.asarray(c2w), size * SUPERSAMPLE, size * SUPERSAMPLE)
+    b, h, w = fragments.face_id.shape
+    face = fragments.face_id.reshape(-1)
+    covered = torch.nonzero(face >= 0).squeeze(1)
+    faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int64, device=device)[face[covered]]
+    bary = fragments.bary.reshape(-1, 3)[covered][..., None]
+
+    def interpolate(values) -> torch.Tensor:
+        return (torch.as_tensor(np.asarray(values), dtype=torch.float32, device=device)[faces] * bary).sum(1)
+
+    normal = interpolate(normals)
+    uv = interpolate(mesh.visual.uv)
+    if mapped:
+        tangents = vertex_tangents(mesh, normals)
+        tangent = interpolate(tangents[:, :3])
+        bitangent = torch.where(interpolate(tangents[:, 3:]) < 0, -1.0, 1.0) * torch.cross(normal, tangent, dim=-1)
+        local = sample(texture_tensor(material.normalTexture, device), uv) * 2 - 1
+        normal = tangent * local[:, :1] + bitangent * local[:, 1:2] + normal * local[:, 2:]
+    normal = F.normalize(normal, dim=-1)
+    if albedo == "clay":
+        colour = torch.tensor(DEFAULT_ALBEDO, device=device).expand(len(covered), 3)
+    else:
+        colour = sample(texture_tensor(material.baseColorTexture, device), uv)
+    light = torch.as_tensor(LIGHT_DIRECTION, dtype=torch.float32, device=device)
+    shaded = colour * (AMBIENT + DIFFUSE * (normal @ light).clamp_min(0))[:, None]
+    rgb = torch.zeros(b * h * w, 3, device=device)
+    rgb[covered] = shaded.clamp(0, 1)
+    alpha = (face >= 0).float()
+    rgb = F.avg_pool2d(rgb.view(b, h, w, 3).permute(0, 3, 1, 2), SUPERSAMPLE).permute(0, 2, 3, 1)
+    alpha = F.avg_pool2d(alpha.view(b, 1, h, w), SUPERSAMPLE)[:, 0]
+    rgb = rgb + (1 - alpha[..., None]) * GRAY
+    return rgb.cpu().numpy(), alpha.cpu().numpy()
+
+
+def psnr(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean PSNR (dB) over the views, each over the union of the two alphas."""
+    values = []
+    for a, b, alpha_a, alpha_b in zip(pred[0], gt[0], pred[1], gt[1], strict=True):
+        union = (alpha_a > 0) | (alpha_b > 0)
+        mse = float(np.mean((a[union].astype(np.float64) - b[union]) ** 2))
+        values.append(10 * np.log10(1.0 / max(mse, 1e-12)))
+    return float(np.mean(values))
+
+
+def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One mesh: fit (or load the cached fit), the three meshes, their PSNRs and the bake time."""
+    device = args.device
+    fit_config = load_config(args.config)
+    high, low = load_config("default"), load_config("lowpoly")
+    gt = load_mesh(path)
+    cached = cache / f"{path.stem}.pt" if cache else None
+    if cached is not None and cached.is_file():
+        saved = torch.load(cached, weights_only=False)
+        fields, views = saved["fields"], saved["views"]
+    else:
+        views = oracle_views(gt, device=device).views
+        fields = fit_fields(views, fit_config.recon, device=device, progress=False)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"fields": fields, "views": views}, cached)
+    bake_device = device
+    mesh20k = finish_mesh(fields, views, high.mesh, high.texture, device=bake_device)
+    mesh2k = finish_mesh(fields, views, low.mesh, low.texture, device=bake_device)
+    bake_normal_map(mesh2k, fields.grid, device=bake_device)  # warm-up (kernels, allocator)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    mapped = bake_normal_map(mesh2k, fields.grid, device=bake_device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    row: dict[str, float] = {"faces_high": len(mesh20k.faces), "faces_low": len(mesh2k.faces)}
+    row["bake_s"] = time.perf_counter() - start
+    k, c2w = novel_view_cameras(args.size)
+    geometry = world_geometry(gt)
+    clay = trimesh.Trimesh(geometry.vertices, geometry.faces, process=False)
+    truth = {
+        "clay": render_views(clay, k, c2w, args.size, args.size, "lit", GRAY, SUPERSAMPLE, device),
+        "albedo": render_views(gt, k, c2w, args.size, args.size, "lit", GRAY, SUPERSAMPLE, device),
+    }
+    meshes = {"20k": mesh20k, "2k": mesh2k, "2k+map": mapped}
+    delit = {name: remove_shading(mesh, fields.grid, bake_device) for name, mesh in meshes.items()}
+    images = {"truth": truth["clay"].rgb[0]}
+    for mode in ("clay", "albedo"):
+        renders = {}
+        for name in meshes:
+            renders[name] = render_lit(meshes[name] if mode == "clay" else delit[name], k, c2w, args.size, mode, device)
+            row[f"{mode} {name}"] = psnr(renders[name], (truth[mode].rgb, truth[mode].alpha))
+            if mode == "clay":
+                images[name] = renders[name][0][0]
+        if mode == "clay":  # how close each 2k mesh looks to the 20k one: the normal map's fidelity, whatever the fit
+            row["to 20k: 2k"] = psnr(renders["2k"], renders["20k"])
+            row["to 20k: 2k+map"] = psnr(renders["2k+map"], renders["20k"])
+        low_psnr, high_psnr = row[f"{mode} 2k"], row[f"{mode} 20k"]
+        row[f"{mode} closed"] = (row[f"{mode} 2k+map"] - low_psnr) / (high_psnr - low_psnr)
+    return row, images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default", help="preset or YAML whose recon section fits the fields")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--meshes", nargs="*", help="mesh stems from tests/data/meshes (default: all)")
+    parser.add_argument("--size", type=int, default=320, help="side of the novel views in pixels")
+    parser.add_argument("--cache", type=Path, help="folder of fitted fields to reuse (written when missing)")
+    parser.add_argument("--images", type=Path, help="PNG of the first mesh's first novel view, side by side")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    paths = sorted(p for p in MESHES.iterdir() if p.suffix.lower() in (".obj", ".glb"))
+    if args.meshes:
+        paths = [p for p in paths if p.stem in set(args.meshes)]
+    rows = {}
+    for index, path in enumerate(paths):
+        rows[path.stem], images = measure(path, args, args.cache)
+        print(path.stem, {k: round(v, 3) for k, v in rows[path.stem].items()}, flush=True)
+        if index == 0 and args.images:
+            from PIL import Image
+
+            strip = np.concatenate([images[n] for n in ("truth", "20k", "2k", "2k+map")], axis=1)
+            Image.fromarray((strip * 255 + 0.5).astype(np.uint8)).save(args.images)
+    keys = list(next(iter(rows.values())))
+    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
+    for mode in ("clay", "albedo"):
+        mean[f"{mode} closed"] = (mean[f"{mode} 2k+map"] - mean[f"{mode} 2k"]) / (
+            mean[f"{mode} 20k"] - mean[f"{mode} 2k"]
+        )
+    header = ["mesh", "faces 20k / 2k", "bake s"]
+    header += [f"{mode} {n}" for mode in ("clay", "albedo") for n in ("20k", "2k", "2k+map", "closed")]
+    header += ["clay 2k to 20k", "clay 2k+map to 20k"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, row in [*rows.items(), ("**mean**", mean)]:
+        cells = [f"{row['faces_high']:.0f} / {row['faces_low']:.0f}", f"{row['bake_s']:.3f}"]
+        for mode in ("clay", "albedo"):
+            cells += [f"{row[f'{mode} {n}']:.2f}" for n in ("20k", "2k", "2k+map")]
+            cells.append(f"{100 * row[f'{mode} closed']:.0f}%")
+        cells += [f"{row['to 20k: 2k']:.2f}", f"{row['to 20k: 2k+map']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
+        command = "python benchmarks/normal_map_quality.py " + " ".join(sys.argv[1:])
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        body = (
+            f"## Normal map on a 2k-face mesh (normal_map_quality.py)\n\n{card}, fit config `{args.config}`, "
+            f"`{command}`, {stamp}. PSNR (dB) of 12 lit novel views against the lit ground truth; `closed`: share of "
+            f"the 2k → 20k gap that the normal map closes; `bake s`: the normal-map bake alone on {args.device}; "
+            f"`to 20k`: PSNR of the 2k meshes' clay renders against the 20k mesh's.\n\n"
+            f"{table}\n"
+        )
+        replace_section(BEGIN, END, body)
+
+
+if __name__ == "__main__":
+    main()
