@@ -123,6 +123,11 @@ def psnr(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray])
     return float(np.mean(values))
 
 
+def gap_closed(low: float, mapped: float, high: float) -> float:
+    """Share of the low → high PSNR gap that ``mapped`` closes; NaN where the 20k mesh is no better than the 2k."""
+    return (mapped - low) / (high - low) if high > low else float("nan")
+
+
 def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """One mesh: fit (or load the cached fit), the three meshes, their PSNRs and the bake time."""
     device = args.device
@@ -171,8 +176,7 @@ def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dic
         if mode == "clay":  # how close each 2k mesh looks to the 20k one: the normal map's fidelity, whatever the fit
             row["to 20k: 2k"] = psnr(renders["2k"], renders["20k"])
             row["to 20k: 2k+map"] = psnr(renders["2k+map"], renders["20k"])
-        low_psnr, high_psnr = row[f"{mode} 2k"], row[f"{mode} 20k"]
-        row[f"{mode} closed"] = (row[f"{mode} 2k+map"] - low_psnr) / (high_psnr - low_psnr)
+        row[f"{mode} closed"] = gap_closed(row[f"{mode} 2k"], row[f"{mode} 2k+map"], row[f"{mode} 20k"])
     return row, images
 
 
@@ -201,9 +205,7 @@ def main() -> None:
     keys = list(next(iter(rows.values())))
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
     for mode in ("clay", "albedo"):
-        mean[f"{mode} closed"] = (mean[f"{mode} 2k+map"] - mean[f"{mode} 2k"]) / (
-            mean[f"{mode} 20k"] - mean[f"{mode} 2k"]
-        )
+        mean[f"{mode} closed"] = gap_closed(mean[f"{mode} 2k"], mean[f"{mode} 2k+map"], mean[f"{mode} 20k"])
     header = ["mesh", "faces 20k / 2k", "bake s"]
     header += [f"{mode} {n}" for mode in ("clay", "albedo") for n in ("20k", "2k", "2k+map", "closed")]
     header += ["clay 2k to 20k", "clay 2k+map to 20k"]
@@ -212,7 +214,8 @@ def main() -> None:
         cells = [f"{row['faces_high']:.0f} / {row['faces_low']:.0f}", f"{row['bake_s']:.3f}"]
         for mode in ("clay", "albedo"):
             cells += [f"{row[f'{mode} {n}']:.2f}" for n in ("20k", "2k", "2k+map")]
-            cells.append(f"{100 * row[f'{mode} closed']:.0f}%")
+            closed = row[f"{mode} closed"]
+            cells.append("n/a (20k ≤ 2k)" if np.isnan(closed) else f"{100 * closed:.0f}%")
         cells += [f"{row['to 20k: 2k']:.2f}", f"{row['to 20k: 2k+map']:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)

@@ -122,7 +122,7 @@ def test_cli_options_set_the_export_config():
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("--lods", "1000,5000", "strictly decreasing"), ("--height", "0", "positive number of metres")],
+    [("--lods", "1000,5000", "strictly decreasing"), ("--height", "0", "positive height in metres")],
 )
 def test_cli_refuses_bad_export_options_before_any_work(tmp_path, option, value, message):
     grid = tmp_path / "views.png"
