@@ -129,7 +129,7 @@ def export_record(meshes: list[trimesh.Trimesh], config: ExportConfig) -> dict[s
         level: dict[str, Any] = {"faces": len(mesh.faces)}
         image = _texture(mesh, "baseColorTexture")
         if image is not None:
-            level["texture_size"] = power_of_two(image).size[0]
+            level["texture_size"] = power_of_two_side(image)
             level["texels_per_metre"] = round(texel_density(mesh, level["texture_size"]) / placement.scale, 1)
         levels.append(level)
     return {
@@ -220,9 +220,14 @@ def gltf_axes(mesh: trimesh.Trimesh, placement: Placement) -> trimesh.Trimesh:
     return out
 
 
+def power_of_two_side(image: Image.Image) -> int:
+    """The side of the square power-of-two texture :func:`power_of_two` makes of ``image``."""
+    return 1 << (max(image.size) - 1).bit_length()
+
+
 def power_of_two(image: Image.Image) -> Image.Image:
     """``image`` as a square power-of-two texture (a copy; resized up to the next power of two when it is not one)."""
-    side = 1 << (max(image.size) - 1).bit_length()
+    side = power_of_two_side(image)
     if image.size == (side, side):
         return image.copy()
     return image.resize((side, side), Image.Resampling.LANCZOS)
