@@ -95,6 +95,10 @@ class ReconConfig:
     """Points per side of the visual-hull grid over the cube."""
     hull_min_views: int = 5
     """A point belongs to the hull when this many views see it inside their masks (5 of 6 forgives one bad mask)."""
+    hull_dilation: float = 0.0
+    """Pixels (at the views' size) every mask is grown by before the hull vote.
+    So that a hull carved from views that are all slightly misregistered keeps their thin parts (the vote forgives
+    only whole bad views); the fit carves what the dilation adds."""
     resolutions: tuple[int, ...] = (64, 128)
     """SDF grid points along the longest side of the hull's box, one entry per coarse-to-fine stage."""
     iterations: tuple[int, ...] = (250, 350)
@@ -142,6 +146,26 @@ class ReconConfig:
     """Weight of the normal term (1 − cos to the views' normal maps), used only when the views carry them.
     Bounded per ray, so that the generated maps' errors pull gently rather than dominate the photometric and mask
     terms."""
+    edge_band: float = 0.0
+    """Pixels (at ``image_size``) from a mask's edge over which the silhouette and photometric terms fade in; 0: none.
+    Silhouettes that are right only to a pixel or two (misregistered, feathered) then do not dictate the surface."""
+    camera_refinement: bool = False
+    """Learn a small rotation and translation per view, held near its given pose; the texture is baked through them.
+    Views misregistered against the fixed cameras are then pulled back rather than averaged into blur."""
+    camera_warmup: float = 0.05
+    """Share of all steps before the camera corrections unlock (the fields first take a rough shape to register to)."""
+    camera_learning_rate: float = 0.1
+    """Adam step of the camera corrections, in pixels of the fitted image, falling to a tenth over the fit."""
+    camera_weight: float = 0.0001
+    """Weight of the mean squared camera correction (pixels²) that holds each view near its given pose."""
+    colour_compensation: bool = False
+    """Learn an affine colour transform per view (exposure, white balance), undone on the views before baking.
+    It is applied to what the fit renders for the view, so the colour field holds what the views agree on."""
+    colour_compensation_learning_rate: float = 0.02
+    """Adam step of the colour transforms, falling to a tenth over the fit."""
+    colour_compensation_weight: float = 0.1
+    """Weight of the transforms' Charbonnier distance from identity.
+    Robust, so that the views that agree set the colour and an outlier view takes its own transform."""
     device: str = "auto"
     """Device of the optimisation ("auto", "cuda", "cpu")."""
     cuda_graphs: bool = True
@@ -181,8 +205,15 @@ class ReconConfig:
             "volume_weight",
             "area_weight",
             "normal_weight",
+            "camera_weight",
+            "colour_compensation_weight",
+            "hull_dilation",
+            "edge_band",
         ):
             check_range(name, getattr(self, name), 0.0)
+        check_range("camera_warmup", self.camera_warmup, 0.0, 1.0)
+        for name in ("camera_learning_rate", "colour_compensation_learning_rate"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "use a positive step")
         check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "device",
@@ -225,6 +256,9 @@ class TextureConfig:
     """A texel counts as visible in a view when its depth is within this (world units) of the mesh's depth map."""
     mask_erosion: int = 2
     """Pixels the views' masks are shrunk by before baking, so silhouette pixels (mixed with background) are unused."""
+    frontal_softness: float = 0.0
+    """> 0: a texel takes its most frontal view, blended with views within about this much cosine; 0: an average.
+    Inconsistent views then do not average into ghosts, and seams between views still blend."""
     unwrap_pieces: int = 16
     """Compact pieces of equal face count the mesh is cut into before xatlas charts it (1: whole).
     Chart growing costs superlinearly in a piece's faces, and xatlas charts pieces on parallel threads."""
@@ -236,6 +270,7 @@ class TextureConfig:
         check_range("angle_power", self.angle_power, 0.0)
         check(self.depth_tolerance > 0, "depth_tolerance", self.depth_tolerance, "use a positive distance")
         check_range("mask_erosion", self.mask_erosion, 0, 64)
+        check_range("frontal_softness", self.frontal_softness, 0.0, 2.0)
         check_range("unwrap_pieces", self.unwrap_pieces, 1, 1024)
 
 

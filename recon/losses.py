@@ -4,6 +4,8 @@
   random background, so the background colour cannot be explained by geometry and a few inconsistent pixels of a
   generated view pull no harder than many slightly wrong ones;
 - silhouette: binary cross-entropy of the rendered opacity against the mask;
+- both fade out towards the masks' edges when the rays carry edge weights (a tolerance band for silhouettes that are
+  only right to a pixel or two, :func:`recon.volume_render.edge_weights`);
 - normal: ``1 − cos`` between the rendered and the views' normals (only when the views carry normal maps);
 - the grid's priors (eikonal, Laplacian smoothness, colour total variation, volume and surface area) come from
   :class:`recon.sdf_grid.SdfGrid` and are weighted here.
@@ -45,14 +47,15 @@ def composited_target(batch: RayBatch, background: torch.Tensor) -> torch.Tensor
     return batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
 
 
-def photometric(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Charbonnier distance between rendered and target colours."""
-    return torch.sqrt((rendered - target) ** 2 + 1e-6).mean()
+def photometric(rendered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Charbonnier distance between rendered and target colours (R, 3), each ray weighted by ``weight`` (R,)."""
+    distance = torch.sqrt((rendered - target) ** 2 + 1e-6)
+    return distance.mean() if weight is None else (distance * weight[:, None]).mean()
 
 
-def silhouette(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of rendered opacity (R,) against the mask (R,)."""
-    return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), mask)
+def silhouette(opacity: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy of rendered opacity (R,) against the mask (R,), each ray weighted by ``weight`` (R,)."""
+    return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), mask, weight=weight)
 
 
 def normal_error(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,8 +82,8 @@ def fit_loss(
     ``band``: distance from the surface within which eikonal and smoothness count; ``smoothness_weight`` and
     ``prior_weight`` (0-d tensors) are this step's Laplacian weight and volume/area factor.
     """
-    colour = photometric(out.rgb, composited_target(batch, background))
-    mask = silhouette(out.opacity, batch.mask)
+    colour = photometric(out.rgb, composited_target(batch, background), batch.edge_weight)
+    mask = silhouette(out.opacity, batch.mask, batch.edge_weight)
     eikonal, smooth = grid.eikonal_and_smoothness(band, gradient)
     loss = (
         colour

@@ -12,7 +12,10 @@ Two halves, so that a batch runner can keep the GPU busy on the next object whil
   surface-area priors, fading out over the fit, empty hull wedges that no view rules out. When the views carry normal
   maps (the normal ControlNet's), a term pulls each ray's rendered normal towards its pixel's. The surface may not leave
   the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
-  one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation.
+  one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation. For generated
+  views that disagree, the fit can also learn a camera correction and a colour transform per view
+  (:mod:`recon.view_refinement`), fade its silhouette terms near mask edges and carve its hull from grown masks
+  (``configs/robust.yaml``).
 - :func:`finish_mesh` (CPU-friendly): marching cubes, clean-up and decimation (:mod:`recon.meshing`), then UV unwrap
   and a texture baked from the views, with the colour field filling what no view sees (:mod:`recon.texture`).
 
@@ -37,6 +40,7 @@ from recon.meshing import MeshConfig, extract_mesh
 from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
 from recon.texture import TextureConfig, bake_texture
+from recon.view_refinement import ColourCompensation, PoseRefinement, corrected_views
 from recon.visual_hull import Hull
 from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays
 
@@ -53,6 +57,10 @@ class Fields:
     """Final value of each loss term."""
     device: str = "cpu"
     """Device the fields were fitted on (where :func:`reconstruct` also bakes)."""
+    cam_to_world: np.ndarray | None = None
+    """(N, 4, 4) the views' cameras as the fit corrected them (``camera_refinement``), else None."""
+    colour_transforms: np.ndarray | None = None
+    """(N, 3, 4) each view's learnt colour transform, ``A - I`` and ``b`` (``colour_compensation``), else None."""
 
 
 @dataclass
@@ -85,6 +93,7 @@ def check_views(views: PosedViews) -> None:
         )
 
 
+@torch.enable_grad()
 def fit_fields(
     views: PosedViews,
     recon: ReconConfig | None = None,
@@ -106,12 +115,12 @@ def fit_fields(
     start = time.perf_counter()
     generator = torch.Generator(device=dev).manual_seed(seed)
 
-    hull = Hull.carve(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev)
+    hull = Hull.carve(views, recon.bound, recon.hull_resolution, recon.hull_min_views, dev, recon.hull_dilation)
     if not hull.occupied.any():
         raise InputError("The views' masks share no common volume, so their cameras do not match; check --poses.")
     box = hull.box()
     normals = views.normals is not None and recon.normal_weight > 0
-    rays = pixel_rays(views, recon.image_size, dev, normals=normals)
+    rays = pixel_rays(views, recon.image_size, dev, normals=normals, edge_band=recon.edge_band)
     rays = clip_to_hull(rays, hull.allowed, hull.cube, recon.hull_resolution, 2 * hull.voxel)
     timings["hull"] = time.perf_counter() - start
 
@@ -133,6 +142,7 @@ def fit_fields(
             area=recon.area_weight / float(grid.surface_area()),
             normal=recon.normal_weight if normals else 0.0,
         )
+    corrections = ViewCorrections.for_views(views, recon, dev)
     done = 0
     losses: dict[str, float] = {}
     for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
@@ -145,8 +155,9 @@ def fit_fields(
         groups = [(grid.sdf, schedule.values["sdf_lr"]), (grid.colour, schedule.values["colour_lr"])]
         if grid.light is not None:
             groups.append((grid.light, schedule.values["light_lr"]))
+        groups += corrections.parameter_groups(schedule)
         optimiser = ScheduledAdam(groups, betas=(0.9, 0.99))
-        step = FitStep(grid, rays, schedule, optimiser, weights, recon, band=4 * grid.voxel, normals=normals)
+        step = FitStep(grid, rays, schedule, optimiser, weights, recon, 4 * grid.voxel, normals, corrections)
         run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
         done += iterations
         losses = {name: value.item() for name, value in step.terms.items()}
@@ -160,7 +171,7 @@ def fit_fields(
     cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu")), light)
     cpu_grid.requires_grad_(False)
     timings["fit"] = time.perf_counter() - start
-    return Fields(cpu_grid, timings, losses, str(dev))
+    return Fields(cpu_grid, timings, losses, str(dev), *corrections.learnt(views))
 
 
 class FitStep:
@@ -177,14 +188,19 @@ class FitStep:
         recon: ReconConfig,
         band: float,
         normals: bool,
+        corrections: ViewCorrections,
     ):
         self.grid, self.rays, self.schedule, self.optimiser = grid, rays, schedule, optimiser
         self.weights, self.recon, self.band, self.normals = weights, recon, band, normals
+        self.corrections = corrections
         self.terms: dict[str, torch.Tensor] = {}
 
     def __call__(self) -> None:
         now = self.schedule.now()
         batch = self.rays[now["index"]]
+        cameras, colours = self.corrections.cameras, self.corrections.colours
+        if cameras is not None:
+            batch = cameras.apply(batch)
         gradient = self.grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
         out = render_rays(
             self.grid,
@@ -197,6 +213,8 @@ class FitStep:
             gradient,
             self.normals,
         )
+        if colours is not None:
+            out = colours.apply(out, batch.view, now["background"])
         loss, terms = fit_loss(
             self.grid,
             out,
@@ -208,11 +226,49 @@ class FitStep:
             now["smoothness_weight"],
             now["prior_weight"],
         )
+        if cameras is not None:
+            terms["camera"] = cameras.penalty()
+            loss = loss + self.recon.camera_weight * terms["camera"]
+        if colours is not None:
+            terms["colour_transform"] = colours.penalty()
+            loss = loss + self.recon.colour_compensation_weight * terms["colour_transform"]
         self.optimiser.step(loss, self.schedule.counter)
         self.schedule.advance()
         # Detached: a loss tensor kept alive would keep this step's autograd graph (and its gradient accumulators,
         # bound to the warm-up stream) alive into the CUDA graph capture, which then fails.
         self.terms = {name: value.detach() for name, value in terms.items()}
+
+
+@dataclass
+class ViewCorrections:
+    """The per-view corrections a fit learns (:mod:`recon.view_refinement`), each None when switched off."""
+
+    cameras: PoseRefinement | None
+    colours: ColourCompensation | None
+
+    @classmethod
+    def for_views(cls, views: PosedViews, recon: ReconConfig, device: torch.device) -> ViewCorrections:
+        cameras = None
+        if recon.camera_refinement:
+            focal = float(views.intrinsics[0, 0, 0]) * recon.image_size / views.size[1]
+            cameras = PoseRefinement(torch.as_tensor(views.cam_to_world, dtype=torch.float32, device=device), focal)
+        colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
+        return cls(cameras, colours)
+
+    def parameter_groups(self, schedule: StepSchedule) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        """The corrections' parameters with their learning-rate rows, for the optimiser."""
+        groups = []
+        if self.cameras is not None:
+            groups.append((self.cameras.offset, schedule.values["camera_lr"]))
+        if self.colours is not None:
+            groups.append((self.colours.affine, schedule.values["colour_transform_lr"]))
+        return groups
+
+    def learnt(self, views: PosedViews) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The corrected cameras (N, 4, 4) and colour transforms (N, 3, 4) for :class:`Fields`."""
+        cam_to_world = None if self.cameras is None else self.cameras.cam_to_world(views.cam_to_world)
+        colours = None if self.colours is None else self.colours.affine.detach().cpu().numpy()
+        return cam_to_world, colours
 
 
 def initial_grid(
@@ -263,7 +319,8 @@ def finish_mesh(
         with torch.no_grad():
             return grid.rgb(torch.as_tensor(points, dtype=torch.float32)).numpy()
 
-    textured = bake_texture(surface, views, colour_field, texture, device=device, timings=timings)
+    seen = corrected_views(views, fields.cam_to_world, fields.colour_transforms)
+    textured = bake_texture(surface, seen, colour_field, texture, device=device, timings=timings)
     return textured
 
 
@@ -303,7 +360,8 @@ def stage_schedule(
     ``index`` (rays,) training rays; ``background`` (rays, 3) colours the targets are composited on; ``jitter``
     (rays, 1) stratified-sampling offsets; ``inv_s`` NeuS sharpness, geometric from the start of ``sharpness`` to
     its end over all stages; ``smoothness_weight`` and the SDF, colour and light learning rates, falling to a tenth
-    over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages.
+    over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages;
+    ``camera_lr``, 0 during the camera warm-up, and ``colour_transform_lr``, both falling to a tenth over all stages.
     """
     dev = generator.device
     index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
@@ -314,6 +372,8 @@ def stage_schedule(
     s_start, s_end = sharpness
     inv_s = s_start * (s_end / s_start) ** ((done + it) / max(1, total - 1))
     lr = recon.learning_rate * 0.5**stage
+    progress = (done + it) / max(1, total - 1)
+    unlocked = (done + it >= recon.camera_warmup * total).double()
     return StepSchedule(
         {
             "index": index,
@@ -325,6 +385,8 @@ def stage_schedule(
             "colour_lr": (recon.colour_learning_rate * decay).float(),
             "light_lr": (recon.light_learning_rate * decay).float(),
             "prior_weight": (1 - (done + it) / max(1, total - 1)).float(),
+            "camera_lr": (recon.camera_learning_rate * unlocked * 0.1**progress).float(),
+            "colour_transform_lr": (recon.colour_compensation_learning_rate * 0.1**progress).float(),
         }
     )
 

@@ -260,8 +260,7 @@ def project_views(
     if config.mask_erosion > 0:
         k = 2 * config.mask_erosion + 1
         masks = -F.max_pool2d(-masks[:, None], k, stride=1, padding=config.mask_erosion)[:, 0]
-    total = torch.zeros_like(points)
-    weight = torch.zeros(points.shape[0], device=device)
+    weights, colours, cosines = [], [], []
     for i in range(len(views)):
         uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
         seen_depth = sample_image(fragments.depth[i][None], uv, mode="nearest")[:, 0]
@@ -271,10 +270,19 @@ def project_views(
         )
         cosine = (normals * to_camera).sum(-1).clamp_min(0)
         m = sample_image(masks[i][None], uv)[:, 0]
-        wgt = visible.float() * m * cosine**config.angle_power
+        weights.append(visible.float() * m * cosine**config.angle_power)
+        cosines.append(cosine)
         image = torch.as_tensor(views.images[i], dtype=torch.float32, device=device).permute(2, 0, 1)
-        total += sample_image(image, uv) * wgt[:, None]
-        weight += wgt
+        colours.append(sample_image(image, uv))
+    weight = torch.stack(weights)
+    if config.frontal_softness > 0:
+        # The most frontal seeing view dominates; others fade with their cosine's shortfall, continuously, so the
+        # switch from one view to the next along the surface is a blend rather than a seam.
+        cosine = torch.stack(cosines)
+        best = torch.where(weight > 1e-4, cosine, torch.zeros_like(cosine)).amax(0)
+        weight = weight * torch.exp(-(best - cosine).clamp_min(0) / config.frontal_softness)
+    total = (torch.stack(colours) * weight[..., None]).sum(0)
+    weight = weight.sum(0)
     seen = weight > 1e-4
     colour = torch.where(seen[:, None], total / weight.clamp_min(1e-8)[:, None], torch.zeros_like(total))
     return colour.clamp(0, 1), seen

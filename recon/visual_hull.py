@@ -33,8 +33,16 @@ class Hull:
     move a little outside a hull carved from area-resampled masks)."""
 
     @classmethod
-    def carve(cls, views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> Hull:
-        occupied = carve_hull(views, bound, resolution, min_views, device)
+    def carve(
+        cls,
+        views: PosedViews,
+        bound: float,
+        resolution: int,
+        min_views: int,
+        device: torch.device,
+        dilation: float = 0.0,
+    ) -> Hull:
+        occupied = carve_hull(views, bound, resolution, min_views, device, dilation)
         allowed = F.max_pool3d(occupied.float()[None, None], kernel_size=5, stride=1, padding=2)
         return cls(occupied, bound, allowed)
 
@@ -63,17 +71,30 @@ class Hull:
         return hull_box(self.occupied, self.bound, margin_voxels * self.voxel)
 
 
-def carve_hull(views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device) -> torch.Tensor:
-    """Visual-hull occupancy (R, R, R) bool, laid out (Z, Y, X), over the cube [-bound, bound]³ (see the module)."""
+def carve_hull(
+    views: PosedViews, bound: float, resolution: int, min_views: int, device: torch.device, dilation: float = 0.0
+) -> torch.Tensor:
+    """Visual-hull occupancy (R, R, R) bool, laid out (Z, Y, X), over the cube [-bound, bound]³ (see the module).
+
+    ``dilation`` > 0 grows every mask by that many pixels first, so that views misregistered by up to that much, all
+    of them at once, still agree on a thin part (the vote forgives only whole views).
+    """
     box = Box(torch.full((3,), -bound, device=device), torch.full((3,), bound, device=device))
     points = box.grid_points((resolution,) * 3).reshape(-1, 3)
-    masks = torch.as_tensor(views.masks, dtype=torch.float32, device=device)
+    masks = torch.as_tensor(dilated_masks(views.masks, dilation), dtype=torch.float32, device=device)
     votes = torch.zeros(points.shape[0], device=device)
     for i in range(len(views)):
         uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
         inside = sample_image(masks[i][None], uv)[:, 0] > 0.5
         votes += (inside & (depth > 0)).float()
     return (votes >= min_views).reshape((resolution,) * 3)
+
+
+def dilated_masks(masks: np.ndarray, pixels: float) -> np.ndarray:
+    """Masks (N, H, W) grown by ``pixels`` (a disc; binary at 0.5 when grown), unchanged for 0."""
+    if pixels <= 0:
+        return masks
+    return np.stack([ndimage.distance_transform_edt(mask <= 0.5) <= pixels for mask in masks]).astype(np.float32)
 
 
 def occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +41,9 @@ class RayBatch:
     normal: torch.Tensor | None = None
     """(R, 3) target surface normal in world space when the views carry normal maps: the area-average of the unit
     normals the pixel covers, so its length (at most 1) is the share of the pixel that has one, 0 on the background."""
+    edge_weight: torch.Tensor | None = None
+    """(R,) weight of the ray in the silhouette and photometric terms, rising from 0 on its mask's edge to 1 at the
+    edge band's width (:func:`edge_weights`); None: every ray counts fully."""
 
     def __getitem__(self, index: torch.Tensor) -> RayBatch:
         return RayBatch(*(_select(getattr(self, name), index) for name in self.__dataclass_fields__))
@@ -73,10 +77,13 @@ def resized_views(views: PosedViews, size: int) -> tuple[torch.Tensor, torch.Ten
     return images.clamp(0, 1), masks[:, 0].clamp(0, 1), k
 
 
-def pixel_rays(views: PosedViews, size: int, device: torch.device, normals: bool = False) -> RayBatch:
+def pixel_rays(
+    views: PosedViews, size: int, device: torch.device, normals: bool = False, edge_band: float = 0.0
+) -> RayBatch:
     """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now.
 
-    ``normals`` (views with :attr:`PosedViews.normals` only) also gives each ray its target normal in world space.
+    ``normals`` (views with :attr:`PosedViews.normals` only) also gives each ray its target normal in world space;
+    ``edge_band`` > 0 gives each ray its :attr:`RayBatch.edge_weight`.
     """
     images, masks, k = resized_views(views, size)
     c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
@@ -100,8 +107,25 @@ def pixel_rays(views: PosedViews, size: int, device: torch.device, normals: bool
         masks.reshape(-1),
         torch.cat(view),
         world_normals(views, size, c2w).reshape(-1, 3) if normals else None,
+        edge_weights(masks, edge_band).reshape(-1) if edge_band > 0 else None,
     )
     return rays.to(device)
+
+
+def edge_weights(masks: torch.Tensor, band: float) -> torch.Tensor:
+    """Per pixel (N, s, s): distance from its mask's edge over ``band`` (pixels), capped at 1.
+
+    A generated view's silhouette is only right to a pixel or two (misregistered, feathered, haloed): pixels that
+    close to an edge may show object or background, so they pull on the surface less than pixels deep on either side.
+    """
+    from scipy import ndimage
+
+    inside = masks.numpy() > 0.5
+    weights = []
+    for view in inside:
+        distance = np.where(view, ndimage.distance_transform_edt(view), ndimage.distance_transform_edt(~view)) - 0.5
+        weights.append(np.clip(distance / band, 0.0, 1.0))
+    return torch.as_tensor(np.stack(weights), dtype=torch.float32)
 
 
 def world_normals(views: PosedViews, size: int, cam_to_world: torch.Tensor) -> torch.Tensor:

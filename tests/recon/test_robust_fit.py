@@ -1,0 +1,106 @@
+"""The fit's remedies for imperfect generated views, on oracle views of real meshes made imperfect in one known way.
+
+- Camera refinement: one view shifted by a few pixels is pulled back (the corrected camera moves the view's
+  projection of the object by the shift, within 0.5 px), and the views that were right stay put. Measured alone:
+  with the edge band, the dilated hull and colour compensation on too, the CPU preset recovered (2.48, -1.66) px of
+  (3, -2), 0.62 px off.
+- Colour compensation: one view with doubled exposure leaves the fitted albedo as the clean views give it (measured
+  on spot with the CPU preset: mean difference 0.023 with compensation, 0.041 without).
+- The tolerant hull: a mask that misses a thin part (the table's legs) in one view does not delete that part from the
+  hull, also when every view is misregistered by two pixels (a plain 5-of-6 vote keeps 75 % / 40 % of the legs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from img2mesh.config import load_config
+from recon.cameras import project_points
+from recon.evaluation.oracle import load_mesh, oracle_views
+from recon.reconstruct import fit_fields
+from recon.sdf_grid import sample_grid
+from recon.visual_hull import Hull
+
+MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
+CPU = load_config("cpu")
+ROBUST = load_config("robust")
+#: The CPU preset with every remedy off, so that each test below measures one remedy alone.
+PLAIN = dataclasses.replace(
+    CPU.recon, camera_refinement=False, colour_compensation=False, edge_band=0.0, hull_dilation=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def spot():
+    gt = load_mesh(MESHES / "spot.obj")
+    return gt, oracle_views(gt).views
+
+
+def shifted(views, view: int, dx: int, dy: int):
+    """``views`` with one view's image and mask moved by (dx, dy) whole pixels (right, down) over the background."""
+    images, masks = views.images.copy(), views.masks.copy()
+    images[view] = np.roll(images[view], (dy, dx), axis=(0, 1))
+    masks[view] = np.roll(masks[view], (dy, dx), axis=(0, 1))
+    return dataclasses.replace(views, images=images, masks=masks)
+
+
+def test_camera_refinement_pulls_a_shifted_view_back(spot):
+    gt, views = spot
+    shift = np.array([3.0, -2.0])
+    recon = dataclasses.replace(PLAIN, camera_refinement=True)
+    fields = fit_fields(shifted(views, 2, *shift.astype(int)), recon, device="cpu", progress=False)
+    points = torch.as_tensor(gt.to_geometry().vertices, dtype=torch.float64)
+    before, _ = project_points(points, views.intrinsics, views.cam_to_world)
+    after, _ = project_points(points, views.intrinsics, fields.cam_to_world)
+    moved = (after - before).mean(1).numpy()  # (6, 2) mean image motion of the object per view, pixels
+    assert np.linalg.norm(moved[2] - shift) <= 0.5, moved
+    others = np.delete(moved, 2, axis=0)
+    assert np.linalg.norm(others, axis=1).max() <= 0.5, moved
+
+
+def test_colour_compensation_keeps_the_albedo_of_a_doubled_exposure(spot):
+    gt, views = spot
+    images = views.images.copy()
+    mask = views.masks[2][..., None]
+    images[2] = np.clip(images[2] * 2, 0, 1) * mask + images[2] * (1 - mask)
+    brighter = dataclasses.replace(views, images=images)
+    points = torch.as_tensor(gt.to_geometry().vertices, dtype=torch.float32)
+    clean = fit_fields(views, PLAIN, device="cpu", progress=False).grid.albedo(points)
+    compensated = dataclasses.replace(PLAIN, colour_compensation=True)
+    fields = fit_fields(brighter, compensated, device="cpu", progress=False)
+    albedo = fields.grid.albedo(points)
+    assert float((albedo - clean).abs().mean()) <= 0.03
+    assert float((albedo.mean(0) - clean.mean(0)).abs().max()) <= 0.015
+    # the doubled view took the change: the others' transforms stay at the identity
+    others = np.delete(fields.colour_transforms, 2, axis=0)
+    assert np.abs(others).max() <= 0.02 < np.abs(fields.colour_transforms[2]).max()
+
+
+@pytest.mark.parametrize("misregistered", [False, True])
+def test_hull_keeps_a_thin_part_missing_from_one_mask(misregistered):
+    gt = load_mesh(MESHES / "wooden_table.glb")
+    views = oracle_views(gt).views
+    points, _ = trimesh.sample.sample_surface(gt.to_geometry(), 20000, seed=0)
+    height = points[:, 2]
+    legs = torch.as_tensor(points[height < height.min() + 0.5 * np.ptp(height)], dtype=torch.float32)
+    masks = views.masks.copy()
+    rows = np.nonzero(masks[1].max(1) > 0.5)[0]
+    masks[1][int(rows.min() + 0.35 * np.ptp(rows)) :] = 0  # view 1 loses everything below the table top
+    if misregistered:
+        shifts = [(2, 0), (0, -2), (-2, 0), (0, 2), (2, 0), (0, 2)]  # (down, right) pixels, one per view
+        masks = np.stack([np.roll(m, shift, axis=(0, 1)) for m, shift in zip(masks, shifts, strict=True)])
+    views = dataclasses.replace(views, masks=masks)
+
+    def kept(min_views: int, dilation: float) -> float:
+        hull = Hull.carve(views, CPU.recon.bound, 128, min_views, torch.device("cpu"), dilation)
+        inside = sample_grid(hull.occupied.float()[None, None], hull.cube, legs)[..., 0] > 0.5
+        return float(inside.float().mean())
+
+    assert kept(ROBUST.recon.hull_min_views, ROBUST.recon.hull_dilation) >= 0.97
+    assert kept(6, 0.0) < 0.05  # every view's vote: the one bad mask deletes the legs
