@@ -42,14 +42,15 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
 
     import time
 
-    from recon.asset import finish_asset
     from recon.dataset import read_views
     from recon.export import export_levels, export_target
-    from recon.reconstruct import fit_fields
 
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
     posed = read_views(views, config.views)
+
+    from recon.asset import finish_asset  # the fitting's imports (torch) only once the inputs are known good
+    from recon.reconstruct import fit_fields
 
     start = time.perf_counter()
     fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)
