@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from stage_settings import TINY
 
 from img2mesh.batch import LocalRunner, Manifest, collect_items, parse_shard, run_job
 from img2mesh.batch.inputs import item_for, local_path
@@ -38,22 +39,6 @@ from img2mesh.run_record import RunRecord, is_complete
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_GRID = REPO / "examples" / "spot_views.png"
 EXAMPLE_PHOTO = REPO / "examples" / "photos" / "spot.png"
-
-#: On top of the CPU preset: the smallest settings that still run every stage.
-TINY = {
-    "multiview.steps": 2,
-    "preprocess.size": 128,
-    "recon.image_size": 64,
-    "recon.hull_resolution": 32,
-    "recon.resolutions": [24],
-    "recon.iterations": [8],
-    "recon.rays": 512,
-    "recon.samples": 24,
-    "recon.colour_resolution": 16,
-    "mesh.faces": 400,
-    "texture.size": 64,
-    "preview.size": 64,
-}
 
 
 class ExampleViewsPipeline(Img2Mesh):

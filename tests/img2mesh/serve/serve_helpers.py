@@ -1,4 +1,4 @@
-"""What the ``img2mesh serve`` tests share: the example photo, the smallest settings that run every stage, polling."""
+"""What the ``img2mesh serve`` tests share: the example photo and polling (the settings are tests/stage_settings.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 PHOTO = REPO / "examples" / "photos" / "spot.png"
-
-#: On top of the CPU preset: the smallest settings that still run every stage (as the batch tests use).
-TINY = {
-    "multiview.steps": 2,
-    "preprocess.size": 128,
-    "recon.image_size": 64,
-    "recon.hull_resolution": 32,
-    "recon.resolutions": [24],
-    "recon.iterations": [8],
-    "recon.rays": 512,
-    "recon.samples": 24,
-    "recon.colour_resolution": 16,
-    "mesh.faces": 400,
-    "texture.size": 64,
-    "preview.size": 64,
-}
 
 
 def wait_for(check, timeout: float = 300.0, period: float = 0.2):

@@ -19,7 +19,8 @@ import trimesh
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_helpers import PHOTO, TINY, wait_for
+from serve_helpers import PHOTO, wait_for
+from stage_settings import TINY
 
 from img2mesh.cli import cli
 from img2mesh.run_record import RunRecord, is_complete

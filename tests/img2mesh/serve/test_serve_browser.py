@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import trimesh
 from PIL import Image
-from serve_helpers import PHOTO, TINY, wait_for
+from serve_helpers import PHOTO, wait_for
+from stage_settings import TINY
 
 from img2mesh.serve.app import ServeSettings, create_app
 from img2mesh.testing.oracle_grid import OracleGridPipeline
