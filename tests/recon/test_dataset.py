@@ -4,6 +4,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,37 +159,56 @@ def parse(folder):
         "mask_pixels": [item["mask"][..., 0].tolist() if "mask" in item else None for item in items],
     }
 
-print(json.dumps([parse(folder) for folder in sys.argv[1:]]))
+import importlib.metadata, nerfstudio
+print(json.dumps({
+    "version": importlib.metadata.version("nerfstudio"), "module": nerfstudio.__file__,
+    "folders": [parse(folder) for folder in sys.argv[1:]],
+}))
 """
 
 
-def nerfstudio_python() -> Path | None:
-    """nerfstudio's interpreter: $IMG2MESH_NERFSTUDIO_PYTHON (set by .ci/run), else .venv-ns/ if it exists."""
-    configured = os.environ.get("IMG2MESH_NERFSTUDIO_PYTHON")
-    if configured:
-        return Path(configured)
-    local = REPO / ".venv-ns" / "bin" / "python"
-    return local if local.exists() else None
+#: Where README command 2 puts nerfstudio's own code: `pip install --no-deps --target .venv/nerfstudio-no-deps
+#: nerfstudio==1.1.5 viser==0.2.7`. The probe runs it with this interpreter, whose [test] extra holds the packages
+#: the parser's imports need (nerfstudio's full requirements would pin numpy and protobuf below ours).
+NERFSTUDIO_TARGET = Path(sys.prefix) / "nerfstudio-no-deps"
+INSTALL = (
+    f"{Path(sys.prefix) / 'bin' / 'pip'} install --no-deps --upgrade --target {NERFSTUDIO_TARGET} "
+    "nerfstudio==1.1.5 viser==0.2.7"
+)
 
 
 @pytest.fixture(scope="module")
-def nerfstudio():
-    python = nerfstudio_python()
-    if python is None or not python.exists():
-        reason = "nerfstudio's interpreter is missing (.ci/run creates .venv-ns; or set IMG2MESH_NERFSTUDIO_PYTHON)"
-        # In CI, and whenever the variable names an interpreter, a missing one is an error, never a skip.
-        if os.environ.get("CI") == "true" or os.environ.get("IMG2MESH_NERFSTUDIO_PYTHON"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return python
+def nerfstudio() -> tuple[list[str], dict[str, str]]:
+    """Command and environment that run Python with nerfstudio importable; fails (never skips) when it is missing.
+
+    $IMG2MESH_NERFSTUDIO_PYTHON may name the interpreter of a full nerfstudio environment instead.
+    """
+    configured = os.environ.get("IMG2MESH_NERFSTUDIO_PYTHON")
+    if configured:
+        if not Path(configured).exists():
+            pytest.fail(f"IMG2MESH_NERFSTUDIO_PYTHON names {configured}, which does not exist.")
+        return [configured], dict(os.environ)
+    if not (NERFSTUDIO_TARGET / "nerfstudio").is_dir():
+        pytest.fail(f"nerfstudio is not installed for this test: run `{INSTALL}` (README command 2 does).")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(NERFSTUDIO_TARGET), os.environ.get("PYTHONPATH")]))
+    )
+    return [sys.executable], env
 
 
-def run_probe(python: Path, *folders: Path) -> list[dict]:
+def run_probe(nerfstudio: tuple[list[str], dict[str, str]], *folders: Path) -> list[dict]:
+    command, env = nerfstudio
     result = subprocess.run(
-        [str(python), "-c", NERFSTUDIO_PROBE, *map(str, folders)], capture_output=True, text=True, timeout=300
+        [*command, "-c", NERFSTUDIO_PROBE, *map(str, folders)], capture_output=True, text=True, timeout=300, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    # nerfstudio's own code ran, the version the README names (or, from a configured environment, a 1.1 release).
+    assert probe["version"].startswith("1.1."), probe["version"]
+    if not os.environ.get("IMG2MESH_NERFSTUDIO_PYTHON"):
+        assert probe["version"] == "1.1.5"
+        assert Path(probe["module"]).resolve().is_relative_to(NERFSTUDIO_TARGET.resolve()), probe["module"]
+    return probe["folders"]
 
 
 def test_nerfstudio_parser_yields_our_cameras(nerfstudio, tmp_path):
