@@ -62,5 +62,9 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point."""
-    cli()
+    """Console entry point (also ``python -m img2mesh`` and ``python -m img2mesh.cli``)."""
+    cli(prog_name="img2mesh")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,3 +30,15 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"code": 0, "heavy": []}
     assert "Usage: img2mesh" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["img2mesh", "img2mesh.cli"])
+def test_python_dash_m_runs_the_command_line(module: str) -> None:
+    """``python -m img2mesh`` is the command line; so is ``python -m img2mesh.cli``, whose module guards ``main()``."""
+    from img2mesh import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout) == (0, f"img2mesh, version {__version__}\n")
+    # An option error goes through the same entry point: one sentence, exit status 2.
+    result = subprocess.run([sys.executable, "-m", module, "recon", "--faces"], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (2, "Error: Option '--faces' requires an argument.\n")
