@@ -262,7 +262,7 @@ def _write_glb(mesh: trimesh.Trimesh, path: Path, placement: Placement) -> None:
     matrix in ``asset.extras.world_to_file`` (:func:`world_to_file`)."""
     from trimesh.exchange.gltf import export_glb
 
-    def finish_tree(tree: dict[str, Any]) -> None:
+    def amend_tree(tree: dict[str, Any]) -> None:
         tree["asset"]["extras"] = {"world_to_file": placement.matrix().tolist()}
         views = tree.get("bufferViews", [])
         for m in tree.get("meshes", []):
@@ -275,7 +275,7 @@ def _write_glb(mesh: trimesh.Trimesh, path: Path, placement: Placement) -> None:
                 if "indices" in primitive:
                     views[tree["accessors"][primitive["indices"]]["bufferView"]]["target"] = ELEMENT_ARRAY_BUFFER
 
-    path.write_bytes(export_glb(trimesh.Scene(mesh), include_normals=True, tree_postprocessor=finish_tree))
+    path.write_bytes(export_glb(trimesh.Scene(mesh), include_normals=True, tree_postprocessor=amend_tree))
 
 
 def _write_obj(mesh: trimesh.Trimesh, path: Path) -> None:

@@ -4,10 +4,9 @@ Marching cubes on a grid whose border is outside the surface gives a closed, con
 step keeps it that way where it can: parts much smaller than the object are floaters and are dropped, Taubin
 smoothing removes the grid's staircase without shrinking the object (plain Laplacian smoothing would), and quadric
 decimation (fast-simplification) brings the face count to what a game engine and xatlas (superlinear in faces) want.
-Decimation does not keep the surface a 2-manifold (most 20k-face meshes of the default preset came out with a few
-pinched edges and flattened fins), so :func:`make_manifold` repairs what it breaks, for a few hundredths of a second:
-fast-simplification is several times faster than the manifold-keeping quadric decimation of Open3D (0.5-2.3 s for
-these meshes), which moreover does not travel to the GPU host, and no library there offers one.
+Decimation does not keep the surface a 2-manifold (pinched edges, flattened fins), so :func:`make_manifold` repairs
+what it breaks: cheaper than a manifold-keeping decimation such as Open3D's, which the GPU host lacks
+(benchmarks/RESULTS.md has the comparison).
 """
 
 from __future__ import annotations

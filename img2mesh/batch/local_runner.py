@@ -7,14 +7,14 @@ read and cut out ahead of it by a helper thread; each grid is posed (masks, came
 in a GPU worker process while the main thread already runs the next item's diffusion. Neither GPU phase keeps the
 card busy alone (host work between the diffusion's steps, the fit's set-up and read-back), so side by side they fill
 each other's gaps. Each fitted item goes on to a small
-pool of CPU worker processes that finish and write it while the GPU goes on. Every hand-off is bounded (one item
+pool of CPU worker processes that mesh, texture and write it while the GPU goes on. Every hand-off is bounded (one item
 being fitted, at most as many fitted items waiting as there are CPU workers), so a slow stage holds the GPU back
 instead of filling memory.
 
 The same loop serves a stream of items that arrive over time (``img2mesh serve``): :meth:`LocalRunner.process`
 takes any iterable, which may block until the next item comes and yields ``None`` when it has nothing at hand; the
-runner then finishes and reports everything in flight before it asks again, so the last item never waits for a
-next one. Such an item, alone with nothing behind it, is fitted and finished in one go in the fitting process, its
+runner then completes and reports everything in flight before it asks again, so the last item never waits for a
+next one. Such an item, alone with nothing behind it, is fitted and written in one go in the fitting process, its
 texture baked on the fitting device: no hand-over of its fields, and the GPU has nothing else to do. ``on_stage``
 hears when an item enters each phase (with the cut-out and grid once they exist), for live progress.
 
@@ -49,12 +49,12 @@ from img2mesh.batch.phases import (
     ItemFailed,
     PosedItem,
     failure_record,
-    finish_item,
     fit_item,
     lost_record,
     make_grid,
     pose_item,
     prepare_cutout,
+    write_item,
 )
 from img2mesh.config import Img2MeshConfig
 from img2mesh.pipeline import Img2Mesh
@@ -62,7 +62,7 @@ from img2mesh.pipeline import Img2Mesh
 #: Called with each item's record as soon as it is known.
 Report = Callable[[ItemRecord], None]
 
-#: Called with an item, the stage it enters ("generate_views", "pose_views", "fit", "finish") and, from
+#: Called with an item, the stage it enters ("generate_views", "pose_views", "fit", "write") and, from
 #: "pose_views" on, its :class:`PosedItem` (cut-out and grid); from the runner's threads.
 OnStage = Callable[[BatchItem, str, "PosedItem | None"], None]
 
@@ -114,15 +114,15 @@ class LocalRunner:
         images: int,
         stop: threading.Event | None = None,
     ) -> None:
-        """Process the items of ``feed`` as they come (``None``: nothing at hand now, finish what is in flight).
+        """Process the items of ``feed`` as they come (``None``: nothing at hand now, complete what is in flight).
 
         ``images`` is how many items the model should expect (what ``multiview.compile: auto`` decides on). Once
         ``stop`` is set, items not yet diffusing are left unreported, for the caller to keep for later; those in
-        flight are finished.
+        flight are completed.
         """
         pipe = self.pipeline(self.config, progress=False).load(images=images)
         fit_process: FitProcess | None = None
-        finishers: FinishPool | None = None
+        writers: WritePool | None = None
         fitting: tuple[BatchItem, Future] | None = None  # the previous item, posed then fitted beside this diffusion
         try:
             with (
@@ -132,11 +132,11 @@ class LocalRunner:
             ):
                 for entry in self._prefetched(pipe, feed, reader):
                     if entry is None or (stop is not None and stop.is_set()):
-                        if fitting is not None:  # nothing else to diffuse now: finish what is in flight
-                            self._hand_on(fitting, finishers, report)
+                        if fitting is not None:  # nothing else to diffuse now: complete what is in flight
+                            self._hand_on(fitting, writers, report)
                             fitting = None
-                        if finishers is not None:
-                            finishers.drain()
+                        if writers is not None:
+                            writers.drain()
                         continue
                     item, cutout, alone = entry
                     try:
@@ -146,7 +146,7 @@ class LocalRunner:
                         continue
                     # Workers start with the first readable photo, so they warm up while the GPU makes its views.
                     fit_process = fit_process or FitProcess(self, on_gpu=pipe.device.type == "cuda")
-                    finishers = finishers or FinishPool(self, report)
+                    writers = writers or WritePool(self, report)
                     try:
                         self.on_stage(item, "generate_views", None)
                         made = make_grid(pipe, item, self.cache, self.crash, cutout=image)
@@ -157,18 +157,18 @@ class LocalRunner:
                     self.on_stage(item, "pose_views", made)
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
-                        self._hand_on(fitting, finishers, report)
+                        self._hand_on(fitting, writers, report)
                     fitting = (item, fitter.submit(_fit_posed, fit_process, posed, self.on_stage, alone))
                 if fitting is not None:
-                    assert finishers is not None
-                    self._hand_on(fitting, finishers, report)
-            if finishers is not None:
-                finishers.drain()
+                    assert writers is not None
+                    self._hand_on(fitting, writers, report)
+            if writers is not None:
+                writers.drain()
         finally:
             if fit_process is not None:
                 fit_process.shutdown()
-            if finishers is not None:
-                finishers.shutdown()
+            if writers is not None:
+                writers.shutdown()
 
     def _prefetched(
         self, pipe: Img2Mesh, feed: Iterable[BatchItem | None], reader: ThreadPoolExecutor
@@ -187,9 +187,9 @@ class LocalRunner:
         while queue:
             yield (*queue.popleft(), False)
 
-    def _hand_on(self, fitting: tuple[BatchItem, Future], finishers: FinishPool, report: Report) -> None:
+    def _hand_on(self, fitting: tuple[BatchItem, Future], writers: WritePool, report: Report) -> None:
         """Wait for an item's fit and hand it to the CPU workers (or report why it failed, or its record when the
-        fitting process finished it too)."""
+        fitting process wrote it too)."""
         item, future = fitting
         try:
             fitted = future.result()
@@ -198,19 +198,19 @@ class LocalRunner:
         else:
             if isinstance(fitted, ItemRecord):
                 report(fitted)
-                finishers.collect(block=False)
+                writers.collect(block=False)
                 return
-            self.on_stage(item, "finish", fitted.posed)
-            finishers.submit(fitted)
-        finishers.collect(block=False)
+            self.on_stage(item, "write", fitted.posed)
+            writers.submit(fitted)
+        writers.collect(block=False)
 
 
 def _fit_posed(fit_process: FitProcess, posed: Future, on_stage: OnStage, alone: bool) -> FittedItem | ItemRecord:
-    """The fit thread's task: wait for the item's posed views, then have them fitted (and finished too when the item
+    """The fit thread's task: wait for the item's posed views, then have them fitted (and written too when the item
     is alone). Raises :class:`ItemFailed`."""
     made = posed.result()
     on_stage(made.item, "fit", made)
-    return fit_process.fit(made, finish=alone)
+    return fit_process.fit(made, write=alone)
 
 
 class FitProcess:
@@ -231,15 +231,15 @@ class FitProcess:
             initargs=(runner.pipeline, runner.config, self.threads),
         )
 
-    def fit(self, made: PosedItem, finish: bool = False) -> FittedItem | ItemRecord:
-        """Fit ``made`` in the worker process; with ``finish``, also write its folder there (baked on the fitting
+    def fit(self, made: PosedItem, write: bool = False) -> FittedItem | ItemRecord:
+        """Fit ``made`` in the worker process; with ``write``, also write its folder there (baked on the fitting
         device) and return its record. Raises :class:`ItemFailed` (also when the worker died too often)."""
         attempts = self.runner.max_retries + 1
         runner = self.runner
         for _ in range(attempts):
             try:
-                if finish:
-                    return self.executor.submit(_fit_and_finish_in_worker, made, runner.out_root, runner.crash).result()
+                if write:
+                    return self.executor.submit(_fit_and_write_in_worker, made, runner.out_root, runner.crash).result()
                 return self.executor.submit(_fit_in_worker, made, runner.crash).result()
             except BrokenProcessPool:  # it died holding this item: replace it, then retry the item or give up on it
                 self.executor.shutdown(wait=False, cancel_futures=True)
@@ -269,8 +269,8 @@ class _Slot:
     """The running call, its item and how many times the item was started."""
 
 
-class FinishPool:
-    """CPU worker processes finishing fitted items, one item each at a time, with bounded waiting and retries."""
+class WritePool:
+    """CPU worker processes writing fitted items, one item each at a time, with bounded waiting and retries."""
 
     def __init__(self, runner: LocalRunner, report: Report) -> None:
         self.runner = runner
@@ -301,13 +301,13 @@ class FinishPool:
             self.collect(block=True)
 
     def collect(self, block: bool) -> None:
-        """Report finished items (waiting for at least one when ``block``), then start waiting ones."""
+        """Report written items (waiting for at least one when ``block``), then start waiting ones."""
         running = {slot.job[0]: slot for slot in self.slots if slot.job is not None}
         if not running:
             return
         done, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
         for future in done:
-            self._finished(running[future])
+            self._report_job(running[future])
         self._dispatch()
 
     def drain(self) -> None:
@@ -323,10 +323,10 @@ class FinishPool:
         for slot in self.slots:
             if slot.job is None and self.waiting:
                 fitted, attempt = self.waiting.popleft()
-                future = slot.executor.submit(_finish_in_worker, fitted, self.runner.out_root, self.runner.crash)
+                future = slot.executor.submit(_write_in_worker, fitted, self.runner.out_root, self.runner.crash)
                 slot.job = (future, fitted, attempt)
 
-    def _finished(self, slot: _Slot) -> None:
+    def _report_job(self, slot: _Slot) -> None:
         assert slot.job is not None
         future, fitted, attempt = slot.job
         slot.job = None
@@ -340,7 +340,7 @@ class FinishPool:
                 self.waiting.appendleft((fitted, attempt + 1))
             else:
                 error = (
-                    f"The worker process died {attempt} time(s) while finishing this item (crash or out of memory); "
+                    f"The worker process died {attempt} time(s) while writing this item (crash or out of memory); "
                     "rerun with --retry-failed once the cause is fixed."
                 )
                 self.report(lost_record(fitted.posed.item, error))
@@ -353,7 +353,7 @@ _WORKER_PIPE: Img2Mesh | None = None
 
 
 def _init_worker(pipeline: type[Img2Mesh], config: Img2MeshConfig, threads: int | None) -> None:
-    """Set up a worker process: an unloaded pipeline (fitting and finishing need no model), its share of the cores."""
+    """Set up a worker process: an unloaded pipeline (fitting and writing need no model), its share of the cores."""
     global _WORKER_PIPE
     import torch
 
@@ -380,12 +380,12 @@ def _fit_in_worker(made: PosedItem, crash: CrashPlan) -> FittedItem:
     return fit_item(_WORKER_PIPE, made, crash)
 
 
-def _fit_and_finish_in_worker(made: PosedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
+def _fit_and_write_in_worker(made: PosedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
     assert _WORKER_PIPE is not None
     fitted = fit_item(_WORKER_PIPE, made, crash)
-    return finish_item(_WORKER_PIPE, fitted, out_root, crash, bake_device=None)
+    return write_item(_WORKER_PIPE, fitted, out_root, crash, bake_device=None)
 
 
-def _finish_in_worker(fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
+def _write_in_worker(fitted: FittedItem, out_root: Path, crash: CrashPlan) -> ItemRecord:
     assert _WORKER_PIPE is not None
-    return finish_item(_WORKER_PIPE, fitted, out_root, crash)
+    return write_item(_WORKER_PIPE, fitted, out_root, crash)

@@ -5,7 +5,7 @@ items, so the stages of :class:`~img2mesh.pipeline.Img2Mesh` are grouped by the 
 
 1. :func:`make_views` (GPU, needs the loaded diffusion model): photo → cut-out → Zero123++ grid → posed views.
 2. :func:`fit_item` (GPU, no model): posed views → fitted fields (moved to the CPU, so they can travel).
-3. :func:`finish_item` (CPU): fields → mesh, UV texture, export, preview, and the whole output folder.
+3. :func:`write_item` (CPU): fields → mesh, UV texture, export, preview, and the whole output folder.
 
 Phases 1 and 2 write nothing; what they produce (:class:`PosedItem`, :class:`FittedItem`) is plain picklable data
 handed to the next phase, in another thread, process or Ray worker. Phase 3 writes the item's folder in the layout
@@ -13,7 +13,7 @@ of ``img2mesh run`` under a temporary name and renames it when complete, ``run.j
 (:mod:`img2mesh.outputs`), so a job killed at any moment leaves no item that looks finished.
 
 Fault injection (for tests and drills, never set in production): ``IMG2MESH_BATCH_CRASH=PHASE:NAME[,...]`` makes the
-worker process running phase ``views``, ``fit`` or ``finish`` of the item whose key or photo stem is ``NAME`` exit
+worker process running phase ``views``, ``fit`` or ``write`` of the item whose key or photo stem is ``NAME`` exit
 at once (``os._exit``), as a segfault or the out-of-memory killer would; runners read it once on the driver and
 pass it to their workers as :class:`CrashPlan`.
 """
@@ -50,8 +50,8 @@ CRASH_ENV = "IMG2MESH_BATCH_CRASH"
 #: Exit status of a worker killed by fault injection.
 CRASH_EXIT_CODE = 70
 
-Phase = Literal["views", "fit", "finish"]
-PHASES: tuple[Phase, ...] = ("views", "fit", "finish")
+Phase = Literal["views", "fit", "write"]
+PHASES: tuple[Phase, ...] = ("views", "fit", "write")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def fit_item(pipe: Img2Mesh, made: PosedItem, crash: CrashPlan) -> FittedItem:
     return FittedItem(made, fields)
 
 
-def finish_item(
+def write_item(
     pipe: Img2Mesh, fitted: FittedItem, out_root: Path, crash: CrashPlan, bake_device: str | None = "cpu"
 ) -> ItemRecord:
     """Phase 3: mesh, texture, export, preview, and the item's complete output folder. Never raises for the item.
@@ -184,7 +184,7 @@ def finish_item(
     """
     made = fitted.posed
     try:
-        crash.maybe_crash("finish", made.item)
+        crash.maybe_crash("write", made.item)
         return _write_folder(pipe, fitted, out_root, bake_device)
     except Exception as exc:
         return failure_record(made.item, exc, made.started, made.timings)

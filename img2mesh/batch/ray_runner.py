@@ -3,7 +3,7 @@
 Scheduling, back-pressure, actor placement and restarts are Ray's; this module only describes the job as a Ray
 Data pipeline with one block per item:
 
-    items ─▶ views actors (Zero123++ loaded once per actor, GPU) ─▶ fit actors (GPU) ─▶ finish tasks (CPU) ─▶ driver
+    items ─▶ views actors (Zero123++ loaded once per actor, GPU) ─▶ fit actors (GPU) ─▶ write tasks (CPU) ─▶ driver
 
 - Each GPU pool has one actor per GPU of the cluster, each asking for half a GPU, so on every card a diffusion
   actor and a fitting actor can run side by side (the phases take similar time; see benchmarks/RESULTS.md).
@@ -33,7 +33,7 @@ from typing import Any
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.local_runner import Report
 from img2mesh.batch.manifest import ItemRecord
-from img2mesh.batch.phases import CrashPlan, ItemFailed, finish_item, fit_item, lost_record, make_views
+from img2mesh.batch.phases import CrashPlan, ItemFailed, fit_item, lost_record, make_views, write_item
 from img2mesh.config import Img2MeshConfig
 from img2mesh.errors import InputError
 from img2mesh.pipeline import Img2Mesh
@@ -133,7 +133,7 @@ class RayRunner:
                 num_gpus=gpu_share,
                 **retries,
             )
-            return dataset.map(finish_row, fn_args=setup, num_cpus=1, max_retries=self.max_retries)
+            return dataset.map(write_row, fn_args=setup, num_cpus=1, max_retries=self.max_retries)
 
 
 def prefetch_weights(ray: Any, config: Img2MeshConfig) -> None:
@@ -202,14 +202,14 @@ class FitActor:
         return {"key": row["key"], "record": "", "payload": pickle.dumps(fitted)}
 
 
-def finish_row(
+def write_row(
     row: dict[str, Any], pipeline: type[Img2Mesh], config: Img2MeshConfig, out_root: Path, crash: CrashPlan
 ) -> dict[str, Any]:
     """Phase 3 as a CPU task: write the item's folder; the row carries only its manifest record onwards."""
     if row["record"]:
         return {"key": row["key"], "record": row["record"]}
     fitted = pickle.loads(row["payload"])
-    record = finish_item(pipeline(config, progress=False), fitted, out_root, crash)
+    record = write_item(pipeline(config, progress=False), fitted, out_root, crash)
     return {"key": row["key"], "record": json.dumps(asdict(record))}
 
 

@@ -43,7 +43,10 @@ _RAY_ADDRESS = re.compile(r"local|auto|(ray|https?)://\S+|[\w.-]+:\d+")
 @click.option(
     "--cpu-workers",
     type=click.IntRange(min=1),
-    help="Processes finishing meshes on the CPU beside the GPU (default runner; default: cores/4, 1 to 4).",
+    help=(
+        "Processes writing items (mesh, texture, export, preview) on the CPU beside the GPU "
+        "(default runner; default: cores/4, 1 to 4)."
+    ),
 )
 @click.option(
     "--max-retries",

@@ -56,7 +56,11 @@ def host_warning(host: str) -> str | None:
     show_default=True,
     help="Largest photo upload accepted (413 above it).",
 )
-@click.option("--cpu-workers", type=click.IntRange(min=1), help="Processes finishing meshes on the CPU beside the GPU.")
+@click.option(
+    "--cpu-workers",
+    type=click.IntRange(min=1),
+    help="Processes writing jobs (mesh, texture, export, preview) on the CPU beside the GPU.",
+)
 @click.option("--no-warm-up", is_flag=True, help="Skip the warm-up job at start (the first photo pays it).")
 @shared_options(*MODEL_OPTIONS, *RECON_OPTIONS)
 @verbosity_options

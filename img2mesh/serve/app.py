@@ -78,7 +78,7 @@ class JobView(BaseModel):
     name: str = Field(description="File name of the uploaded photo.")
     state: str = Field(description="queued, running, done or failed.")
     stage: str | None = Field(
-        description="A running job's stage: prepare_input, generate_views, pose_views, fit or finish."
+        description="A running job's stage: prepare_input, generate_views, pose_views, fit or write."
     )
     progress: float = Field(description="Share done, 0 to 1 (within a stage estimated from the last finished job).")
     timings: dict[str, float] = Field(description="Seconds per stage of a finished job, as in its run.json.")

@@ -54,7 +54,7 @@ class Job:
     state: State = "queued"
     """Where the job is: queued, running, done or failed."""
     stage: str | None = None
-    """The stage a running job is in (prepare_input, generate_views, pose_views, fit, finish)."""
+    """The stage a running job is in (prepare_input, generate_views, pose_views, fit, write)."""
     options: dict[str, Any] = field(default_factory=dict)
     """The config keys it was submitted with (dotted names, parsed values)."""
     timings: dict[str, float] = field(default_factory=dict)

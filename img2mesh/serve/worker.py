@@ -35,11 +35,12 @@ from img2mesh.serve.store import Job, JobStore
 
 log = logging.getLogger(__name__)
 
-#: Stages of a server job in order, as its ``stage`` field names them; "finish" covers mesh, export and preview.
-STAGES = ("prepare_input", "generate_views", "pose_views", "fit", "finish")
+#: Stages of a server job in order, as its ``stage`` field names them; "write" covers the folder's
+#: mesh (run.json's "finish"), export and preview.
+STAGES = ("prepare_input", "generate_views", "pose_views", "fit", "write")
 
 #: Seconds per stage assumed for progress until a first job has finished (GPU defaults, measured magnitudes).
-FIRST_GUESS = {"prepare_input": 0.3, "generate_views": 3.0, "pose_views": 0.3, "fit": 2.0, "finish": 1.5}
+FIRST_GUESS = {"prepare_input": 0.3, "generate_views": 3.0, "pose_views": 0.3, "fit": 2.0, "write": 1.5}
 
 #: Folder (in the server's folder) of the files of running jobs: cut-out and grid before the job is complete.
 LIVE_DIR = ".live"
@@ -102,7 +103,7 @@ class JobWorker:
         self.queue.put(job_id)
 
     def request_stop(self) -> None:
-        """Take no more jobs; those already diffusing, fitting or finishing are finished."""
+        """Take no more jobs; those already diffusing, fitting or writing are completed."""
         self.stop.set()
         self.queue.put(None)
 
@@ -168,7 +169,7 @@ class JobWorker:
             except queue.Empty:
                 if busy:
                     busy = False
-                    yield None  # nothing else waiting: finish what is in flight
+                    yield None  # nothing else waiting: complete what is in flight
                     continue
                 job_id = self.queue.get()
             if job_id is None:
@@ -242,8 +243,8 @@ class JobWorker:
         )
         if record.status == "done":
             timings = record.timings
-            finish = sum(timings.get(s, 0.0) for s in ("finish", "export", "preview"))
-            self.expected.update({s: timings[s] for s in STAGES[:-1] if s in timings}, finish=finish or 1.0)
+            write = sum(timings.get(s, 0.0) for s in ("finish", "export", "preview"))
+            self.expected.update({s: timings[s] for s in STAGES[:-1] if s in timings}, write=write or 1.0)
         self._files.submit(shutil.rmtree, self.live_folder(record.key), True)
 
 

@@ -202,8 +202,8 @@ def test_manifest_last_record_wins_and_torn_line_is_skipped(tmp_path: Path) -> N
 
 def test_crash_plan_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CrashPlan.from_env() == CrashPlan()
-    monkeypatch.setenv("IMG2MESH_BATCH_CRASH", "finish:chair, views:table-1234abcd")
-    assert CrashPlan.from_env().points == {("finish", "chair"), ("views", "table-1234abcd")}
+    monkeypatch.setenv("IMG2MESH_BATCH_CRASH", "write:chair, views:table-1234abcd")
+    assert CrashPlan.from_env().points == {("write", "chair"), ("views", "table-1234abcd")}
     monkeypatch.setenv("IMG2MESH_BATCH_CRASH", "bake:chair")
     with pytest.raises(InputError, match="PHASE:NAME"):
         CrashPlan.from_env()
@@ -272,7 +272,7 @@ def test_local_runner_reports_failures_and_rerun_does_nothing(
     out = tmp_path / "out"
     shutil.copy(EXAMPLE_PHOTO, photos / "fitcrash.png")
     monkeypatch.setenv("BATCH_PROBE", str(tmp_path))
-    crash = CrashPlan(frozenset({("finish", "crash"), ("fit", "fitcrash")}))
+    crash = CrashPlan(frozenset({("write", "crash"), ("fit", "fitcrash")}))
     runner = LocalRunner(config, out, cpu_workers=1, max_retries=1, crash=crash, pipeline=OverlapProbePipeline)
     result = run_job(collect_items([str(photos)]), out, runner, progress=False)
     assert not result.ok and result.done == 1 and len(result.records) == 4

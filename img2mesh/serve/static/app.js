@@ -7,7 +7,7 @@ const STAGES = {
   generate_views: "making the six views",
   pose_views: "posing the views",
   fit: "fitting the shape",
-  finish: "meshing and texturing",
+  write: "meshing, texturing and writing the files",
 };
 const DOWNLOADS = [
   ["mesh.glb", "Mesh (GLB)"],
