@@ -33,7 +33,7 @@ from recon.cameras import (
     pose_set,
 )
 from recon.errors import InputError
-from recon.posed_views import BACKGROUND_GRAY, join_grid
+from recon.posed_views import BACKGROUND_GRAY, join_grid, to_uint8
 from recon.render import Lighting, Render, render_views, world_geometry, world_parts
 
 #: Distance of the farthest vertex from the origin after normalisation (see the module docstring).
@@ -134,8 +134,3 @@ def render_photo(
     alpha = photo.alpha[..., None]
     straight = np.where(alpha > 0, photo.rgb / np.maximum(alpha, 1e-6), 0.0)
     return to_uint8(np.concatenate([straight, alpha], axis=-1))
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] to uint8, rounded."""
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)

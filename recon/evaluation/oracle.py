@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.assets import GRAY, NORMALISED_RADIUS, UpAxis, load_asset, normalise, render_grid, render_photo, to_uint8
+from recon.assets import GRAY, NORMALISED_RADIUS, UpAxis, load_asset, normalise, render_grid, render_photo
 from recon.cameras import DEFAULT_RADIUS, zero123pp_cameras
-from recon.posed_views import PosedViews
+from recon.posed_views import PosedViews, to_uint8
 from recon.render import Lighting
 
 __all__ = ["GRAY", "NORMALISED_RADIUS", "OBJ_UP_AXIS", "OracleViews", "load_mesh", "normalise", "oracle_views"]
