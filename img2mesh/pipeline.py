@@ -81,14 +81,12 @@ class Img2Mesh:
         """
         if self._pipe is not None:
             return self
-        from img2mesh.zero123pp import Zero123PlusPipeline
-        from img2mesh.zero123pp.fast_step import enable_fast_path
-        from img2mesh.zero123pp.normals import load_normal_controlnet
         from img2mesh.zero123pp.weights import CONTROLNET_LAYOUT, resolve_model
         from recon.devices import resolve_device, resolve_dtype
 
         start = time.perf_counter()
         multiview = self.config.multiview
+        # Device and weights first, before diffusers is imported: a missing GPU or model costs no import time.
         self.device = resolve_device(self.config.runtime.device)
         self.dtype = resolve_dtype(self.config.runtime.dtype, self.device)
         folder = resolve_model(multiview.model, multiview.revision)
@@ -98,6 +96,10 @@ class Img2Mesh:
             from img2mesh.train.lora import adapter_folder, load_lora
 
             adapter_folder(multiview.lora)
+        from img2mesh.zero123pp import Zero123PlusPipeline
+        from img2mesh.zero123pp.fast_step import enable_fast_path
+        from img2mesh.zero123pp.normals import load_normal_controlnet
+
         with _library_progress_bars(enabled=self.progress):
             pipe = Zero123PlusPipeline.from_pretrained(folder, torch_dtype=self.dtype, scheduler=multiview.scheduler)
         compile_mode = multiview.compile

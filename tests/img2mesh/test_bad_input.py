@@ -96,3 +96,36 @@ def test_unwritable_output_folder_is_refused_up_front(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     report, stderr = probe(["views", photo, "-o", tmp_path / "file" / "out"], cwd=tmp_path)
     assert_refused(report, stderr, "inside a file")
+
+
+def test_recon_refuses_unreadable_or_wrong_views_and_a_missing_gpu(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_text("not an image")
+    Image.new("RGB", (100, 100), (200, 10, 10)).save(tmp_path / "small.png")
+    cases = [
+        (["broken.png"], ["Cannot read broken.png as an image"]),
+        (["small.png"], ["100x100 pixels", "640x960"]),
+        ([GRID, "--device", "cuda"], ["CUDA was requested but no CUDA GPU is visible"]),
+    ]
+    for args, words in cases:
+        report, stderr = probe(["recon", *args, "--export", "out/spot.glb"], cwd=tmp_path, CUDA_VISIBLE_DEVICES="")
+        assert_refused(report, stderr, *words)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "small.png"]
+
+
+@pytest.mark.parametrize("command", ["run", "views"])
+def test_missing_gpu_or_weights_are_reported_before_diffusers_loads(tmp_path: Path, command: str) -> None:
+    photo = tmp_path / "photo.png"
+    pixels = np.zeros((64, 64, 4), np.uint8)
+    pixels[16:48, 16:48] = (200, 120, 40, 255)
+    Image.fromarray(pixels).save(photo)
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "CUDA_VISIBLE_DEVICES": ""}
+    args = [command, photo, "-o", tmp_path / "out", "--remove-bg", "none"]
+    cases = [
+        (["--device", "cuda"], ["CUDA was requested but no CUDA GPU is visible"]),
+        (["--device", "cpu"], ["sudo-ai/zero123plus-v1.2 is not in the Hugging Face cache", "img2mesh download"]),
+        (["--device", "cpu", "--model", tmp_path / "no-model"], ["no-model' does not exist"]),
+    ]
+    for extra, words in cases:
+        report, stderr = probe([*args, *extra], cwd=tmp_path, **offline)
+        assert_refused(report, stderr, *words)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
