@@ -65,7 +65,7 @@ def run(
     configure_logging(quiet, verbose)
     config = config_from_options(options)  # before the heavy imports: a bad value costs nothing
 
-    from img2mesh.cutout import check_background_removal
+    from img2mesh.cutout import check_background_removal, load_image
     from img2mesh.pipeline import Img2Mesh
     from img2mesh.run_record import is_complete
     from recon.export import check_writable, export_target
@@ -87,6 +87,8 @@ def run(
         _say(quiet, "Nothing to do: every input is already finished.")
         return
 
+    if len(todo) == 1:
+        load_image(todo[0])  # one photo: an unreadable one is said before the model loads (several go on without it)
     check_background_removal(todo, config.preprocess)
     pipeline = Img2Mesh(config, progress=not quiet).load()
     records, failures = [], []

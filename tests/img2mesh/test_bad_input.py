@@ -129,3 +129,9 @@ def test_missing_gpu_or_weights_are_reported_before_diffusers_loads(tmp_path: Pa
         report, stderr = probe([*args, *extra], cwd=tmp_path, **offline)
         assert_refused(report, stderr, *words)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+    # An unreadable photo (the only input) is said before the weights are looked for.
+    photo.write_text("not an image")
+    report, stderr = probe([*args, "--device", "cpu"], cwd=tmp_path, **offline)
+    assert_refused(report, stderr, "is not a readable image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
