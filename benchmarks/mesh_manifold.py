@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from img2mesh.config import load_config  # noqa: E402
-from recon.meshing import MeshConfig, decimate, extract_mesh, make_manifold, topology_defects  # noqa: E402
+from recon.evaluation.mesh_checks import topology_defects  # noqa: E402
+from recon.meshing import MeshConfig, decimate, extract_mesh, make_manifold  # noqa: E402
 
 DEFECTS = ("boundary_edges", "non_manifold_edges", "non_manifold_vertices")
 

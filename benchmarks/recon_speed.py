@@ -19,7 +19,8 @@ to ``<dir>/<config stem>.md``.
 fields saved in DIR (``<mesh>/grid.pt`` and ``<mesh>/views``; fitted with ``--config`` on ``--device`` and saved
 when missing), so the finishing can be measured and tuned on any machine, as often as needed, from the fields of the
 real preset. Its table adds the process CPU seconds of the whole finish and the UV atlas checks of
-:func:`recon.texture.atlas_report` (charts, texel coverage, overlapping texels, fewest texels between charts).
+:func:`recon.evaluation.mesh_checks.atlas_report` (charts, texel coverage, overlapping texels, fewest texels between
+charts).
 
     python benchmarks/recon_speed.py --device cuda --fields-dir fields --no-quality   # fit and save once (GPU)
     python benchmarks/recon_speed.py --fields-dir fields --threads 1                  # finishing times (CPU)
@@ -45,13 +46,13 @@ sys.path.insert(0, str(ROOT))
 from mesh_set import MESHES, mesh_paths, score  # noqa: E402  (benchmarks/, the script's folder)
 
 from img2mesh.config import load_config  # noqa: E402
+from recon.evaluation.mesh_checks import atlas_report  # noqa: E402
 from recon.evaluation.metrics import novel_view_metrics  # noqa: E402
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
 from recon.posed_views import PosedViews  # noqa: E402
 from recon.reconstruct import Fields, finish_mesh, fit_fields, reconstruct  # noqa: E402
 from recon.sdf_grid import Box, SdfGrid  # noqa: E402
-from recon.texture import atlas_report  # noqa: E402
 
 STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "precision@0.05", "recall@0.05", "psnr")

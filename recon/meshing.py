@@ -260,36 +260,6 @@ def pairings_around_edge(
     return [np.array(option, dtype=np.int64).reshape(-1, 2) for option in unique]
 
 
-def topology_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
-    """Counts of what keeps a triangle mesh from being a closed 2-manifold, by vertex index (weld by position first,
-    e.g. ``trimesh.Trimesh(v, f, process=True)``, to judge it as a game engine would).
-
-    ``boundary_edges`` (in one face), ``non_manifold_edges`` (in more than two), ``non_manifold_vertices`` (whose
-    faces' opposite edges, the vertex's link, fall apart: fans of faces that meet at the vertex alone).
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    counts = np.unique(edges, axis=0, return_counts=True)[1]
-    # link graph: for each face corner at v, an edge between v's two neighbours in that face, as nodes (v, u)
-    n = max(len(mesh.vertices), 1)
-    centre = faces.reshape(-1)
-    left, right = faces[:, [1, 2, 0]].reshape(-1), faces[:, [2, 0, 1]].reshape(-1)
-    nodes, index = np.unique(np.concatenate([centre * n + left, centre * n + right]), return_inverse=True)
-    index = index.ravel()
-    half = len(centre)
-    graph = coo_matrix((np.ones(half, dtype=bool), (index[:half], index[half:])), shape=(len(nodes), len(nodes)))
-    label = connected_components(graph, directed=False)[1]
-    chains = np.bincount(np.unique(np.stack([label, nodes // n], 1), axis=0)[:, 1], minlength=n)  # per vertex
-    return {
-        "boundary_edges": int((counts == 1).sum()),
-        "non_manifold_edges": int((counts > 2).sum()),
-        "non_manifold_vertices": int((chains > 1).sum()),
-    }
-
-
 def orient(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Consistent winding with outward normals (positive signed volume), in place (returns the mesh).
 

@@ -502,33 +502,3 @@ def render_views(
         depth=depth.cpu().numpy(),
         normals=None if normal is None else normal.cpu().numpy(),
     )
-
-
-def render_mesh(
-    mesh,
-    intrinsics,
-    cam_to_world,
-    width: int,
-    height: int,
-    lighting: Lighting = "lit",
-    background=0.0,
-    supersample: int = 2,
-    device: str | torch.device = "cpu",
-    normals: bool = False,
-) -> Render:
-    """Render one camera: rgb (H, W, 3) composited on ``background``, alpha (H, W), depth (H, W), and with
-    ``normals`` its camera-space normal map (H, W, 3)."""
-    batch = render_views(
-        mesh,
-        np.asarray(intrinsics)[None],
-        np.asarray(cam_to_world)[None],
-        width,
-        height,
-        lighting,
-        background,
-        supersample,
-        device,
-        normals,
-    )
-    normal = None if batch.normals is None else batch.normals[0]
-    return Render(rgb=batch.rgb[0], alpha=batch.alpha[0], depth=batch.depth[0], normals=normal)

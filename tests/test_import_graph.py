@@ -77,6 +77,12 @@ def test_the_product_packages_import_each_other_without_cycles() -> None:
     assert find_cycle(import_graph()) is None
 
 
+def test_the_product_never_imports_evaluation_or_testing_code() -> None:
+    apart = ("recon.evaluation", "img2mesh.testing")
+    leaks = {m: sorted(t for t in ts if t.startswith(apart)) for m, ts in import_graph().items()}
+    assert not {m: ts for m, ts in leaks.items() if ts and not m.startswith(apart)}
+
+
 def test_recon_never_imports_img2mesh() -> None:
     leaks = {m: sorted(t for t in ts if t.startswith("img2mesh")) for m, ts in import_graph().items()}
     assert not {m: ts for m, ts in leaks.items() if m.startswith("recon") and ts}

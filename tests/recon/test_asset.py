@@ -21,9 +21,9 @@ from img2mesh.cli import cli
 from img2mesh.commands.options import config_overrides
 from img2mesh.config import load_config
 from recon.asset import finish_asset, level_texture_size
+from recon.evaluation.mesh_checks import topology_defects
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.export import export_levels
-from recon.meshing import topology_defects
 from recon.reconstruct import fit_fields
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"

@@ -9,7 +9,8 @@ import pytest
 import trimesh
 
 from recon.errors import InputError
-from recon.meshing import MeshConfig, decimate, extract_mesh, make_manifold, orient, topology_defects
+from recon.evaluation.mesh_checks import topology_defects
+from recon.meshing import MeshConfig, decimate, extract_mesh, make_manifold, orient
 
 
 def sphere_grid(n: int, centre=(0.0, 0.0, 0.0), radius: float = 0.6, extra: tuple | None = None):

@@ -22,7 +22,7 @@ from recon.cameras import camera_position, intrinsics, look_at
 from recon.evaluation.metrics import chamfer_fscore
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields
-from recon.render import render_mesh
+from recon.render import render_views
 from recon.sdf_grid import Box, SdfGrid
 from recon.volume_render import clip_to_hull, pixel_rays, render_rays
 
@@ -61,20 +61,21 @@ def rendered(ellipsoid):
 def test_rasterised_normals_are_camera_space_unit_normals_of_a_sphere():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.8)
     k, c2w = intrinsics(30.0, SIZE), look_at(camera_position(40.0, 25.0, 4.0))
-    render = render_mesh(sphere, k, c2w, SIZE, SIZE, supersample=2, normals=True)
+    render = render_views(sphere, k[None], c2w[None], SIZE, SIZE, supersample=2, normals=True)
+    normals, alpha, depth = render.normals[0], render.alpha[0], render.depth[0]
     # camera frame (OpenGL): the surface facing the camera has normal +Z, image right is +X, image up is +Y
-    np.testing.assert_allclose(render.normals[SIZE // 2, SIZE // 2], [0, 0, 1], atol=0.02)  # half a pixel off
-    assert render.normals[SIZE // 2, SIZE // 2 + 30, 0] > 0.5 and render.normals[SIZE // 2 - 30, SIZE // 2, 1] > 0.5
-    covered = render.alpha > 0
-    np.testing.assert_allclose(np.linalg.norm(render.normals[covered], axis=-1), 1, atol=1e-4)
-    assert np.all(render.normals[~covered] == 0)
+    np.testing.assert_allclose(normals[SIZE // 2, SIZE // 2], [0, 0, 1], atol=0.02)  # half a pixel off
+    assert normals[SIZE // 2, SIZE // 2 + 30, 0] > 0.5 and normals[SIZE // 2 - 30, SIZE // 2, 1] > 0.5
+    covered = alpha > 0
+    np.testing.assert_allclose(np.linalg.norm(normals[covered], axis=-1), 1, atol=1e-4)
+    assert np.all(normals[~covered] == 0)
     # analytic: at the visible point of each pixel, the normal is (point - centre) / radius in camera space
     v, u = np.mgrid[0:SIZE, 0:SIZE] + 0.5
     ray = np.stack([(u - SIZE / 2) / k[0, 0], -(v - SIZE / 2) / k[1, 1], -np.ones_like(u)], axis=-1)
-    point = ray * render.depth[..., None]  # depth is along the viewing axis, where the ray's z is -1
+    point = ray * depth[..., None]  # depth is along the viewing axis, where the ray's z is -1
     analytic = (point - [0, 0, -4]) / 0.8
-    inner = render.alpha == 1
-    cos = (render.normals[inner] * analytic[inner]).sum(-1) / np.linalg.norm(analytic[inner], axis=-1)
+    inner = alpha == 1
+    cos = (normals[inner] * analytic[inner]).sum(-1) / np.linalg.norm(analytic[inner], axis=-1)
     assert cos.min() > 0.999
 
 

@@ -11,7 +11,7 @@ import trimesh
 from PIL import Image
 
 from recon.cameras import camera_position, intrinsics, look_at, project
-from recon.render import AMBIENT, DIFFUSE, LIGHT_DIRECTION, prepare_mesh, rasterize, render_mesh, render_views
+from recon.render import AMBIENT, DIFFUSE, LIGHT_DIRECTION, Render, prepare_mesh, rasterize, render_views
 
 SIZE = 160
 K = intrinsics(30.0, SIZE)
@@ -21,6 +21,12 @@ FRONT = look_at(camera_position(0.0, 0.0, 4.0))  # on +X looking at the origin: 
 @pytest.fixture(scope="module")
 def sphere() -> trimesh.Trimesh:
     return trimesh.creation.icosphere(subdivisions=4, radius=0.8)
+
+
+def render_one(mesh, k, cam_to_world, width: int, height: int, **options) -> Render:
+    """One camera's render through the batched renderer, as (H, W, ...) arrays."""
+    batch = render_views(mesh, np.asarray(k)[None], np.asarray(cam_to_world)[None], width, height, **options)
+    return Render(batch.rgb[0], batch.alpha[0], batch.depth[0])
 
 
 def _pixel(point) -> tuple[float, float]:
@@ -35,7 +41,7 @@ def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_sphere_silhouette_and_depth_match_the_projection(sphere):
-    render = render_mesh(sphere, K, FRONT, SIZE, SIZE, supersample=1)
+    render = render_one(sphere, K, FRONT, SIZE, SIZE, supersample=1)
     f, c = K[0, 0], SIZE / 2
     radius_px = f * 0.8 / math.sqrt(4.0**2 - 0.8**2)  # tangent cone of the sphere seen from distance 4
     u, v = _pixel_centres(SIZE)
@@ -55,7 +61,7 @@ def test_sphere_silhouette_and_depth_match_the_projection(sphere):
 
 
 def test_supersampled_alpha_measures_the_disc_area(sphere):
-    render = render_mesh(sphere, K, FRONT, SIZE, SIZE, supersample=4)
+    render = render_one(sphere, K, FRONT, SIZE, SIZE, supersample=4)
     radius_px = K[0, 0] * 0.8 / math.sqrt(16 - 0.64)
     assert render.alpha.sum() == pytest.approx(math.pi * radius_px**2, rel=3e-3)
     assert 0 < np.count_nonzero((render.alpha > 0) & (render.alpha < 1)) < 2 * math.pi * radius_px * 2
@@ -77,7 +83,7 @@ def _checker_quad() -> trimesh.Trimesh:
 
 def test_texture_lands_where_expected():
     quad = _checker_quad()
-    render = render_mesh(quad, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
+    render = render_one(quad, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
     left, top = _pixel((0, -0.25, 0.25))
     right, bottom = _pixel((0, 0.25, -0.25))
     sample = lambda u, v: render.rgb[int(v), int(u)]  # noqa: E731
@@ -95,7 +101,7 @@ def test_texture_interpolation_is_perspective_correct():
     # seen obliquely, the texture's middle (world y = 0) projects off the screen-space middle of the quad; an affine
     # (screen-space) interpolation would put the colour boundary there instead
     oblique = look_at(camera_position(65.0, 0.0, 2.5))
-    render = render_mesh(_checker_quad(), K, oblique, SIZE, SIZE, lighting="unlit", supersample=1)
+    render = render_one(_checker_quad(), K, oblique, SIZE, SIZE, lighting="unlit", supersample=1)
     uv, _ = project(np.array([[0, 0.0, 0.25], [0, -0.5, 0.25], [0, 0.5, 0.25]]), K, oblique)
     (u_mid, v_row), (u_left, _), (u_right, _) = uv
     assert abs(u_mid - (u_left + u_right) / 2) > 4  # the test only means something if the two differ
@@ -106,14 +112,14 @@ def test_texture_interpolation_is_perspective_correct():
 
 def test_lit_shading_is_albedo_times_the_fixed_light():
     quad = _checker_quad()
-    lit = render_mesh(quad, K, FRONT, SIZE, SIZE, lighting="lit", supersample=1)
-    unlit = render_mesh(quad, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
+    lit = render_one(quad, K, FRONT, SIZE, SIZE, lighting="lit", supersample=1)
+    unlit = render_one(quad, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
     expected = AMBIENT + DIFFUSE * max(LIGHT_DIRECTION[0], 0)  # the quad's normal is +X
     covered = lit.alpha == 1
     np.testing.assert_allclose(lit.rgb[covered], unlit.rgb[covered] * expected, atol=1e-5)
     # the back of the quad is shaded with its normal flipped; seen mirrored, its lower right is blue
     back = look_at(camera_position(180.0, 0.0, 4.0))
-    seen_back = render_mesh(quad, K, back, SIZE, SIZE, lighting="lit", supersample=1)
+    seen_back = render_one(quad, K, back, SIZE, SIZE, lighting="lit", supersample=1)
     flipped = AMBIENT + DIFFUSE * max(-LIGHT_DIRECTION[0], 0)
     np.testing.assert_allclose(seen_back.rgb[SIZE // 2 + 20, SIZE // 2 + 20], np.array([0, 0, 1]) * flipped, atol=1e-5)
 
@@ -133,7 +139,7 @@ def test_scene_parts_keep_their_material_colours_and_transforms():
     green = _box((0, 0, 0), (30, 200, 30))
     scene.add_geometry(green, node_name="green_a", transform=trimesh.transformations.translation_matrix((0, 0.6, 0)))
     scene.add_geometry(green, node_name="green_b", transform=trimesh.transformations.translation_matrix((0, -0.6, 0)))
-    render = render_mesh(scene, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
+    render = render_one(scene, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
     for point, color in [((0.2, 0, 0), (200, 30, 30)), ((0.2, 0.6, 0), (30, 200, 30)), ((0.2, -0.6, 0), (30, 200, 30))]:
         u, v = _pixel(point)
         np.testing.assert_allclose(render.rgb[int(v), int(u)], np.array(color) / 255, atol=1e-5)
@@ -148,7 +154,7 @@ def test_vertex_colours_are_interpolated():
         vertex_colors=np.array([[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]], np.uint8),
         process=False,
     )
-    render = render_mesh(mesh, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
+    render = render_one(mesh, K, FRONT, SIZE, SIZE, lighting="unlit", supersample=1)
     u, v = _pixel((0, 0.0, -0.2))  # one third of the way up the middle line
     np.testing.assert_allclose(render.rgb[int(v), int(u)], [1 / 3, 1 / 3, 1 / 3], atol=0.02)
 
@@ -157,7 +163,7 @@ def test_batched_chunked_and_repeated_renders_agree(sphere):
     cams = np.stack([FRONT, look_at(camera_position(90.0, 30.0, 4.0))])
     ks = np.stack([K, K])
     batch = render_views(sphere, ks, cams, SIZE, SIZE, supersample=1)
-    single = render_mesh(sphere, K, cams[1], SIZE, SIZE, supersample=1)
+    single = render_one(sphere, K, cams[1], SIZE, SIZE, supersample=1)
     np.testing.assert_array_equal(batch.rgb[1], single.rgb)
     np.testing.assert_array_equal(batch.depth[1], single.depth)
     prepared = prepare_mesh(sphere)

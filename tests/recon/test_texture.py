@@ -8,12 +8,12 @@ import torch
 import trimesh
 
 from recon.cameras import intrinsics, orbit_cam_to_world
+from recon.evaluation.mesh_checks import atlas_report
 from recon.posed_views import PosedViews
 from recon.render import render_views
 from recon.texture import (
     MIN_PIECE_FACES,
     TextureConfig,
-    atlas_report,
     bake_texture,
     fill_outside,
     rasterize_uv,
