@@ -43,7 +43,7 @@ TEST_MESHES = REPO / "tests" / "data" / "meshes"
 
 def mesh_folder(count: int, root: Path) -> Path:
     """``count`` meshes: the test meshes cycled, each round in its own folder of links (OBJ materials beside)."""
-    from recon.assets import MESH_SUFFIXES
+    from recon.mesh_grids import MESH_SUFFIXES
 
     files = sorted(TEST_MESHES.iterdir())
     meshes = [f for f in files if f.suffix.lower() in MESH_SUFFIXES]
@@ -62,7 +62,7 @@ def time_rendering(meshes: Path, data: Path, device: str, conditions: int = 8) -
     """Seconds for train-data on the folder (default settings but ``conditions``), and for only loading the meshes."""
     from img2mesh.train.config import TrainDataConfig
     from img2mesh.train.data import find_meshes, render_training_data
-    from recon.assets import load_asset
+    from recon.mesh_grids import load_normalised_mesh
     from recon.render import prepare_mesh
 
     config = TrainDataConfig(device=device, conditions=conditions)
@@ -72,7 +72,7 @@ def time_rendering(meshes: Path, data: Path, device: str, conditions: int = 8) -
     files = find_meshes(meshes)
     start = time.perf_counter()
     for path in files:
-        prepare_mesh(load_asset(path), device)
+        prepare_mesh(load_normalised_mesh(path), device)
     loading = time.perf_counter() - start
     count = len(report.rendered)
     return {

@@ -2,7 +2,7 @@
 
 ``img2mesh train-data MESHES/ -o DATA/`` renders every GLB, glTF, OBJ and PLY file under MESHES/ with the project's
 own rasteriser (:mod:`recon.render`), loaded and normalised as the reconstruction expects objects
-(:mod:`recon.assets`: farthest vertex at 0.9, seen from distance 4). For each mesh it draws ``conditions``
+(:mod:`recon.mesh_grids`: farthest vertex at 0.9, seen from distance 4). For each mesh it draws ``conditions``
 viewpoints and writes, per viewpoint:
 
 - ``condition_KK.png``: the object seen from azimuth a ~ U[0°, 360°) and elevation e ~ U[-20°, 45°], an RGBA
@@ -42,7 +42,7 @@ import numpy as np
 
 from img2mesh.errors import InputError
 from img2mesh.train.config import TrainDataConfig
-from recon.assets import MESH_SUFFIXES
+from recon.mesh_grids import MESH_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,11 @@ def render_mesh_pairs(
     from PIL import Image
 
     from img2mesh.cutout import center_object
-    from recon.assets import load_asset, render_grid, render_photo
+    from recon.mesh_grids import load_normalised_mesh, render_grid, render_photo
     from recon.render import prepare_mesh
 
     try:
-        prepared = prepare_mesh(load_asset(path, config.up), device)
+        prepared = prepare_mesh(load_normalised_mesh(path, config.up), device)
     except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # malformed geometry that trimesh let through
         raise InputError(f"Could not prepare {path.name} for rendering ({exc}); check the file.") from None
     rng = np.random.default_rng([config.seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")])

@@ -5,7 +5,7 @@ mesh at the six fixed poses of :mod:`recon.cameras` into the grid of 3 rows x 2 
 tall) on a gray (127) background, and hand the reconstruction the exact alpha as masks. Reconstruction quality is then
 measured against the mesh itself.
 
-Loading, normalisation and the grid layout are those of :mod:`recon.assets` (shared with ``img2mesh train-data``);
+Loading, normalisation and the grid layout are those of :mod:`recon.mesh_grids` (shared with ``img2mesh train-data``);
 ``OBJ_UP_AXIS`` adds, per test mesh, which axis of an OBJ file is up (+Y unless listed).
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.assets import GRAY, NORMALISED_RADIUS, UpAxis, load_asset, normalise, render_grid, render_photo
 from recon.cameras import DEFAULT_RADIUS, zero123pp_cameras
+from recon.mesh_grids import GRAY, NORMALISED_RADIUS, UpAxis, load_normalised_mesh, normalise, render_grid, render_photo
 from recon.posed_views import PosedViews, to_uint8
 from recon.render import Lighting
 
@@ -40,8 +40,9 @@ class OracleViews:
 
 
 def load_mesh(path: str | Path, up: UpAxis | None = None):
-    """:func:`recon.assets.load_asset` with the up axis of the test meshes (``OBJ_UP_AXIS``) unless ``up`` is given."""
-    return load_asset(path, up or OBJ_UP_AXIS.get(Path(path).name))
+    """:func:`recon.mesh_grids.load_normalised_mesh` with the up axis of the test meshes (``OBJ_UP_AXIS``) unless
+    ``up`` is given."""
+    return load_normalised_mesh(path, up or OBJ_UP_AXIS.get(Path(path).name))
 
 
 def oracle_views(

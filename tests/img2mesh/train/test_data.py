@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from img2mesh.cli import cli
-from recon.assets import load_asset, render_grid
+from recon.mesh_grids import load_normalised_mesh, render_grid
 
 SMALL = ["--conditions", "2", "--view-size", "64", "--set", "condition_size=64", "--set", "supersample=1"]
 
@@ -35,7 +35,7 @@ def test_pairs_are_the_pipeline_layout_rendered_at_the_poses_relative_to_the_con
         assert 0 <= sample["azimuth"] < 360 and -20 <= sample["elevation"] <= 45
         target = np.asarray(Image.open(pairs / sample["target"]))
         assert target.shape == (192, 128, 3)  # 3 rows x 2 columns of 64-px views, as the pipeline's 960x640
-        asset = load_asset(training_meshes / "duck.glb")
+        asset = load_normalised_mesh(training_meshes / "duck.glb")
         expected, _ = render_grid(asset, "v1.2", sample["azimuth"], 64, supersample=1)
         # The stored azimuth is rounded to 1/1000 degree: a few silhouette pixels may differ by a level.
         assert np.mean(np.abs(target.astype(int) - expected)) < 0.5

@@ -1,4 +1,4 @@
-"""Mesh assets as Zero123++ sees objects: loaded into the world frame and normalised, rendered as its 3x2 grid.
+"""Mesh files as Zero123++ sees objects: loaded into the world frame and normalised, rendered as its 3x2 grid.
 
 Two users share this: the evaluation's oracle views (a ground-truth mesh rendered as if the diffusion were perfect)
 and ``img2mesh train-data`` (condition images and target grids to fine-tune the diffusion model on). Both must
@@ -40,7 +40,7 @@ from recon.render import Lighting, Render, render_views, world_geometry, world_p
 NORMALISED_RADIUS = 0.9
 #: Background of Zero123++ output grids (and of the condition image), in [0, 1].
 GRAY = BACKGROUND_GRAY / 255
-#: File suffixes :func:`load_asset` reads.
+#: File suffixes :func:`load_normalised_mesh` reads.
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 
 UpAxis = Literal["y", "z"]
@@ -51,7 +51,7 @@ _Z_UP_FROM = {
 }
 
 
-def load_asset(path: str | Path, up: UpAxis | None = None):
+def load_normalised_mesh(path: str | Path, up: UpAxis | None = None):
     """Load a mesh file with its materials as a trimesh Scene in world z-up, centred and normalised (module doc).
 
     ``up`` is the up axis of an OBJ or PLY file (default +Y); glTF is always +Y up.
