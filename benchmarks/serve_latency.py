@@ -8,15 +8,18 @@ weights draw noise, which nothing can mesh). Phases, in this order, each skipped
 1. ``sequential``: photos one at a time, photo → job done (GLB written) as the client sees it; median and spread.
 2. ``burst``: ``--burst`` photos submitted at once: wall time and images per minute (all, and steady: first done to
    last done).
-3. ``cold`` (while the server idles): one process per call as a user runs it: ``img2mesh recon GRID --export``,
-   ``img2mesh views PHOTO`` (wall), beside probes of what they pay before any work: ``import torch``, the CUDA
-   context, the imports of the diffusion pipeline and of the reconstruction.
-4. ``fill``: more photos at once until ``--total`` jobs ran; resident memory (server and its worker processes) and
-   GPU memory (nvidia-smi, the whole card) after job 5 and after the last job, and their growth.
+3. ``cold`` (while the server idles): one process per call as a user runs it, each through ``cold_call.py`` (its
+   timeline: imports, CUDA context, model load, first denoising step, the rest): ``img2mesh recon GRID --export``,
+   ``img2mesh views PHOTO``, and with ``--reference`` the public reference pipeline's cold call beside them
+   (``reference_views.py``); ``--cold-variants`` adds views without cuDNN autotuning and with ``--compile off``.
+4. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran; resident memory (server and its worker
+   processes), GPU memory (nvidia-smi, the whole card) and the server's own CUDA allocator after job 5, after the
+   burst and after each chunk: a curve, which tells a one-off step from a slope.
 5. ``batch``: ``benchmarks/batch_throughput.py`` on ``--burst`` photos with the same weights and config (one process,
    its own model load), for the throughput comparison.
 
-    python benchmarks/serve_latency.py --set multiview.compile=graphs --json out.json --write-results   # a CUDA machine
+    python benchmarks/serve_latency.py --phases sequential,burst,fill,batch --json out.json   # a CUDA machine
+    python benchmarks/serve_latency.py --phases cold --reference REF_DIR --json cold.json
     python benchmarks/serve_latency.py --size tiny --config cpu --set multiview.steps=2 --sequential 2 --burst 2 \\
         --total 5 --phases sequential,burst,fill
 """
@@ -72,6 +75,18 @@ def gpu_memory_mib() -> float | None:
         return float(out.split()[0])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
+
+
+def memory_sample(jobs: int) -> dict:
+    """Resident and GPU memory now: the whole card, and the server process's own CUDA allocator (the diffusion;
+    the rest of the card is the fitting process's), MiB."""
+    sample = {"jobs": jobs, "resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib()}
+    import torch
+
+    if torch.cuda.is_available():
+        sample["server_reserved_mib"] = torch.cuda.memory_reserved() / 2**20
+        sample["server_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
+    return sample
 
 
 def resident_mib() -> float:
@@ -186,9 +201,11 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
                 latencies.append(time.monotonic() - start)
                 stages.append(job["timings"])
                 count += 1
-                print(f"  sequential {i}: {latencies[-1]:.2f} s {job['state']} {job['error'] or ''}", flush=True)
+                stage_s = " ".join(f"{k} {v:.2f}" for k, v in job["timings"].items())
+                state = f"{job['state']} {job['error'] or ''}"
+                print(f"  sequential {i}: {latencies[-1]:.2f} s {state} {stage_s}", flush=True)
                 if count == 5:
-                    memory["after_5"] = {"resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib()}
+                    memory["after_5"] = memory_sample(count)
             result["sequential"] = {
                 "jobs": len(latencies),
                 "median_s": statistics.median(latencies) if latencies else None,
@@ -205,25 +222,37 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
             result["burst"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
             print(f"  burst: {json.dumps(result['burst'])}", flush=True)
             # A step up here (every CPU worker has had its first item) is told apart from a slope by the end sample.
-            memory["after_burst"] = {"resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib(), "jobs": count}
+            memory["after_burst"] = memory_sample(count)
         if "cold" in args.phases:  # while the server idles: its memory stays on the card, as in real use
             cold_phase(args, model, clock, result)
         if count < 5:
-            memory["after_5"] = {"resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib()}
-            memory["after_5"]["note"] = f"after {count} jobs"
+            memory["after_5"] = memory_sample(count) | {"note": f"after {count} jobs"}
         if "fill" in args.phases and args.total > count:
             per_job = (
                 60 / result["burst"]["steady_img_per_min"] if result.get("burst", {}).get("steady_img_per_min") else 6
             )
             affordable = (clock.left() - 15) / per_job
             fill = args.total - count if affordable == float("inf") else min(args.total - count, int(affordable))
-            if fill > 0:
-                jobs, done_at, wall = run_at_once(server, fill, count)
+            # In chunks of --burst with a sample after each: a curve tells a one-off step from a slope.
+            curve, fills, walls = [], [], 0.0
+            while fill > 0:
+                chunk = min(args.burst, fill)
+                jobs, done_at, wall = run_at_once(server, chunk, count)
                 count += len(jobs)
-                result["fill"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
-                print(f"  fill: {json.dumps(result['fill'])}", flush=True)
+                fill -= chunk
+                walls += wall
+                fills += [j["state"] != "done" for j in jobs]
+                time.sleep(0.5)
+                curve.append(memory_sample(count))
+                print(f"  fill: {count} jobs, {json.dumps(curve[-1])}", flush=True)
+                if clock.left() < 15 + per_job * min(args.burst, fill):
+                    break
+            if fills:
+                result["fill"] = {"jobs": len(fills), "wall_s": walls, "failed": sum(fills)}
+                result["fill"] |= {"img_per_min": 60 * len(fills) / walls, "steady_img_per_min": None}
+                memory["curve"] = curve
         time.sleep(1.0)  # let the last job's workers settle
-        memory["end"] = {"resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib(), "jobs": count}
+        memory["end"] = memory_sample(count)
         first, last = memory["after_5"], memory["end"]
         memory["growth"] = {
             key: (last[key] - first[key]) / first[key] if first.get(key) and last.get(key) else None
@@ -235,48 +264,56 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
         server.stop()
 
 
-def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
+def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str, dict]:
+    """Wall seconds of one process, the end of its output and the timeline it printed (``cold_call.py``,
+    ``reference_views.py``), if any."""
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.monotonic() - start
+    timeline: dict = {}
+    for line in (done.stdout + done.stderr).splitlines():
+        with contextlib.suppress(ValueError):
+            if line.startswith("timeline "):
+                timeline = json.loads(line.removeprefix("timeline "))
+            elif line.startswith('{"reference"'):
+                timeline = json.loads(line)["reference"]
     if done.returncode != 0:
-        return seconds, f"exit {done.returncode}: {done.stderr[-600:]}"
-    return seconds, done.stdout[-600:] + "\n".join(line for line in done.stderr.splitlines() if "loaded" in line)
+        return seconds, f"exit {done.returncode}: {done.stderr[-600:]}", timeline
+    return seconds, done.stdout[-600:], timeline
 
 
 def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
-    """One process per call, as a user runs it, and what each pays before any work."""
+    """One process per call, as a user runs it, each with its timeline (``cold_call.py``), the reference beside."""
     py = sys.executable
-    cli = [py, "-c", "from img2mesh.cli import main; main()"]
+    wrapper = [py, str(REPO / "benchmarks" / "cold_call.py")]
     work = Path(tempfile.mkdtemp(prefix="cold-"))
     extra = [arg for value in args.cold_set for arg in value.split()]
+    views = ["views", str(PHOTOS[0]), "-o", str(work), "--model", model, "-v", *extra]
     calls = [
         ("python -c pass", [py, "-c", "pass"]),
-        ("import torch", [py, "-c", "import torch"]),
-        (
-            "import torch + CUDA context",
-            [py, "-c", "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"],
-        ),
-        ("import img2mesh.zero123pp.pipeline", [py, "-c", "import img2mesh.zero123pp.pipeline"]),
-        ("import recon.reconstruct", [py, "-c", "import recon.reconstruct"]),
-        (
-            "img2mesh recon GRID --export",
-            [*cli, "recon", str(GRID), "--export", str(work / "m.glb"), "-v", *extra],
-        ),
-        (
-            "img2mesh views PHOTO",
-            [*cli, "views", str(PHOTOS[0]), "-o", str(work), "--model", model, "-v", *extra],
-        ),
+        ("img2mesh recon GRID --export", [*wrapper, "recon", str(GRID), "--export", str(work / "m.glb"), "-v", *extra]),
+        ("img2mesh views PHOTO", [*wrapper, *views]),
     ]
+    if args.reference:
+        reference = [py, str(REPO / "benchmarks" / "reference_views.py"), "--pipeline", str(args.reference)]
+        reference += ["--model", model, "--photo", str(PHOTOS[0]), "--out", str(work / "reference.png")]
+        calls.append(("reference pipeline (load, 75 steps, save)", reference))
+    if args.cold_variants:
+        calls.append(("img2mesh views PHOTO, no cuDNN autotune", [*wrapper, "--no-cudnn-benchmark", *views]))
+        calls.append(("img2mesh views PHOTO --compile off", [*wrapper, *views, "--compile", "off"]))
     rows = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if args.cold_warm_cache:  # the page cache a user's earlier commands leave: the first call pays no disk reads
+        subprocess.run([py, "-c", "import torch, diffusers, transformers, trimesh, scipy.spatial"], env=env)
     for name, command in calls:
-        if clock.left() < (45 if "views" in name else 20):
+        if clock.left() < (45 if "views" in name or "reference" in name else 20):
             rows.append({"call": name, "seconds": None, "output": "skipped: deadline"})
             continue
-        seconds, output = timed(command, env=env, cwd=REPO)
-        rows.append({"call": name, "seconds": seconds, "output": output.strip().splitlines()[-3:] if output else []})
-        print(f"  cold {name}: {seconds:.2f} s", flush=True)
+        seconds, output, timeline = timed(command, env=env, cwd=REPO)
+        rows.append(
+            {"call": name, "seconds": seconds, "timeline": timeline, "output": output.strip().splitlines()[-4:]}
+        )
+        print(f"  cold {name}: {seconds:.2f} s {json.dumps(timeline)}", flush=True)
     result["cold"] = rows
 
 
@@ -300,7 +337,7 @@ def batch_phase(args, model: str, clock: Clock, result: dict) -> None:
     command += ["--config", args.config] if args.config else []
     for value in args.set:
         command += ["--set", value]
-    seconds, output = timed(command)
+    seconds, output, _ = timed(command)
     try:
         row = json.loads(out.read_text())[0] if out.exists() else None
     except (ValueError, IndexError, KeyError):
@@ -345,22 +382,25 @@ def table(result: dict) -> str:
         lines.append("")
     memory = result.get("memory")
     if memory:
-        a, b, g = memory["after_5"], memory["end"], memory["growth"]
-        m = memory.get("after_burst", {})
+        g = memory["growth"]
         pct = {k: num(None if g[k] is None else 100 * g[k], " %") for k in ("resident_mib", "gpu_mib")}
+        samples = [("after 5 jobs", memory["after_5"])]
+        samples += [("after the burst", memory["after_burst"])] if "after_burst" in memory else []
+        samples += [(f"after {c['jobs']} jobs", c) for c in memory.get("curve", [])[:-1]]
+        samples += [("after the last job", memory["end"])]
         lines += [
-            "| memory | after 5 jobs | after the burst | after the last job | growth (5 → last) |",
+            "| memory, MiB | jobs | resident (server + workers) | GPU (card) | server CUDA reserved / allocated |",
             "| --- | ---: | ---: | ---: | ---: |",
-            f"| resident (server + workers), MiB | {num(a['resident_mib'])} | {num(m.get('resident_mib'))} "
-            f"| {num(b['resident_mib'])} | {pct['resident_mib']} |",
-            f"| GPU (whole card), MiB | {num(a['gpu_mib'])} | {num(m.get('gpu_mib'))} | {num(b['gpu_mib'])} "
-            f"| {pct['gpu_mib']} |",
-            f"| jobs | 5 | {m.get('jobs', 'n/a')} | {b['jobs']} | |",
-            "",
         ]
+        for label, m in samples:
+            cuda = f"{num(m.get('server_reserved_mib'))} / {num(m.get('server_allocated_mib'))}"
+            lines.append(f"| {label} | {m.get('jobs', 5)} | {num(m['resident_mib'])} | {num(m['gpu_mib'])} | {cuda} |")
+        lines += [f"| growth, 5 → last | | {pct['resident_mib']} | {pct['gpu_mib']} | |", ""]
     if result.get("cold"):
-        lines += ["| one cold process | wall s |", "| --- | ---: |"]
-        lines += [f"| `{row['call']}` | {num(row['seconds'])} |" for row in result["cold"]]
+        lines += ["| one cold process | wall s | timeline (s since start) |", "| --- | ---: | --- |"]
+        for row in result["cold"]:
+            timeline = ", ".join(f"{k} {v:.2f}" for k, v in (row.get("timeline") or {}).items())
+            lines.append(f"| `{row['call']}` | {num(row['seconds'])} | {timeline} |")
     return "\n".join(lines)
 
 
@@ -372,6 +412,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="server config override")
     parser.add_argument(
         "--cold-set", action="append", default=[], help="extra arguments of the cold CLI calls ('--config cpu')"
+    )
+    parser.add_argument("--reference", type=Path, help="folder of the reference pipeline.py: its cold call too")
+    parser.add_argument(
+        "--cold-variants", action="store_true", help="also views without cuDNN autotuning and with --compile off"
+    )
+    parser.add_argument(
+        "--cold-warm-cache", action="store_true", help="import the libraries once, untimed, before the cold calls"
     )
     parser.add_argument("--sequential", type=int, default=10, help="photos one at a time")
     parser.add_argument("--burst", type=int, default=10, help="photos submitted at once")

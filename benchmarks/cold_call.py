@@ -1,0 +1,111 @@
+"""One ``img2mesh`` command in this fresh process, with a timeline of where its seconds go.
+
+``serve_latency.py``'s cold phase runs ``img2mesh recon`` and ``img2mesh views`` through this wrapper, so one call
+gives both the wall time a user sees and its parts: interpreter start, the imports (done here first, in the order
+the command would do them, so the total is the command's), the CUDA context, the model load, the first denoising
+step (graph capture and its warm-up) and the rest of the views. Nothing of the command changes, except with
+``--no-cudnn-benchmark``, a diagnostic variant: the fast path without cuDNN's per-shape autotuning, to tell how much of
+the first step that autotuning is.
+
+    python benchmarks/cold_call.py views PHOTO -o OUT --model MODEL -v
+    python benchmarks/cold_call.py recon GRID --export m.glb -v
+
+Prints the command's own output, then one line ``timeline {json}`` on stderr (seconds since this process started).
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()
+
+import atexit  # noqa: E402  (after the clock: the timeline starts with the interpreter)
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's img2mesh and recon
+
+
+#: Seconds since the interpreter started at each named point.
+MARKS: dict[str, float] = {}
+
+
+def mark(name: str) -> None:
+    MARKS.setdefault(name, time.monotonic() - STARTED)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    no_autotune = "--no-cudnn-benchmark" in argv
+    argv = [a for a in argv if a != "--no-cudnn-benchmark"]
+    command = argv[0] if argv else ""
+    mark("interpreter")
+    atexit.register(lambda: print("timeline " + json.dumps(MARKS), file=sys.stderr, flush=True))
+
+    from img2mesh.cli import main as cli
+
+    mark("import_cli")
+    import torch
+
+    mark("import_torch")
+    if command == "views":
+        import img2mesh.pipeline
+        import img2mesh.zero123pp.fast_step
+        import img2mesh.zero123pp.pipeline as zpipe
+        import recon.posed_views
+
+        mark("import_diffusion")
+        _patch_views(img2mesh.pipeline.Img2Mesh, zpipe.Zero123PlusPipeline, no_autotune)
+    elif command == "recon":
+        import recon.asset
+        import recon.reconstruct  # noqa: F401
+
+        mark("import_recon")
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+        torch.cuda.synchronize()
+        mark("cuda_context")
+    sys.argv = ["img2mesh", *argv]
+    try:
+        cli()
+    finally:
+        mark("end")
+
+
+def _patch_views(Img2Mesh, Pipeline, no_autotune: bool) -> None:
+    """Marks around the model load, the first denoising step (synchronised) and the views call."""
+    import torch
+
+    load, generate, predict = Img2Mesh.load, Img2Mesh.generate_views, Pipeline.predict
+    calls = [0]
+
+    def timed_load(self, *args, **kwargs):
+        if self._pipe is None:
+            mark("load_start")
+        out = load(self, *args, **kwargs)
+        if no_autotune:
+            torch.backends.cudnn.benchmark = False
+        mark("load_end")
+        return out
+
+    def timed_predict(self, *args, **kwargs):
+        out = predict(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 1:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            mark("first_step")
+        return out
+
+    def timed_generate(self, *args, **kwargs):
+        mark("views_start")
+        out = generate(self, *args, **kwargs)
+        mark("views_end")
+        return out
+
+    Img2Mesh.load, Img2Mesh.generate_views, Pipeline.predict = timed_load, timed_generate, timed_predict
+
+
+if __name__ == "__main__":
+    main()
