@@ -78,9 +78,9 @@ def gpu_memory_mib() -> float | None:
 
 
 def memory_sample(jobs: int) -> dict:
-    """Resident and GPU memory now: the whole card, and the server process's own CUDA allocator (the diffusion;
-    the rest of the card is the fitting process's), MiB."""
-    sample = {"jobs": jobs, "resident_mib": resident_mib(), "gpu_mib": gpu_memory_mib()}
+    """Resident memory (server and the runner's workers; Inductor's compile workers apart), GPU memory (the whole
+    card, per process where nvidia-smi names them) and the server process's own CUDA allocator, MiB."""
+    sample = {"jobs": jobs, **resident_mib(), "gpu_mib": gpu_memory_mib(), "gpu_by_process_mib": gpu_by_process()}
     import torch
 
     if torch.cuda.is_available():
@@ -89,16 +89,47 @@ def memory_sample(jobs: int) -> dict:
     return sample
 
 
-def resident_mib() -> float:
-    """Resident memory of this process and every process it started (the runner's workers), MiB."""
+def resident_mib() -> dict:
+    """Resident memory of this process and every process it started, MiB: ``resident_mib`` counts the server and
+    the runner's workers; ``compiler_mib`` Inductor's compile workers, which come and go with compilation (the
+    first run counted them: 14.9 GB after 5 jobs, 8.0 GB later)."""
     import psutil
 
     me = psutil.Process()
-    total = 0
+    total = compiler = 0
     for process in [me, *me.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # a worker that just exited
-            total += process.memory_info().rss
-    return total / 2**20
+            rss = process.memory_info().rss
+            if "compile_worker" in " ".join(process.cmdline()):
+                compiler += rss
+            else:
+                total += rss
+    return {"resident_mib": total / 2**20, "compiler_mib": compiler / 2**20}
+
+
+def gpu_by_process() -> dict[str, float] | None:
+    """GPU memory per process (nvidia-smi's compute apps), keyed ``server``, ``child <pid>`` or ``other <pid>``;
+    None where nvidia-smi names no process (some containers)."""
+    import psutil
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    me = psutil.Process()
+    children = {p.pid for p in me.children(recursive=True)}
+    found = {}
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError):
+            pid, used = (int(float(v)) for v in line.split(","))
+            role = "server" if pid == me.pid else f"child {pid}" if pid in children else f"other {pid}"
+            found[role] = float(used)
+    return found or None
 
 
 class Server:
@@ -302,7 +333,13 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
     rows = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cold_warm_cache:  # the page cache a user's earlier commands leave: the first call pays no disk reads
-        subprocess.run([py, "-c", "import torch, diffusers, transformers, trimesh, scipy.spatial"], env=env)
+        # cuDNN's and cuBLAS's libraries load at their first use, not at import: one fp16 convolution and GEMM.
+        touch = "import torch, diffusers, transformers, trimesh, scipy.spatial\n"
+        touch += "if torch.cuda.is_available():\n"
+        touch += "    x = torch.randn(2, 4, 64, 64, device='cuda', dtype=torch.half)\n"
+        touch += "    w = torch.randn(8, 4, 3, 3, device='cuda', dtype=torch.half)\n"
+        touch += "    (torch.nn.functional.conv2d(x, w, padding=1) @ x[0, 0]).sum().item()\n"
+        subprocess.run([py, "-c", touch], env=env)
     for name, command in calls:
         if clock.left() < (30 if "views" in name or "reference" in name else 15):
             rows.append({"call": name, "seconds": None, "output": "skipped: deadline"})
