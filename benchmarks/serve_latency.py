@@ -207,7 +207,8 @@ def run_at_once(server: Server, count: int, offset: int) -> tuple[list[dict], li
 
 def throughput(done_at: list[float], wall: float) -> dict:
     n = len(done_at)
-    steady = 60 * (n - 1) / (done_at[-1] - done_at[0]) if n > 1 and done_at[-1] > done_at[0] else None
+    # First done to last done; with fewer than 3 jobs two may finish together, which says nothing of a pace.
+    steady = 60 * (n - 1) / (done_at[-1] - done_at[0]) if n > 2 and done_at[-1] > done_at[0] else None
     return {"jobs": n, "wall_s": wall, "img_per_min": 60 * n / wall, "steady_img_per_min": steady}
 
 
