@@ -90,7 +90,7 @@ def batch(
     from img2mesh.batch.phases import CrashPlan
     from img2mesh.batch.shard import parse_shard
     from img2mesh.cutout import check_background_removal
-    from recon.export import check_writable
+    from recon.paths import check_writable
 
     part = parse_shard(shard) if shard else None
     items = collect_items(list(inputs))

@@ -90,7 +90,7 @@ def serve(
     from img2mesh.config import load_config
     from img2mesh.zero123pp.weights import resolve_model
     from recon.devices import resolve_device
-    from recon.export import check_writable
+    from recon.paths import check_writable
 
     configure_logging(quiet, verbose)
     if token is not None and not token.strip():

@@ -40,7 +40,7 @@ def views(image: Path, out: Path, quiet: bool, verbose: bool, **options) -> None
     from img2mesh.cutout import check_background_removal, load_image
     from img2mesh.outputs import atomic_output_dir
     from img2mesh.pipeline import Img2Mesh
-    from recon.export import check_writable
+    from recon.paths import check_writable
 
     photo = load_image(image)
     folder = out / image.stem

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,17 @@ def test_python_dash_m_runs_the_command_line(module: str) -> None:
     # An option error goes through the same entry point: one sentence, exit status 2.
     result = subprocess.run([sys.executable, "-m", module, "recon", "--faces"], capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (2, "Error: Option '--faces' requires an argument.\n")
+
+
+def test_views_refuses_its_output_folder_without_mesh_libraries(tmp_path) -> None:
+    """``img2mesh views`` writes no mesh: its output check must not import trimesh (and networkx with it), a cost
+    every cold ``views`` call paid when the check lived in recon.export."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    photo = Path(__file__).resolve().parents[2] / "examples" / "photos" / "spot.png"
+    args = ["views", str(photo), "-o", str(blocker / "out")]
+    result = subprocess.run([sys.executable, "-c", PROBE % (HEAVY,), *args], capture_output=True, text=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == 2
+    assert "is inside a file" in result.stderr
+    assert "trimesh" not in report["heavy"]
