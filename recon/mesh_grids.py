@@ -100,17 +100,16 @@ def render_grid(
     radius: float = DEFAULT_RADIUS,
     supersample: int = 2,
     device: str = "cpu",
-    normals: bool = False,
 ) -> tuple[np.ndarray, Render]:
     """The six views of a (normalised, world z-up) mesh at the poses of ``version`` relative to an input seen from
     ``azimuth``, laid out as Zero123++'s output: (3 · view_size, 2 · view_size, 3) uint8 over gray 127, row-major.
 
-    Also returns the six renders (colour over gray, exact alpha, depth, and with ``normals`` the normal maps).
+    Also returns the six renders (colour over gray, exact alpha, depth).
     """
     poses = pose_set(version)
     c2w = orbit_cam_to_world([azimuth + a for a in poses.azimuths], poses.elevations, radius)
     k = np.repeat(intrinsics(poses.fov, view_size)[None], len(poses.azimuths), axis=0)
-    tiles = render_views(mesh, k, c2w, view_size, view_size, lighting, GRAY, supersample, device, normals)
+    tiles = render_views(mesh, k, c2w, view_size, view_size, lighting, GRAY, supersample, device)
     tiles_u8 = to_uint8(tiles.rgb)
     return join_grid(tiles_u8), tiles
 

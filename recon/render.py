@@ -113,9 +113,6 @@ class Render:
     """Coverage in [0, 1] (fractional along silhouettes when supersampled), (H, W) or (B, H, W)."""
     depth: np.ndarray
     """Distance along the viewing axis, mean over covered subsamples; 0 where alpha is 0. (H, W) or (B, H, W)."""
-    normals: np.ndarray | None = None
-    """When asked for: unit normals in the camera's frame (:func:`camera_normals`), the renormalised mean over covered
-    subsamples; 0 where alpha is 0. (H, W, 3) or (B, H, W, 3)."""
 
 
 def world_parts(mesh) -> list[tuple[object, np.ndarray]]:
@@ -406,29 +403,14 @@ def shade(mesh: RenderMesh, fragments: Fragments, lighting: Lighting = "lit") ->
             if sel.numel():
                 albedo[sel] *= _sample_texture(texture, uv[sel])
         if lighting == "lit":
-            normal = _facing_normals(mesh, fragments, covered)
+            normal = facing_normals(mesh, fragments, covered)
             light = torch.as_tensor(LIGHT_DIRECTION, dtype=torch.float32, device=mesh.device)
             albedo = albedo * (AMBIENT + DIFFUSE * (normal @ light).clamp(min=0))[:, None]
         color[covered] = albedo.clamp(0, 1)
     return color.view(b, h, w, 3), (fragments.face_id >= 0).float()
 
 
-def camera_normals(mesh: RenderMesh, fragments: Fragments, cam_to_world: torch.Tensor) -> torch.Tensor:
-    """Unit normals (B, H, W, 3) of rasterised fragments in each camera's frame (recon.cameras: OpenGL), turned
-    towards the camera like the shading normals (faces are two-sided); 0 where not covered. ``cam_to_world`` (B, 4, 4).
-    """
-    b, h, w = fragments.face_id.shape
-    normals = torch.zeros(b * h * w, 3, device=mesh.device)
-    covered = torch.nonzero(fragments.face_id.reshape(-1) >= 0).squeeze(1)
-    if covered.numel():
-        world = _facing_normals(mesh, fragments, covered)
-        # camera coordinates are the components along the camera's axes, the columns of its rotation
-        rotation = cam_to_world[covered // (h * w), :3, :3]
-        normals[covered] = torch.einsum("ni,nij->nj", world, rotation)
-    return normals.view(b, h, w, 3)
-
-
-def _facing_normals(mesh: RenderMesh, fragments: Fragments, covered: torch.Tensor) -> torch.Tensor:
+def facing_normals(mesh: RenderMesh, fragments: Fragments, covered: torch.Tensor) -> torch.Tensor:
     """World unit normals (N, 3) at the covered flat pixel indices, interpolated and turned towards the camera."""
     _, h, w = fragments.face_id.shape
     f = fragments.face_id.reshape(-1)[covered]
@@ -463,10 +445,8 @@ def render_views(
     background=0.0,
     supersample: int = 2,
     device: str | torch.device = "cpu",
-    normals: bool = False,
 ) -> Render:
-    """Render B cameras at once: rgb (B, H, W, 3) composited on ``background``, alpha (B, H, W), depth (B, H, W),
-    and with ``normals`` camera-space normal maps (B, H, W, 3).
+    """Render B cameras at once: rgb (B, H, W, 3) composited on ``background``, alpha (B, H, W), depth (B, H, W).
 
     ``mesh`` is a trimesh Scene/Trimesh or a :class:`RenderMesh`; ``intrinsics`` (B, 3, 3) are for the output size.
     """
@@ -478,9 +458,6 @@ def render_views(
     c2w = np.asarray(cam_to_world, dtype=np.float64).reshape(-1, 4, 4)
     fragments = rasterize(prepared, k, c2w, width * supersample, height * supersample)
     color, alpha = shade(prepared, fragments, lighting)
-    normal = None
-    if normals:
-        normal = camera_normals(prepared, fragments, torch.as_tensor(c2w, dtype=torch.float32, device=prepared.device))
     if supersample > 1:
         pool = supersample
 
@@ -488,7 +465,6 @@ def render_views(
             return F.avg_pool2d(x.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1)
 
         color = down(color)  # colour is 0 where uncovered, so this is premultiplied
-        normal = None if normal is None else F.normalize(down(normal), dim=-1, eps=1e-6)
         depth_sum = down(fragments.depth[..., None])[..., 0]
         alpha = down(alpha[..., None])[..., 0]
         depth = torch.where(alpha > 0, depth_sum / alpha.clamp(min=1e-12), torch.zeros_like(alpha))
@@ -496,9 +472,4 @@ def render_views(
         depth = fragments.depth
     bg = torch.as_tensor(np.broadcast_to(np.asarray(background, np.float32), (3,)).copy(), device=prepared.device)
     rgb = color + (1 - alpha[..., None]) * bg
-    return Render(
-        rgb=rgb.clamp(0, 1).cpu().numpy(),
-        alpha=alpha.cpu().numpy(),
-        depth=depth.cpu().numpy(),
-        normals=None if normal is None else normal.cpu().numpy(),
-    )
+    return Render(rgb=rgb.clamp(0, 1).cpu().numpy(), alpha=alpha.cpu().numpy(), depth=depth.cpu().numpy())

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from recon.cameras import DEFAULT_RADIUS, zero123pp_cameras
+from recon.cameras import DEFAULT_RADIUS, VIEW_SIZE, zero123pp_cameras
 from recon.mesh_grids import GRAY, NORMALISED_RADIUS, UpAxis, load_normalised_mesh, normalise, render_grid, render_photo
 from recon.posed_views import PosedViews, to_uint8
-from recon.render import Lighting
+from recon.render import Fragments, Lighting, RenderMesh, facing_normals, prepare_mesh, rasterize
 
 __all__ = ["GRAY", "NORMALISED_RADIUS", "OBJ_UP_AXIS", "OracleViews", "load_mesh", "normalise", "oracle_views"]
 
@@ -64,8 +66,6 @@ def oracle_views(
     """
     from PIL import Image
 
-    from recon.render import prepare_mesh
-
     prepared = prepare_mesh(mesh, device)
     grid, tiles = render_grid(
         prepared,
@@ -75,7 +75,6 @@ def oracle_views(
         radius=radius,
         supersample=supersample,
         device=device,
-        normals=normals,
     )
     k, c2w = zero123pp_cameras(version, radius)
     views = PosedViews(
@@ -84,7 +83,36 @@ def oracle_views(
         intrinsics=k,
         cam_to_world=c2w,
         poses=version,
-        normals=tiles.normals,
+        normals=normal_maps(prepared, k, c2w, VIEW_SIZE, supersample) if normals else None,
     )
     photo = render_photo(prepared, [0.0], [photo_elevation], photo_size, version, lighting, radius, supersample, device)
     return OracleViews(grid=Image.fromarray(grid), input_photo=Image.fromarray(photo[0], "RGBA"), views=views)
+
+
+def normal_maps(mesh: RenderMesh, intrinsics, cam_to_world, size: int, supersample: int = 2) -> np.ndarray:
+    """The mesh's exact unit normal maps in each camera's frame, (B, size, size, 3) float32, 0 where no face is
+    seen: the renormalised mean over covered subsamples, a stand-in for the normal ControlNet's maps."""
+    k = np.array(intrinsics, dtype=np.float64).reshape(-1, 3, 3)
+    k[:, :2] *= supersample  # as recon.render.render_views supersamples
+    c2w = np.asarray(cam_to_world, dtype=np.float64).reshape(-1, 4, 4)
+    fragments = rasterize(mesh, k, c2w, size * supersample, size * supersample)
+    normals = camera_normals(mesh, fragments, torch.as_tensor(c2w, dtype=torch.float32, device=mesh.device))
+    if supersample > 1:
+        pooled = F.avg_pool2d(normals.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+        normals = F.normalize(pooled, dim=-1, eps=1e-6)
+    return normals.cpu().numpy()
+
+
+def camera_normals(mesh: RenderMesh, fragments: Fragments, cam_to_world: torch.Tensor) -> torch.Tensor:
+    """Unit normals (B, H, W, 3) of rasterised fragments in each camera's frame (recon.cameras: OpenGL), turned
+    towards the camera like the shading normals (faces are two-sided); 0 where not covered. ``cam_to_world`` (B, 4, 4).
+    """
+    b, h, w = fragments.face_id.shape
+    normals = torch.zeros(b * h * w, 3, device=mesh.device)
+    covered = torch.nonzero(fragments.face_id.reshape(-1) >= 0).squeeze(1)
+    if covered.numel():
+        world = facing_normals(mesh, fragments, covered)
+        # camera coordinates are the components along the camera's axes, the columns of its rotation
+        rotation = cam_to_world[covered // (h * w), :3, :3]
+        normals[covered] = torch.einsum("ni,nij->nj", world, rotation)
+    return normals.view(b, h, w, 3)

@@ -20,9 +20,9 @@ import trimesh
 from img2mesh.config import load_config
 from recon.cameras import camera_position, intrinsics, look_at
 from recon.evaluation.metrics import chamfer_fscore
-from recon.evaluation.oracle import load_mesh, oracle_views
+from recon.evaluation.oracle import load_mesh, normal_maps, oracle_views
 from recon.reconstruct import ReconConfig, finish_mesh, fit_fields
-from recon.render import render_views
+from recon.render import prepare_mesh, render_views
 from recon.sdf_grid import Box, SdfGrid
 from recon.volume_render import clip_to_hull, pixel_rays, render_rays
 
@@ -61,8 +61,9 @@ def rendered(ellipsoid):
 def test_rasterised_normals_are_camera_space_unit_normals_of_a_sphere():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.8)
     k, c2w = intrinsics(30.0, SIZE), look_at(camera_position(40.0, 25.0, 4.0))
-    render = render_views(sphere, k[None], c2w[None], SIZE, SIZE, supersample=2, normals=True)
-    normals, alpha, depth = render.normals[0], render.alpha[0], render.depth[0]
+    render = render_views(sphere, k[None], c2w[None], SIZE, SIZE, supersample=2)
+    normals = normal_maps(prepare_mesh(sphere), k[None], c2w[None], SIZE, supersample=2)[0]
+    alpha, depth = render.alpha[0], render.depth[0]
     # camera frame (OpenGL): the surface facing the camera has normal +Z, image right is +X, image up is +Y
     np.testing.assert_allclose(normals[SIZE // 2, SIZE // 2], [0, 0, 1], atol=0.02)  # half a pixel off
     assert normals[SIZE // 2, SIZE // 2 + 30, 0] > 0.5 and normals[SIZE // 2 - 30, SIZE // 2, 1] > 0.5
