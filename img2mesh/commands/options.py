@@ -176,15 +176,17 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
         logger.addHandler(handler)
 
 
-def parse_set_values(values: typing.Iterable[str]) -> dict[str, Any]:
-    """``["mesh.faces=5000", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists)."""
+def parse_set_values(values: typing.Iterable[str], sections: bool = True) -> dict[str, Any]:
+    """``["mesh.faces=5000", ...]`` as config overrides, each value parsed as YAML (numbers, booleans, lists); keys
+    are SECTION.KEY, or plain keys with ``sections=False`` (``img2mesh train``'s flat config)."""
     import yaml
 
+    form, example = ("SECTION.KEY=VALUE", "mesh.faces=5000") if sections else ("KEY=VALUE", "validate_every=100")
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise InputError(f"--set {item!r} must look like SECTION.KEY=VALUE, e.g. --set mesh.faces=5000.")
+        if not sep or not key.strip() or (sections and "." not in key):
+            raise InputError(f"--set {item!r} must look like {form}, e.g. --set {example}.")
         try:
             overrides[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:

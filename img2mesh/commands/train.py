@@ -12,26 +12,9 @@ from pathlib import Path
 
 import click
 
-from img2mesh.commands.options import configure_logging, out_option
+from img2mesh.commands.options import configure_logging, out_option, parse_set_values
 
 _SET_HELP = "Override any config key, e.g. --set validate_every=100 (repeatable; VALUE is YAML)."
-
-
-def _set_values(values: tuple[str, ...]) -> dict:
-    import yaml
-
-    from img2mesh.errors import InputError
-
-    overrides = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {item!r} must look like KEY=VALUE, e.g. --set validate_every=100.")
-        try:
-            overrides[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise InputError(f"--set {item!r} has a value that is not valid YAML; quote it or fix it.") from None
-    return overrides
 
 
 @click.command("train-data")
@@ -56,7 +39,7 @@ def train_data(meshes: Path, out: Path, config_path: Path | None, set_values: tu
     from img2mesh.train.data import render_training_data
 
     configure_logging(quiet, False)
-    overrides = _set_values(set_values)
+    overrides = parse_set_values(set_values, sections=False)
     overrides.update({key: value for key, value in options.items() if value is not None})
     config = load_data_config(config_path, overrides)
     report = render_training_data(meshes, out, config, progress=not quiet)
@@ -106,7 +89,7 @@ def train(
     configure_logging(quiet, False)
     if resume and config_path is None and (out / "train.yaml").is_file():
         config_path = out / "train.yaml"
-    overrides = _set_values(set_values)
+    overrides = parse_set_values(set_values, sections=False)
     overrides.update({key: value for key, value in options.items() if value is not None})
     if full:
         if options.get("lora_rank") is not None:

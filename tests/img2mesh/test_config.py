@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from img2mesh.commands.options import parse_set_values
 from img2mesh.config import (
     Img2MeshConfig,
     config_to_dict,
@@ -116,3 +117,17 @@ def test_edges_of_the_ranges_load() -> None:
     config = load_config(None, {"mesh.faces": 200, "texture.size": 64})
     assert (config.mesh.faces, config.texture.size) == (200, 64)
     assert load_config(None, {"texture.size": 8192}).texture.size == 8192
+
+
+def test_set_values_parse_as_yaml_and_a_malformed_one_is_one_sentence() -> None:
+    assert parse_set_values(["mesh.faces=5000", "export.lods=[5000, 1000]"]) == {
+        "mesh.faces": 5000,
+        "export.lods": [5000, 1000],
+    }
+    assert parse_set_values(["validate_every=100"], sections=False) == {"validate_every": 100}
+    with pytest.raises(InputError, match=r"must look like SECTION\.KEY=VALUE, e\.g\. --set mesh\.faces=5000\.$"):
+        parse_set_values(["faces=5000"])
+    with pytest.raises(InputError, match=r"must look like KEY=VALUE, e\.g\. --set validate_every=100\.$"):
+        parse_set_values([" =3"], sections=False)
+    with pytest.raises(InputError, match="not valid YAML"):
+        parse_set_values(["mesh.faces=[1"])

@@ -60,6 +60,12 @@ def test_empty_or_corrupt_data_folders_get_one_sentence(pairs: Path, tmp_path: P
     assert not (tmp_path / "run").exists()
 
 
+def test_a_malformed_set_value_is_one_sentence(tmp_path: Path):
+    code, out = invoke("train-data", tmp_path / "meshes", "-o", tmp_path / "pairs", "--set", "=3", "-q")
+    assert code == 2 and "must look like KEY=VALUE" in one_sentence(out)
+    assert not (tmp_path / "pairs").exists()
+
+
 def test_run_folders_are_not_overwritten_and_resume_needs_a_checkpoint(pairs: Path, small_model: Path, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
