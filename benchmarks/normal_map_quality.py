@@ -2,9 +2,12 @@
 
 For each test mesh: oracle views (recon.evaluation.oracle), one fit (``--config``'s recon section), then from the same
 fields the 20k-face mesh (the default mesh and texture sections), the 2k-face mesh (the lowpoly preset's) and the 2k
-mesh with its normal map (recon.normal_map, timed on ``--device``). Each is rendered lit under the oracle's fixed light
-(recon.render's AMBIENT, DIFFUSE, LIGHT_DIRECTION) from the 12 novel views of recon.evaluation.metrics and compared
-with the lit ground truth, PSNR over the union of alphas on gray, two ways:
+mesh with its normal map, baked from the lowpoly surface decimated to the export's ``normal_map_faces`` as
+recon.asset does (the bake timed on ``--device``). Three cases (:data:`CASES`, one table each): the 2k mesh as
+shipped (512² texture and map); with the 20k mesh's 1024² texture, where what is left of the gap is the surface's,
+not the texture's; and as shipped but with the map's source smoothed like the 20k mesh. Each mesh is rendered lit
+under the oracle's fixed light (recon.render's AMBIENT, DIFFUSE, LIGHT_DIRECTION) from the 12 novel views of
+recon.evaluation.metrics and compared with the lit ground truth, PSNR over the union of alphas on gray, two ways:
 
 - ``clay``: every mesh in the renderer's clay albedo, so only the shading normals differ (the normal map's own job);
 - ``albedo``: each mesh with its albedo texture (recon.albedo: the baked views with the learnt shading divided out)
@@ -15,7 +18,7 @@ rendered here, not by recon.render, because that renderer knows no normal maps: 
 normal and tangent and the map's texel make the shading normal, as a glTF shader does. ``--images FILE`` writes one
 mesh's first novel view side by side: ground truth, 20k, 2k, 2k + normal map (clay).
 
-    .venv/bin/python benchmarks/normal_map_quality.py --config cpu --meshes duck spot --no-write
+    .venv/bin/python benchmarks/normal_map_quality.py --config cpu --device cpu --meshes duck --no-write
     python benchmarks/normal_map_quality.py --config default --device cuda --images benchmarks/normal_map.png
 """
 
@@ -41,10 +44,11 @@ from results_file import replace_section  # noqa: E402  (benchmarks/, the script
 
 from img2mesh.config import load_config  # noqa: E402
 from recon.albedo import remove_shading  # noqa: E402
+from recon.asset import normal_map_source  # noqa: E402
 from recon.evaluation.metrics import novel_view_cameras  # noqa: E402
 from recon.evaluation.oracle import GRAY, load_mesh, oracle_views  # noqa: E402
 from recon.normal_map import bake_normal_map, vertex_normals, vertex_tangents  # noqa: E402
-from recon.reconstruct import finish_mesh, fit_fields  # noqa: E402
+from recon.reconstruct import finish_mesh, fit_fields, fitted_surface  # noqa: E402
 from recon.render import (  # noqa: E402
     AMBIENT,
     DEFAULT_ALBEDO,
@@ -129,8 +133,32 @@ def gap_closed(low: float, mapped: float, high: float) -> float:
     return (mapped - low) / (high - low) if high > low else float("nan")
 
 
-def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """One mesh: fit (or load the cached fit), the three meshes, their PSNRs and the bake time."""
+def timed(sync: str, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` and its seconds, the ``sync`` device synchronised at both ends."""
+    if sync.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    if sync.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+#: The 2k cases measured, heading per case (``side``: the 2k texture side; ``smoothing``: whose smoothing the normal
+#: map's source surface has, the lowpoly preset's as shipped or the default preset's, i.e. the 20k mesh's own).
+CASES = {
+    "shipped": "2k mesh as the lowpoly preset ships it: {side}² texture and normal map, the map's source the lowpoly "
+    "surface (its 20 smoothing passes) decimated to 20k faces",
+    "equal texture": "2k mesh with the 20k mesh's texture side, {side}² (and a {side}² normal map): what is left of "
+    "the gap is the surface's",
+    "source as 20k": "as shipped, but the map's source smoothed like the 20k mesh (10 passes), i.e. the default "
+    "preset's 20k mesh itself",
+}
+
+
+def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """One mesh: fit (or load the cached fit), the 20k mesh, and per case of :data:`CASES` the 2k mesh without and
+    with its normal map; their PSNRs and the normal map's seconds, one row per case."""
     device = args.device
     fit_config = load_config(args.config)
     high, low = load_config("default"), load_config("lowpoly")
@@ -145,19 +173,11 @@ def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dic
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"fields": fields, "views": views}, cached)
-    bake_device = device
-    mesh20k = finish_mesh(fields, views, high.mesh, high.texture, device=bake_device)
-    low_texture = dataclasses.replace(low.texture, size=args.low_texture or low.texture.size)
-    mesh2k = finish_mesh(fields, views, low.mesh, low_texture, device=bake_device)
-    bake_normal_map(mesh2k, fields.grid, device=bake_device)  # warm-up (kernels, allocator)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    mapped = bake_normal_map(mesh2k, fields.grid, device=bake_device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    row: dict[str, float] = {"faces_high": len(mesh20k.faces), "faces_low": len(mesh2k.faces)}
-    row["bake_s"] = time.perf_counter() - start
+    # the meshes as recon.asset.finish_asset makes them for the default and the lowpoly preset
+    mesh20k = finish_mesh(fields, views, high.mesh, high.texture, device=device)
+    surfaces = {"lowpoly": fitted_surface(fields, low.mesh), "default": fitted_surface(fields, high.mesh)}
+    normal_map_source(surfaces["lowpoly"], low.export)  # warm-up
+    sources = {name: timed(device, normal_map_source, surface, low.export) for name, surface in surfaces.items()}
     k, c2w = novel_view_cameras(args.size)
     geometry = world_geometry(gt)
     clay = trimesh.Trimesh(geometry.vertices, geometry.faces, process=False)
@@ -165,21 +185,67 @@ def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, float], dic
         "clay": render_views(clay, k, c2w, args.size, args.size, "lit", GRAY, SUPERSAMPLE, device),
         "albedo": render_views(gt, k, c2w, args.size, args.size, "lit", GRAY, SUPERSAMPLE, device),
     }
-    meshes = {"20k": mesh20k, "2k": mesh2k, "2k+map": mapped}
-    delit = {name: remove_shading(mesh, fields.grid, bake_device) for name, mesh in meshes.items()}
-    images = {"truth": truth["clay"].rgb[0]}
+
+    def render_both(mesh: trimesh.Trimesh) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        delit = remove_shading(mesh, fields.grid, device)
+        return {mode: render_lit(mesh if mode == "clay" else delit, k, c2w, args.size, mode, device) for mode in truth}
+
+    high_renders = render_both(mesh20k)
+    images = {"truth": truth["clay"].rgb[0], "20k": high_renders["clay"][0][0]}
+    shipped, equal = args.low_texture or (low.texture.size, high.texture.size)
+    cases = {
+        "shipped": (shipped, "lowpoly"),
+        "equal texture": (equal, "lowpoly"),
+        "source as 20k": (shipped, "default"),
+    }
+    bare: dict[int, tuple[trimesh.Trimesh, dict]] = {}
+    rows = {}
+    for case, (side, smoothing) in cases.items():
+        if side not in bare:
+            texture = dataclasses.replace(low.texture, size=side)
+            mesh2k = finish_mesh(fields, views, low.mesh, texture, device=device, surface=surfaces["lowpoly"])
+            bare[side] = mesh2k, render_both(mesh2k)
+        mesh2k, low_renders = bare[side]
+        detail, source_s = sources[smoothing]
+        bake_normal_map(mesh2k, detail, device=device)  # warm-up (kernels, allocator)
+        mapped, bake_s = timed(device, bake_normal_map, mesh2k, detail, device=device)
+        row: dict[str, float] = {"faces_high": len(mesh20k.faces), "faces_low": len(mesh2k.faces), "side": side}
+        row.update(faces_detail=len(detail.faces), source_s=source_s, bake_s=bake_s)
+        mapped_renders = render_both(mapped)
+        for mode in truth:
+            renders = {"20k": high_renders[mode], "2k": low_renders[mode], "2k+map": mapped_renders[mode]}
+            for name, rendered in renders.items():
+                row[f"{mode} {name}"] = psnr(rendered, (truth[mode].rgb, truth[mode].alpha))
+            row[f"{mode} closed"] = gap_closed(row[f"{mode} 2k"], row[f"{mode} 2k+map"], row[f"{mode} 20k"])
+        # how close each 2k mesh looks to the 20k one in clay: the normal map's fidelity to its target
+        row["to 20k: 2k"] = psnr(low_renders["clay"], high_renders["clay"])
+        row["to 20k: 2k+map"] = psnr(mapped_renders["clay"], high_renders["clay"])
+        if case == "shipped":
+            images.update({"2k": low_renders["clay"][0][0], "2k+map": mapped_renders["clay"][0][0]})
+        rows[case] = row
+    return rows, images
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    """Markdown table of per-mesh rows plus their mean (the mean's ``closed`` from the mean PSNRs)."""
+    keys = list(next(iter(rows.values())))
+    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
     for mode in ("clay", "albedo"):
-        renders = {}
-        for name in meshes:
-            renders[name] = render_lit(meshes[name] if mode == "clay" else delit[name], k, c2w, args.size, mode, device)
-            row[f"{mode} {name}"] = psnr(renders[name], (truth[mode].rgb, truth[mode].alpha))
-            if mode == "clay":
-                images[name] = renders[name][0][0]
-        if mode == "clay":  # how close each 2k mesh looks to the 20k one: the normal map's fidelity, whatever the fit
-            row["to 20k: 2k"] = psnr(renders["2k"], renders["20k"])
-            row["to 20k: 2k+map"] = psnr(renders["2k+map"], renders["20k"])
-        row[f"{mode} closed"] = gap_closed(row[f"{mode} 2k"], row[f"{mode} 2k+map"], row[f"{mode} 20k"])
-    return row, images
+        mean[f"{mode} closed"] = gap_closed(mean[f"{mode} 2k"], mean[f"{mode} 2k+map"], mean[f"{mode} 20k"])
+    header = ["mesh", "faces 20k / 2k / source", "source s", "bake s"]
+    header += [f"{mode} {n}" for mode in ("clay", "albedo") for n in ("20k", "2k", "2k+map", "closed")]
+    header += ["clay 2k to 20k", "clay 2k+map to 20k"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, row in [*rows.items(), ("**mean**", mean)]:
+        faces = f"{row['faces_high']:.0f} / {row['faces_low']:.0f} / {row['faces_detail']:.0f}"
+        cells = [faces, f"{row['source_s']:.3f}", f"{row['bake_s']:.3f}"]
+        for mode in ("clay", "albedo"):
+            cells += [f"{row[f'{mode} {n}']:.2f}" for n in ("20k", "2k", "2k+map")]
+            closed = row[f"{mode} closed"]
+            cells.append("n/a (20k ≤ 2k)" if np.isnan(closed) else f"{100 * closed:.0f}%")
+        cells += [f"{row['to 20k: 2k']:.2f}", f"{row['to 20k: 2k+map']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -193,52 +259,42 @@ def main() -> None:
     parser.add_argument(
         "--low-texture",
         type=int,
-        help="texture side of the 2k mesh (default: the lowpoly preset's); 1024 matches "
-        "the 20k mesh's, so that the gap is the surface alone",
+        nargs=2,
+        metavar=("SHIPPED", "EQUAL"),
+        help="the 2k mesh's texture sides, shipped and equal (default: the lowpoly preset's 512 and the 20k mesh's "
+        "1024, with which the gap is the surface's alone)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     paths = sorted(p for p in MESHES.iterdir() if p.suffix.lower() in (".obj", ".glb"))
     if args.meshes:
         paths = [p for p in paths if p.stem in set(args.meshes)]
-    rows = {}
+    by_case: dict[str, dict[str, dict[str, float]]] = {}
     for index, path in enumerate(paths):
-        rows[path.stem], images = measure(path, args, args.cache)
-        print(path.stem, {k: round(v, 3) for k, v in rows[path.stem].items()}, flush=True)
+        rows, images = measure(path, args, args.cache)
+        for case, row in rows.items():
+            by_case.setdefault(case, {})[path.stem] = row
+            print(path.stem, case, {k: round(v, 3) for k, v in row.items()}, flush=True)
         if index == 0 and args.images:
             from PIL import Image
 
             strip = np.concatenate([images[n] for n in ("truth", "20k", "2k", "2k+map")], axis=1)
             Image.fromarray((strip * 255 + 0.5).astype(np.uint8)).save(args.images)
-    keys = list(next(iter(rows.values())))
-    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
-    for mode in ("clay", "albedo"):
-        mean[f"{mode} closed"] = gap_closed(mean[f"{mode} 2k"], mean[f"{mode} 2k+map"], mean[f"{mode} 20k"])
-    header = ["mesh", "faces 20k / 2k", "bake s"]
-    header += [f"{mode} {n}" for mode in ("clay", "albedo") for n in ("20k", "2k", "2k+map", "closed")]
-    header += ["clay 2k to 20k", "clay 2k+map to 20k"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for name, row in [*rows.items(), ("**mean**", mean)]:
-        cells = [f"{row['faces_high']:.0f} / {row['faces_low']:.0f}", f"{row['bake_s']:.3f}"]
-        for mode in ("clay", "albedo"):
-            cells += [f"{row[f'{mode} {n}']:.2f}" for n in ("20k", "2k", "2k+map")]
-            closed = row[f"{mode} closed"]
-            cells.append("n/a (20k ≤ 2k)" if np.isnan(closed) else f"{100 * closed:.0f}%")
-        cells += [f"{row['to 20k: 2k']:.2f}", f"{row['to 20k: 2k+map']:.2f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
+    tables = []
+    for case, rows in by_case.items():
+        side = int(next(iter(rows.values()))["side"])
+        tables.append(f"**{case}**: {CASES[case].format(side=side)}.\n\n{table(rows)}\n")
+        print(tables[-1])
     if not args.no_write:
         card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
         command = "python benchmarks/normal_map_quality.py " + " ".join(sys.argv[1:])
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         body = (
-            f"## Normal map on a 2k-face mesh (normal_map_quality.py)\n\n{card}, fit config `{args.config}`, 2k "
-            f"texture {args.low_texture or 'of the lowpoly preset'}, "
+            f"## Normal map on a 2k-face mesh (normal_map_quality.py)\n\n{card}, fit config `{args.config}`, "
             f"`{command}`, {stamp}. PSNR (dB) of 12 lit novel views against the lit ground truth; `closed`: share of "
-            f"the 2k → 20k gap that the normal map closes; `bake s`: the normal-map bake alone on {args.device}; "
-            f"`to 20k`: PSNR of the 2k meshes' clay renders against the 20k mesh's.\n\n"
-            f"{table}\n"
+            f"the 2k → 20k gap that the normal map closes; `source s`: decimating the normal map's high-poly source "
+            f"(CPU); `bake s`: the bake on {args.device} (warm, in-process); `to 20k`: PSNR of the 2k meshes' clay "
+            f"renders against the 20k mesh's.\n\n" + "\n".join(tables)
         )
         replace_section(BEGIN, END, body)
 

@@ -11,13 +11,40 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from PIL import Image
 
 from recon.errors import InputError
-from recon.normal_map import fine_normals, texel_frames
-from recon.sdf_grid import SdfGrid, shade
+from recon.normal_map import texel_frames
+from recon.sdf_grid import SdfGrid, sample_grid, sdf_gradient, shade
 from recon.texture import fill_outside
+
+#: Steps that move a texel's point onto the SDF's zero level set (each one ``p -= f(p) ∇f``, exact for a true
+#: distance; two more than needed for points a voxel or two away, as a decimated mesh's are).
+PROJECTION_STEPS = 4
+#: A texel whose point ends farther than this many voxels from the zero level set (the coarse mesh bridges a gap the
+#: field has) keeps the coarse normal: the field's surface there is not the one the texel shows.
+MAX_OFFSET_VOXELS = 6.0
+
+
+def fine_normals(grid: SdfGrid, points: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """Unit normals (N, 3) of the field's zero level set near ``points`` (N, 3); ``coarse`` (N, 3) where there is no
+    surface close by (:data:`MAX_OFFSET_VOXELS`) or where the nearest surface faces the other way."""
+    device = points.device
+    sdf = grid.sdf.detach().to(device)
+    box = grid.box.to(device)
+    gradient = sdf_gradient(sdf, grid.voxel)
+    p = points
+    for _ in range(PROJECTION_STEPS):
+        direction = F.normalize(sample_grid(gradient, box, p), dim=-1, eps=1e-8)
+        p = p - sample_grid(sdf, box, p) * direction
+    normal = F.normalize(sample_grid(gradient, box, p), dim=-1, eps=1e-8)
+    coarse = F.normalize(coarse, dim=-1, eps=1e-8)
+    near = sample_grid(sdf, box, p)[:, 0].abs() < grid.voxel
+    near &= (p - points).norm(dim=-1) < MAX_OFFSET_VOXELS * grid.voxel
+    usable = near & ((normal * coarse).sum(-1) > 0)
+    return torch.where(usable[:, None], normal, coarse)
 
 
 def remove_shading(mesh: trimesh.Trimesh, grid: SdfGrid, device: str | torch.device = "cpu") -> trimesh.Trimesh:

@@ -1,11 +1,12 @@
 """Fitted fields → the meshes of a game asset: its levels of detail, each meshed, unwrapped and textured on its own.
 
-Every level comes from the same fit (one marching-cubes surface decimated to each face budget), with its own UV atlas
-and texture, so each is a closed 2-manifold that stands alone, as :func:`recon.reconstruct.finish_mesh` makes them.
+Every level comes from the same fit (one smoothed marching-cubes surface, made once and decimated to each face
+budget), with its own UV atlas and texture, so each is a closed 2-manifold that stands alone, as
+:func:`recon.reconstruct.finish_mesh` makes them.
 A coarser level is seen from farther away, so its texture side shrinks with the square root of its face count
 (roughly constant texels per face), rounded to a power of two. Then the material: the fit's learnt shading divided
-out of the base colour (:mod:`recon.albedo`) and the fine surface baked into a normal map (:mod:`recon.normal_map`),
-where the export config asks for them.
+out of the base colour (:mod:`recon.albedo`) and a normal map (:mod:`recon.normal_map`) baked from the same surface
+decimated to ``export.normal_map_faces`` (the default preset's 20k faces), where the export config asks for them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import trimesh
 
 from recon.albedo import remove_shading
 from recon.config import ExportConfig, MeshConfig, TextureConfig
+from recon.meshing import decimate
 from recon.normal_map import bake_normal_map
 from recon.posed_views import PosedViews
-from recon.reconstruct import Fields, finish_mesh
+from recon.reconstruct import Fields, finish_mesh, fitted_surface
 
 #: Smallest texture side of a coarse level of detail.
 MIN_LEVEL_TEXTURE = 128
@@ -44,6 +46,14 @@ def finish_asset(
     export.validate()
     timings = {} if timings is None else timings
     levels = export.lods or (mesh.faces,)
+    start = time.perf_counter()
+    surface = fitted_surface(fields, mesh)
+    shared = {"mesh": time.perf_counter() - start}
+    detail = None
+    if export.normal_map:
+        start = time.perf_counter()
+        detail = normal_map_source(surface, export)
+        shared["normal_map"] = time.perf_counter() - start
     meshes = []
     for faces in levels:
         side = level_texture_size(texture.size, faces, levels[0])
@@ -55,17 +65,27 @@ def finish_asset(
             dataclasses.replace(texture, size=side),
             timings=steps,
             device=device,
+            surface=surface,
         )
         if export.colour == "albedo":
             start = time.perf_counter()
             level = remove_shading(level, fields.grid, device)
             steps["albedo"] = time.perf_counter() - start
-        if export.normal_map:
-            level = bake_normal_map(level, fields.grid, device=device, timings=steps)
+        if detail is not None:
+            level = bake_normal_map(level, detail, device=device, timings=steps)
         for step, seconds in steps.items():
             timings[step] = timings.get(step, 0.0) + seconds
         meshes.append(level)
+    for step, seconds in shared.items():
+        timings[step] = timings.get(step, 0.0) + seconds
     return meshes
+
+
+def normal_map_source(surface: trimesh.Trimesh, export: ExportConfig) -> trimesh.Trimesh:
+    """The high-poly mesh a normal map is baked from: the fields' :func:`recon.reconstruct.fitted_surface` decimated
+    to ``export.normal_map_faces``. Only its shading normals are read, so the manifold repair of an exported mesh is
+    left out (its few flattened fins cancel in the area-weighted vertex normals)."""
+    return decimate(surface, export.normal_map_faces)
 
 
 def level_texture_size(size: int, faces: int, finest: int) -> int:

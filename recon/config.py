@@ -289,6 +289,10 @@ class ExportConfig:
     normal_map: bool = False
     """Bake a tangent-space normal map of the fitted surface onto the mesh (glTF ``normalTexture``), which keeps the
     detail that decimation flattens as lighting detail."""
+    normal_map_faces: int = 20000
+    """Faces of the high-poly mesh the normal map is baked from: the fitted surface, smoothed as ``mesh`` says,
+    decimated to this count (20000: the default preset's mesh size). More faces carry more of the fit's fine surface,
+    its noise included."""
     colour: Literal["views", "albedo"] = "views"
     """Base colour texture: "views" (baked from the views, their lighting included: looks right unlit) or "albedo"
     (the same with the fit's learnt shading divided out: for an engine that lights the asset itself)."""
@@ -296,6 +300,7 @@ class ExportConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigValueError` for the first value out of range."""
         check(self.height > 0, "height", self.height, "use a positive height in metres, e.g. 1.5")
+        check_range("normal_map_faces", self.normal_map_faces, MIN_FACES)
         for faces in self.lods:
             check_range("lods", faces, MIN_FACES)
         decreasing = all(a > b for a, b in zip(self.lods, self.lods[1:], strict=False))

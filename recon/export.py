@@ -262,34 +262,47 @@ def _write_glb(mesh: trimesh.Trimesh, path: Path, placement: Placement) -> None:
 
 
 def _write_obj(mesh: trimesh.Trimesh, path: Path) -> None:
-    """OBJ + ``<stem>.mtl`` + ``<stem>.png`` (trimesh names them after the material; renamed after the stem)."""
+    """OBJ + ``<stem>.mtl`` + ``<stem>.png`` (trimesh names them after the material; renamed after the stem), with
+    the smooth vertex normals; a normal map goes to ``<stem>_normal.png``, named in the MTL by ``map_Bump -bm 1``,
+    which Blender's OBJ importer turns into a tangent-space Normal Map node (it reads ``map_Bump``/``bump`` so; no
+    ``-bm`` reads as strength 0) and trimesh keeps as the material's ``map_bump`` entry. OBJ has no tangents: an
+    importer derives its own from the UVs and normals (Blender: MikkTSpace, angle-weighted where the bake's are
+    area-weighted, so the two frames differ slightly where a vertex's faces disagree)."""
     from trimesh.exchange.obj import export_obj
 
     visual = mesh.visual
-    image = (
-        getattr(visual.material, "baseColorTexture", None)
-        if isinstance(visual, trimesh.visual.TextureVisuals)
-        else None
-    )
+    material = visual.material if isinstance(visual, trimesh.visual.TextureVisuals) else None
+    image = getattr(material, "baseColorTexture", None)
     if image is None:
         path.write_text(export_obj(mesh, include_texture=False))
         return
     # Kd white: most OBJ viewers multiply map_Kd by Kd, and trimesh's default Kd is 0.4 gray.
     white = (255, 255, 255, 255)
-    material = trimesh.visual.material.SimpleMaterial(
+    simple_material = trimesh.visual.material.SimpleMaterial(
         image=image, diffuse=white, ambient=white, specular=(0, 0, 0, 255)
     )
     simple = trimesh.Trimesh(
-        mesh.vertices, mesh.faces, visual=trimesh.visual.TextureVisuals(uv=visual.uv, material=material), process=False
+        mesh.vertices,
+        mesh.faces,
+        vertex_normals=mesh.vertex_normals,
+        visual=trimesh.visual.TextureVisuals(uv=visual.uv, material=simple_material),
+        process=False,
     )
-    text, files = export_obj(simple, include_texture=True, return_texture=True, mtl_name=f"{path.stem}.mtl")
+    text, files = export_obj(
+        simple, include_normals=True, include_texture=True, return_texture=True, mtl_name=f"{path.stem}.mtl"
+    )
     texture_name = f"{path.stem}.png"
+    normal_map = getattr(material, "normalTexture", None)
     for name, data in files.items():
         if name.endswith(".mtl"):
             mtl = data.decode()
             for other in files:
                 if not other.endswith(".mtl"):
                     mtl = mtl.replace(other, texture_name)
+            if normal_map is not None:  # the file's one material is the last one: its lines run to the end
+                normal_name = f"{path.stem}_normal.png"
+                normal_map.save(path.parent / normal_name, compress_level=PNG_COMPRESS_LEVEL)
+                mtl = mtl.rstrip("\n") + f"\nmap_Bump -bm 1 {normal_name}\n"
             (path.parent / name).write_text(mtl)
         else:
             (path.parent / texture_name).write_bytes(data)

@@ -22,6 +22,15 @@ from recon.errors import InputError
 
 def extract_mesh(sdf: np.ndarray, lo: np.ndarray, hi: np.ndarray, config: MeshConfig | None = None) -> trimesh.Trimesh:
     """Zero level set of an SDF sampled on a grid ``[x, y, z]`` spanning the box ``lo``..``hi`` (corners included)."""
+    config = config or MeshConfig()
+    return simplify(smoothed_surface(sdf, lo, hi, config), config.faces)
+
+
+def smoothed_surface(
+    sdf: np.ndarray, lo: np.ndarray, hi: np.ndarray, config: MeshConfig | None = None
+) -> trimesh.Trimesh:
+    """The first half of :func:`extract_mesh`: marching cubes, floaters dropped, smoothed; not decimated (meshes of
+    several face counts from one field share it)."""
     from skimage.measure import marching_cubes
 
     config = config or MeshConfig()
@@ -34,8 +43,15 @@ def extract_mesh(sdf: np.ndarray, lo: np.ndarray, hi: np.ndarray, config: MeshCo
     # skimage (gradient "descent", its default) winds counter-clockwise seen from where the field is positive.
     mesh = trimesh.Trimesh(vertices, faces, process=True)
     mesh = keep_object(mesh, config.min_part_share)
-    mesh = smooth(mesh, config.smoothing, config.smoothing_iterations)
-    mesh = decimate(mesh, config.faces)
+    return smooth(mesh, config.smoothing, config.smoothing_iterations)
+
+
+def simplify(surface: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
+    """The second half of :func:`extract_mesh`: ``surface`` decimated to about ``faces`` faces, made a closed
+    2-manifold and wound outward (a new mesh; ``surface`` is left as it is)."""
+    mesh = decimate(surface, faces)
+    if mesh is surface:  # passed through undecimated: the repairs below work in place
+        mesh = surface.copy()
     return orient(make_manifold(mesh))
 
 

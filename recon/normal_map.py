@@ -1,10 +1,14 @@
-"""Tangent-space normal map of the fitted surface's fine detail, baked onto a (decimated) UV-mapped mesh.
+"""Tangent-space normal map of a high-poly mesh's surface, baked onto a (decimated) UV-mapped low-poly mesh.
 
-Decimating to a game budget (the ``lowpoly`` preset's 2k faces) flattens what the fitted signed-distance field still
-knows: creases, bumps, the shape between the coarse mesh's vertices. The normal map keeps it as lighting detail:
-every texel's surface point on the coarse mesh is moved onto the field's zero level set (a few steps down the SDF,
-whose gradient is the way to the nearest surface), and the field's normal there is written in the texel's tangent
-frame. The bake runs on the texel grid in torch, so it costs a few grid lookups per texel on the GPU.
+Decimating to a game budget (the ``lowpoly`` preset's 2k faces) flattens the shape between the coarse mesh's
+vertices. The normal map keeps it as lighting detail, baked as game pipelines bake it, high-poly to low-poly: every
+texel's surface point on the coarse mesh is matched with the closest point of the detail mesh (the fitted surface
+decimated to :attr:`recon.config.ExportConfig.normal_map_faces`, smoothed like every exported mesh), whose
+interpolated vertex normal is written in the texel's tangent frame. So the 2k-face mesh shades like a 20k-face mesh
+of the same fit. (Reading the fitted SDF's own gradient instead carried the fit's surface noise, sharper
+than any exported mesh shows it, and shaded worse than the bare 2k mesh: benchmarks/RESULTS.md, normal_map_quality.)
+Candidate triangles come from a k-d tree of the detail mesh's face centres (scipy), the exact closest points on them
+from a batched point-triangle test in torch, so the bake runs on the GPU but for one tree query.
 
 The tangent frame is the one the exported file carries (glTF ``TANGENT``, written by :mod:`recon.export`): per-vertex
 tangents along +u, Gram-Schmidt-orthogonalised against smooth vertex normals, with the handedness in ``w`` so that
@@ -24,15 +28,15 @@ import torch.nn.functional as F
 import trimesh
 from PIL import Image
 
-from recon.sdf_grid import SdfGrid, sample_grid, sdf_gradient
 from recon.texture import fill_outside, rasterize_uv
 
-#: Steps that move a texel's point onto the SDF's zero level set (each one ``p -= f(p) ∇f``, exact for a true
-#: distance; two more than needed for points a voxel or two away, as a decimated mesh's are).
-PROJECTION_STEPS = 4
-#: A texel whose point ends farther than this many voxels from the zero level set (the coarse mesh bridges a gap the
-#: field has) keeps the coarse normal: the field's surface there is not the one the texel shows.
-MAX_OFFSET_VOXELS = 6.0
+#: Detail triangles tried per texel: those with the nearest face centres. The closest point lies on one of them
+#: unless the detail mesh has triangles much larger than their neighbours; a miss lands on a neighbouring triangle,
+#: whose interpolated normal is close to the right one.
+CANDIDATES = 8
+#: A texel whose closest detail point is farther than this many of the coarse mesh's mean edge lengths (the coarse
+#: mesh bridges a gap the detail mesh has) keeps the coarse normal: the surface found there is not the one it shows.
+MAX_OFFSET_EDGES = 1.0
 
 
 def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -107,40 +111,87 @@ def texel_frames(
     return covered, points, normal, tangent, bitangent
 
 
-def fine_normals(grid: SdfGrid, points: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """Unit normals (N, 3) of the field's zero level set near ``points`` (N, 3); ``coarse`` (N, 3) where there is no
-    surface close by (:data:`MAX_OFFSET_VOXELS`) or where the nearest surface faces the other way."""
+def closest_barycentric(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Barycentric coordinates (..., 3) of the closest point to ``points`` on the triangles ``a, b, c`` (all (..., 3),
+    broadcast), by Voronoi region of the triangle (Ericson, *Real-Time Collision Detection*, 5.1.5). A degenerate
+    triangle gets the closest of its corners and edges that the region tests find, never NaN."""
+    ab, ac = b - a, c - a
+    d1, d2 = (ab * (points - a)).sum(-1), (ac * (points - a)).sum(-1)
+    d3, d4 = (ab * (points - b)).sum(-1), (ac * (points - b)).sum(-1)
+    d5, d6 = (ab * (points - c)).sum(-1), (ac * (points - c)).sum(-1)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    tiny = torch.finfo(points.dtype).tiny
+
+    def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        return (numerator / torch.where(denominator.abs() > tiny, denominator, tiny)).clamp(0, 1)
+
+    # the weights (v, w) of b and c region by region, inside the triangle first; Ericson tests the other regions in
+    # the order below and returns at the first that holds, so they override the result in reverse
+    total = va + vb + vc
+    v, w = ratio(vb, total), ratio(vc, total)
+    zero, one = torch.zeros_like(v), torch.ones_like(v)
+    t = ratio(d4 - d3, (d4 - d3) + (d5 - d6))
+    regions = [
+        ((d1 <= 0) & (d2 <= 0), zero, zero),  # corner a
+        ((d3 >= 0) & (d4 <= d3), one, zero),  # corner b
+        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), ratio(d1, d1 - d3), zero),  # edge ab
+        ((d6 >= 0) & (d5 <= d6), zero, one),  # corner c
+        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), zero, ratio(d2, d2 - d6)),  # edge ac
+        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), 1 - t, t),  # edge bc
+    ]
+    for region, region_v, region_w in reversed(regions):
+        v, w = torch.where(region, region_v, v), torch.where(region, region_w, w)
+    return torch.stack([(1 - v - w).clamp_min(0), v, w], dim=-1)
+
+
+def detail_normals(detail: trimesh.Trimesh, points: torch.Tensor, coarse: torch.Tensor, reach: float) -> torch.Tensor:
+    """Unit normals (N, 3) of ``detail`` at its closest points to ``points`` (N, 3): its smooth vertex normals
+    interpolated there, as the detail mesh shades. ``coarse`` (N, 3) where the closest point is farther than
+    ``reach`` or faces the other way (the coarse mesh bridges a gap there)."""
+    from scipy.spatial import cKDTree
+
     device = points.device
-    sdf = grid.sdf.detach().to(device)
-    box = grid.box.to(device)
-    gradient = sdf_gradient(sdf, grid.voxel)
-    p = points
-    for _ in range(PROJECTION_STEPS):
-        direction = F.normalize(sample_grid(gradient, box, p), dim=-1, eps=1e-8)
-        p = p - sample_grid(sdf, box, p) * direction
-    normal = F.normalize(sample_grid(gradient, box, p), dim=-1, eps=1e-8)
+    faces = np.asarray(detail.faces)
+    vertices = np.asarray(detail.vertices)
+    tree = cKDTree(vertices[faces].mean(axis=1))
+    _, nearest = tree.query(points.cpu().numpy(), k=min(CANDIDATES, len(faces)), workers=-1)
+    nearest = torch.as_tensor(nearest.reshape(len(points), -1), device=device)  # k = 1 gives (N,)
+    candidates = torch.as_tensor(faces, device=device)[nearest]  # (N, K, 3)
+    table = torch.as_tensor(vertices, dtype=torch.float32, device=device)
+    corners = table[candidates]  # (N, K, 3 corners, 3)
+    bary = closest_barycentric(points[:, None], corners[:, :, 0], corners[:, :, 1], corners[:, :, 2])
+    closest = (corners * bary[..., None]).sum(2)
+    distance, best = (closest - points[:, None]).norm(dim=-1).min(dim=1)
+    pick = torch.arange(len(points), device=device)
+    normals = torch.as_tensor(vertex_normals(detail), dtype=torch.float32, device=device)
+    normal = F.normalize((normals[candidates[pick, best]] * bary[pick, best][..., None]).sum(1), dim=-1, eps=1e-8)
     coarse = F.normalize(coarse, dim=-1, eps=1e-8)
-    near = sample_grid(sdf, box, p)[:, 0].abs() < grid.voxel
-    near &= (p - points).norm(dim=-1) < MAX_OFFSET_VOXELS * grid.voxel
-    usable = near & ((normal * coarse).sum(-1) > 0)
+    usable = (distance <= reach) & ((normal * coarse).sum(-1) > 0)
     return torch.where(usable[:, None], normal, coarse)
+
+
+def mean_edge_length(mesh: trimesh.Trimesh) -> float:
+    """Mean length of ``mesh``'s face edges."""
+    corners = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+    return float(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=-1).mean())
 
 
 def bake_normal_map(
     mesh: trimesh.Trimesh,
-    grid: SdfGrid,
+    detail: trimesh.Trimesh,
     size: int | None = None,
     device: str | torch.device = "cpu",
     timings: dict[str, float] | None = None,
 ) -> trimesh.Trimesh:
-    """``mesh`` (UV-textured, world z-up, PBR material) with a tangent-space normal map of ``grid``'s surface added
-    as the material's ``normalTexture`` (a copy; ``size`` defaults to the base colour texture's side)."""
+    """``mesh`` (UV-textured, world z-up, PBR material) with a tangent-space normal map of the ``detail`` mesh's
+    surface (same frame, outward winding) added as the material's ``normalTexture`` (a copy; ``size`` defaults to the
+    base colour texture's side)."""
     start = time.perf_counter()
     device = torch.device(device)
     material = mesh.visual.material
     size = size or material.baseColorTexture.size[0]
     covered, points, normal, tangent, bitangent = texel_frames(mesh, size, device)
-    target = fine_normals(grid, points, normal)
+    target = detail_normals(detail, points, normal, MAX_OFFSET_EDGES * mean_edge_length(mesh))
     # coefficients of the fine normal in the texel's (t, b, n), which a shader turns back into it: solve, not project
     basis = torch.stack([tangent, bitangent, normal], dim=-1)  # columns
     ok = torch.linalg.det(basis).abs() > 1e-12

@@ -36,7 +36,7 @@ from recon.devices import fit_device, resolve_device
 from recon.errors import InputError
 from recon.graph_steps import ScheduledAdam, StepSchedule, run_steps
 from recon.losses import LossWeights, fit_loss
-from recon.meshing import MeshConfig, extract_mesh
+from recon.meshing import MeshConfig, simplify, smoothed_surface
 from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
 from recon.texture import TextureConfig, bake_texture
@@ -293,6 +293,14 @@ def clamp_to_hull(grid: SdfGrid, hull: Hull) -> None:
         grid.sdf[0, 0][outside] = grid.sdf[0, 0][outside].clamp_min(grid.voxel)
 
 
+def fitted_surface(fields: Fields, mesh: MeshConfig | None = None) -> trimesh.Trimesh:
+    """The fitted SDF's zero level set, cleaned and smoothed as ``mesh`` says but not decimated: the first step of
+    :func:`finish_mesh`, for callers that make several meshes of one fit (levels of detail, a normal map's source)."""
+    grid = fields.grid
+    sdf_xyz = grid.sdf.detach()[0, 0].permute(2, 1, 0).numpy()
+    return smoothed_surface(sdf_xyz, grid.box.lo.numpy(), grid.box.hi.numpy(), mesh or MeshConfig())
+
+
 def finish_mesh(
     fields: Fields,
     views: PosedViews,
@@ -300,19 +308,21 @@ def finish_mesh(
     texture: TextureConfig | None = None,
     timings: dict[str, float] | None = None,
     device: str | torch.device = "cpu",
+    surface: trimesh.Trimesh | None = None,
 ) -> trimesh.Trimesh:
     """Mesh, clean, decimate, unwrap and texture the fitted fields (the CPU half of :func:`reconstruct`).
 
     ``device`` runs the texel rasterisation and view projection (CPU by default, so a batch runner can overlap it
-    with the next object's fitting; on a single job the fitting device is faster). Stage seconds go into ``timings``.
+    with the next object's fitting; on a single job the fitting device is faster). ``surface``: the fields'
+    :func:`fitted_surface` when the caller has it already (made with the same ``mesh`` smoothing). Stage seconds go
+    into ``timings``.
     """
     mesh = mesh or MeshConfig()
     texture = texture or TextureConfig()
     timings = {} if timings is None else timings
     start = time.perf_counter()
     grid = fields.grid
-    sdf_xyz = grid.sdf.detach()[0, 0].permute(2, 1, 0).numpy()
-    surface = extract_mesh(sdf_xyz, grid.box.lo.numpy(), grid.box.hi.numpy(), mesh)
+    decimated = simplify(fitted_surface(fields, mesh) if surface is None else surface, mesh.faces)
     timings["mesh"] = time.perf_counter() - start
 
     def colour_field(points: np.ndarray) -> np.ndarray:
@@ -320,7 +330,7 @@ def finish_mesh(
             return grid.rgb(torch.as_tensor(points, dtype=torch.float32)).numpy()
 
     seen = corrected_views(views, fields.cam_to_world, fields.colour_transforms)
-    textured = bake_texture(surface, seen, colour_field, texture, device=device, timings=timings)
+    textured = bake_texture(decimated, seen, colour_field, texture, device=device, timings=timings)
     return textured
 
 

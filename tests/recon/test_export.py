@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from PIL import Image
 
@@ -22,6 +21,7 @@ from recon.export import (
     texel_density,
     world_to_file,
 )
+from recon.normal_map import vertex_normals
 from recon.texture import unwrap
 
 
@@ -72,6 +72,29 @@ def test_obj_writes_mtl_and_png_and_reloads_textured(textured, tmp_path):
     placement = place(textured)
     front = (world_to_gltf(textured.vertices)[:, 2].max() - placement.offset[2]) * placement.scale
     assert loaded.bounds[1, 2] == pytest.approx(front, abs=1e-5)
+
+
+def test_obj_names_its_normal_map_in_the_mtl_with_the_smooth_normals(textured, tmp_path):
+    from recon.normal_map import bake_normal_map
+
+    baked = bake_normal_map(textured, trimesh.creation.icosphere(subdivisions=5))
+    written = export_mesh(baked, tmp_path / "mesh.obj")
+    assert sorted(p.name for p in written) == ["mesh.mtl", "mesh.obj", "mesh.png", "mesh_normal.png"]
+    assert "map_Bump -bm 1 mesh_normal.png" in (tmp_path / "mesh.mtl").read_text().splitlines()
+    loaded = trimesh.load(tmp_path / "mesh.obj", force="mesh", process=False)
+    assert loaded.visual.material.kwargs["map_bump"] == ["-bm", "1", "mesh_normal.png"]
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "mesh_normal.png")), np.asarray(baked.visual.material.normalTexture)
+    )
+    # the normals the map was baked against (smooth across UV seams, in glTF axes), not ones an importer guesses
+    lines = (tmp_path / "mesh.obj").read_text().splitlines()
+    normals = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("vn ")])
+    np.testing.assert_allclose(normals, world_to_gltf(vertex_normals(textured)), atol=1e-6)
+    pv = pytest.importorskip("pyvista")
+    plotter = pv.Plotter(off_screen=True)
+    plotter.import_obj(str(tmp_path / "mesh.obj"), str(tmp_path / "mesh.mtl"))
+    assert plotter.renderer.actors
+    plotter.close()
 
 
 def test_ply_carries_the_texture_as_vertex_colours(textured, tmp_path):
@@ -138,13 +161,10 @@ def test_textures_are_written_with_fast_png_compression(textured, tmp_path):
 
 def test_glbs_pass_the_khronos_validator_with_normals_and_tangents(textured, tmp_path, gltf_validator):
     from recon.normal_map import bake_normal_map
-    from recon.sdf_grid import Box, SdfGrid
 
-    box = Box(torch.full((3,), -1.6), torch.full((3,), 1.6))
-    points = box.grid_points((48, 48, 48))
-    grid = SdfGrid(points.norm(dim=-1) - 1.0, torch.zeros(3, 4, 4, 4), box)
     plain = export_mesh(textured, tmp_path / "plain.glb")[0]
-    mapped = export_mesh(bake_normal_map(textured, grid), tmp_path / "mapped.glb")[0]
+    detail = trimesh.creation.icosphere(subdivisions=5)  # the unit sphere, finer than the textured one
+    mapped = export_mesh(bake_normal_map(textured, detail), tmp_path / "mapped.glb")[0]
     for report in gltf_validator(plain, mapped):
         issues = report["issues"]
         assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]

@@ -1,8 +1,10 @@
 """Normal map and albedo bakes, read back from the exported GLB the way a glTF shader reads them.
 
-A coarse sphere baked from the SDF of a ribbed sphere must give back the ribs' normals when its file's NORMAL,
+A coarse sphere baked from a fine mesh of a ribbed sphere must give back the ribs' normals when its file's NORMAL,
 TANGENT and normalTexture are combined as the glTF spec says (bitangent = w · normal × tangent, +Y up the image); a
-flat quad under a tilted plane pins down the sign of each channel; the albedo bake divides out a known light.
+flat quad under a tilted plane pins down the sign of each channel; the closest points on the detail mesh are
+trimesh's, and texels with no detail surface near them keep the coarse normal; the albedo bake divides out a known
+light.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from recon.albedo import remove_shading
 from recon.cameras import gltf_to_world, world_to_gltf
 from recon.errors import InputError
 from recon.export import export_mesh, place
-from recon.normal_map import bake_normal_map, vertex_tangents
+from recon.normal_map import bake_normal_map, closest_barycentric, detail_normals, vertex_tangents
 from recon.sdf_grid import Box, SdfGrid, shade
 from recon.texture import rasterize_uv, unwrap
 
@@ -28,19 +30,27 @@ from recon.texture import rasterize_uv, unwrap
 RADIUS, AMPLITUDE, FREQUENCY = 0.8, 0.03, 10.0
 
 
-def ribbed(points: torch.Tensor) -> torch.Tensor:
-    return points.norm(dim=-1) - RADIUS - AMPLITUDE * torch.sin(FREQUENCY * points[..., 2])
-
-
-def ribbed_normals(points: np.ndarray) -> np.ndarray:
-    """Unit normals of the ribbed sphere at the surface points nearest ``points`` (a few Newton steps onto f = 0)."""
+def onto_ribs(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ribbed sphere's surface points nearest ``points`` (a few Newton steps onto f = 0) and its unit normals
+    there."""
     p = np.asarray(points, dtype=np.float64)
     for _ in range(5):
         r = np.linalg.norm(p, axis=1, keepdims=True)
         f = r - RADIUS - AMPLITUDE * np.sin(FREQUENCY * p[:, 2:3])
         grad = p / r - np.array([0, 0, 1.0]) * AMPLITUDE * FREQUENCY * np.cos(FREQUENCY * p[:, 2:3])
         p = p - f * grad / (grad**2).sum(1, keepdims=True)
-    return grad / np.linalg.norm(grad, axis=1, keepdims=True)
+    return p, grad / np.linalg.norm(grad, axis=1, keepdims=True)
+
+
+def ribbed_normals(points: np.ndarray) -> np.ndarray:
+    """Unit normals of the ribbed sphere at the surface points nearest ``points``."""
+    return onto_ribs(points)[1]
+
+
+def ribbed_mesh() -> trimesh.Trimesh:
+    """The ribbed sphere as a fine mesh (20480 faces, about 20 edges per rib), the high-poly source of a bake."""
+    sphere = trimesh.creation.icosphere(subdivisions=5)
+    return trimesh.Trimesh(onto_ribs(sphere.vertices * RADIUS)[0], sphere.faces, process=False)
 
 
 def grid_of(sdf, resolution: int = 96, light: torch.Tensor | None = None) -> SdfGrid:
@@ -109,7 +119,7 @@ def test_normal_map_read_as_gltf_gives_back_the_fine_surface(tmp_path):
     coarse = trimesh.creation.icosphere(subdivisions=2)  # 320 faces: far too coarse for the ribs
     coarse.vertices *= RADIUS
     mesh = textured(coarse, 256)
-    baked = bake_normal_map(mesh, grid_of(ribbed))
+    baked = bake_normal_map(mesh, ribbed_mesh())
     assert baked.visual.material.normalTexture.size == (256, 256)
     assert mesh.visual.material.normalTexture is None  # the input untouched
     (path,) = export_mesh(baked, tmp_path / "ribbed.glb")
@@ -132,12 +142,38 @@ def test_channels_follow_the_gltf_convention_red_along_u_green_up_the_image(tilt
     uv = vertices[:, :2] + 0.5
     mesh = textured(trimesh.Trimesh(vertices, faces, process=False), 32, uv=uv)
     a, b = tilt
-    baked = bake_normal_map(mesh, grid_of(lambda p: p[..., 2] - a * p[..., 0] - b * p[..., 1], 32))
+    corners = np.array([[-1.0, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]])
+    corners[:, 2] = a * corners[:, 0] + b * corners[:, 1]
+    baked = bake_normal_map(mesh, trimesh.Trimesh(corners, faces, process=False))
     texture = np.asarray(baked.visual.material.normalTexture, dtype=np.float64)[4:-4, 4:-4] / 255 * 2 - 1
     expected = np.array([-a, -b, 1.0]) / np.linalg.norm([-a, -b, 1.0])  # tilted towards -x (red) or -y (green)
     np.testing.assert_allclose(texture.reshape(-1, 3).mean(0), expected, atol=0.01)
     tangents = vertex_tangents(mesh, np.tile([0.0, 0, 1], (4, 1)))
     np.testing.assert_allclose(tangents, np.tile([1.0, 0, 0, 1], (4, 1)), atol=1e-9)  # +u, right-handed
+
+
+def test_closest_points_are_trimeshs_degenerate_triangles_included():
+    rng = np.random.default_rng(0)
+    triangles = rng.normal(size=(3000, 3, 3))
+    triangles[:100, 2] = triangles[:100, 0]  # two corners at one point: a segment
+    triangles[100:200] = triangles[100:200, :1]  # all three: a point
+    triangles[200:300, 2] = 2 * triangles[200:300, 1] - triangles[200:300, 0]  # collinear corners
+    points = rng.normal(size=(3000, 3)) * 2
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    bary = closest_barycentric(as_tensor(points), *(as_tensor(triangles[:, k]) for k in range(3)))
+    closest = (as_tensor(triangles) * bary[..., None]).sum(1).numpy()
+    np.testing.assert_allclose(closest, trimesh.triangles.closest_point(triangles, points), atol=1e-9)
+    assert (bary >= 0).all() and torch.allclose(bary.sum(-1), torch.ones(3000, dtype=torch.float64))
+
+
+def test_texels_far_from_the_detail_or_facing_away_keep_the_coarse_normal():
+    detail = trimesh.creation.icosphere(subdivisions=3)  # the unit sphere, outward
+    points = torch.tensor([[0, 0, 1.05], [0, 0, 1.5], [0, 0, 0.95]])
+    coarse = torch.tensor([[0.6, 0, 0.8], [0.6, 0, 0.8], [0, 0, -1.0]])
+    normals = detail_normals(detail, points, coarse, reach=0.2)
+    # near and facing alike: the sphere's own (vertex normals interpolated at its closest point, the +z vertex here)
+    np.testing.assert_allclose(normals[0].numpy(), [0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(normals[1:].numpy(), coarse[1:].numpy(), atol=1e-6)  # too far; facing away
 
 
 def test_albedo_divides_out_the_learnt_light():
