@@ -1,4 +1,4 @@
-"""Open exported GLBs in Blender, headless, and print what an artist would see: a real importer's view of the file.
+"""Open exported GLBs (and OBJs) in Blender, headless, and print what an artist would see: a real importer's view.
 
 Run inside Blender (Debian: ``apt-get install -y blender``), one JSON line per file::
 
@@ -7,7 +7,9 @@ Run inside Blender (Debian: ``apt-get install -y blender``), one JSON line per f
 Per file: the imported objects' world-space dimensions in metres (Blender is +Z up: its glTF importer turns glTF's
 +Y up into +Z, so the height is the z dimension), the lowest and highest z (0 and the height when the object stands on
 the ground), the face count, and each material with the images feeding its Principled BSDF's Base Color and Normal
-(through a Normal Map node in tangent space). Not a test: Blender is too heavy for CI.
+(through a Normal Map node in tangent space, with its strength). An OBJ goes through Blender's OBJ importer
+(``wm.obj_import``, whose defaults turn OBJ's +Y up into +Z too), which reads the MTL's ``map_Bump`` as that Normal
+Map node. Not a test: Blender is too heavy for CI.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def material_report(material) -> dict:
         node = links[0].from_node
         if node.type == "NORMAL_MAP":
             report["normal_map_space"] = node.space
+            report["normal_map_strength"] = round(node.inputs["Strength"].default_value, 3)
             node = node.inputs["Color"].links[0].from_node if node.inputs["Color"].links else node
         if node.type == "TEX_IMAGE" and node.image is not None:
             image = node.image
@@ -53,7 +56,10 @@ def material_report(material) -> dict:
 
 def inspect(path: str) -> dict:
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.import_scene.gltf(filepath=path)
+    if path.lower().endswith(".obj"):
+        bpy.ops.wm.obj_import(filepath=path)
+    else:
+        bpy.ops.import_scene.gltf(filepath=path)
     meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
     corners = [o.matrix_world @ Vector(c) for o in meshes for c in o.bound_box]
     lo = [min(c[i] for c in corners) for i in range(3)]

@@ -264,8 +264,9 @@ def _write_glb(mesh: trimesh.Trimesh, path: Path, placement: Placement) -> None:
 def _write_obj(mesh: trimesh.Trimesh, path: Path) -> None:
     """OBJ + ``<stem>.mtl`` + ``<stem>.png`` (trimesh names them after the material; renamed after the stem), with
     the smooth vertex normals; a normal map goes to ``<stem>_normal.png``, named in the MTL by ``map_Bump -bm 1``,
-    which Blender's OBJ importer turns into a tangent-space Normal Map node (it reads ``map_Bump``/``bump`` so; no
-    ``-bm`` reads as strength 0) and trimesh keeps as the material's ``map_bump`` entry. OBJ has no tangents: an
+    which Blender's OBJ importer turns into a tangent-space Normal Map node of strength 1 (without ``-bm`` it reads
+    strength 0), though it loads the image as sRGB where a normal map wants Non-Color (Blender 3.4.1; an
+    MTL cannot say), and which trimesh keeps as the material's ``map_bump`` entry. OBJ has no tangents: an
     importer derives its own from the UVs and normals (Blender: MikkTSpace, angle-weighted where the bake's are
     area-weighted, so the two frames differ slightly where a vertex's faces disagree)."""
     from trimesh.exchange.obj import export_obj
