@@ -110,12 +110,6 @@ def zero123pp_cameras(
     return k, c2w
 
 
-def world_to_camera(points: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
-    """Points ``(N, 3)`` in world space to OpenGL camera space (the camera looks down -Z)."""
-    rotation, translation = cam_to_world[:3, :3], cam_to_world[:3, 3]
-    return (np.asarray(points) - translation) @ rotation
-
-
 def project_points(points: torch.Tensor, k, cam_to_world) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel coordinates ``(..., N, 2)`` and depths along the viewing axis ``(..., N)`` of world points ``(N, 3)``.
 

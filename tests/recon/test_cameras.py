@@ -11,7 +11,6 @@ from recon.cameras import (
     look_at,
     pose_set,
     project,
-    world_to_camera,
     world_to_gltf,
     zero123pp_cameras,
 )
@@ -110,7 +109,6 @@ def test_points_at_the_field_of_view_edge_land_on_the_image_border():
     for i in range(6):
         camera_points = np.array([[half * 2, 0, -2], [0, -half * 5, -5], [-half, half, -1]])
         world = camera_points @ c2w[i, :3, :3].T + c2w[i, :3, 3]
-        np.testing.assert_allclose(world_to_camera(world, c2w[i]), camera_points, atol=1e-12)
         uv, _ = project(world, k[i], c2w[i])
         np.testing.assert_allclose(uv, [[256, 128], [128, 256], [0, 0]], atol=1e-9)
 
