@@ -17,6 +17,10 @@ optimiser state and activations); "encoders s" is the frozen part of a step alon
 embedding, target VAE posterior), mean of 5, which a step pays only for pairs it has not seen before
 (``cache_encodings``): the warm-up steps see every training pair, so the timed steps are the steady state of the
 second epoch on. Checkpoints are not written during the timed run.
+
+``--profile N`` runs N more steps of each mode under ``torch.profiler`` and adds "GPU busy s": the kernels' time per
+step. Far below s/step, the step waits on the host (Python, kernel launches), not on the GPU; the script also prints
+each mode's heaviest operators by device time.
 """
 
 from __future__ import annotations
@@ -86,7 +90,9 @@ def time_rendering(meshes: Path, data: Path, device: str, conditions: int = 8) -
     }
 
 
-def time_training(data: Path, model: Path, out: Path, mode: str, batch: int, warmup: int, steps: int) -> dict:
+def time_training(
+    data: Path, model: Path, out: Path, mode: str, batch: int, warmup: int, steps: int, profile: int = 0
+) -> dict:
     """Seconds per step and peak memory of ``steps`` steps after ``warmup``, and the frozen encoders' share."""
     import torch
 
@@ -134,10 +140,27 @@ def time_training(data: Path, model: Path, out: Path, mode: str, batch: int, war
         "first_loss": float(rows[0][1]),
         "last_loss": float(rows[-1][1]),
     }
+    if profile:
+        result["gpu_busy_s"] = profile_steps(trainer, profile)
     del trainer, pipe
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def profile_steps(trainer, steps: int) -> float:
+    """Run ``steps`` more steps under the profiler; print the heaviest operators, return device seconds per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.start, trainer.config.steps = trainer.config.steps, trainer.config.steps + steps
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        trainer.run()
+    averages = prof.key_averages()
+    print(f"{trainer.config.mode}: {steps} profiled steps", flush=True)
+    print(averages.table(sort_by="self_device_time_total", row_limit=12), flush=True)
+    return round(sum(event.self_device_time_total for event in averages) / 1e6 / steps, 3)
 
 
 def main() -> None:
@@ -151,6 +174,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="Steps run before timing.")
     parser.add_argument("--steps", type=int, default=8, help="Steps timed.")
     parser.add_argument("--modes", default="lora,full", help="Comma-separated: lora, full.")
+    parser.add_argument("--profile", type=int, default=0, help="Steps per mode run under torch.profiler.")
     parser.add_argument("--json", type=Path, help="Also write the results as JSON here.")
     parser.add_argument("--commit", default=None, help="Commit to report (default: the checkout's HEAD).")
     parser.add_argument("--write-results", action="store_true", help="Rewrite this benchmark's RESULTS.md section.")
@@ -175,7 +199,9 @@ def main() -> None:
         _dump(results, args.json)
         results["train"] = []
         for mode in args.modes.split(","):
-            row = time_training(data, model, root / f"run-{mode}", mode, args.batch_size, args.warmup, args.steps)
+            row = time_training(
+                data, model, root / f"run-{mode}", mode, args.batch_size, args.warmup, args.steps, args.profile
+            )
             results["train"].append(row)
             _dump(results, args.json)
         if args.meshes:
@@ -205,12 +231,13 @@ def _table(results: dict) -> str:
                 "",
             ]
     lines += [
-        "| mode | batch | trainable M | s/step | peak GB | encoders s | loss first → last |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | batch | trainable M | s/step | GPU busy s | peak GB | encoders s | loss first → last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results.get("train", []):
         lines.append(
             f"| {row['mode']} | {row['batch']} | {row['trainable_params_m']} | {row['s_per_step']} | "
+            f"{row.get('gpu_busy_s', 'not profiled')} | "
             f"{row['peak_gb']} | {row['encoders_s']} | {row['first_loss']:.3f} → {row['last_loss']:.3f} |"
         )
     return "\n".join(lines)
