@@ -10,10 +10,10 @@ no alpha. Reconstruction needs the silhouettes, so this module recovers them. Th
   background itself (as close to its colour as the border is, and thick: a real opening such as a mug's handle,
   not the thin band where a gray object's shading crosses the background colour). A noisy background (a diffusion
   model's output) raises the tolerance and switches the decision to a 3x3 median of the view. Specks and
-  pin-holes are cleaned, and the edge pixels get fractional alpha by unmixing each one between the background
-  colour and the nearest sure object colour, as an anti-aliased renderer blends them. Known limit: a flat part of
-  the object that is exactly the background colour and enclosed is taken for an opening (``mask_holes`` off keeps
-  it, and fills real openings).
+  pin-holes are cleaned, and the pixels of a band along the edge get fractional alpha by unmixing each one between
+  the background colour and the most contrasted object colour next to it, as an anti-aliased renderer blends them.
+  Known limit: a flat part of the object that is exactly the background colour and enclosed is taken for an opening
+  (``mask_holes`` off keeps it, and fills real openings).
 - ``"rembg"``: the rembg salient-object model, when its model file is already on disk (nothing is downloaded).
 - ``"normals"``: the alpha of the normal ControlNet's maps, whose background is the zero normal (0.5 gray): the
   length of ``2 n - 1`` ramps from background to object between 0.2 and 0.6 (the trimap thresholds of the
@@ -26,6 +26,7 @@ mask written and read back is bit-identical.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,14 @@ BORDER = 2
 NOISE_FLOOR = 0.5 / 255
 #: Normal-map length below which a pixel is background and above which it is object (ControlNet post-process).
 NORMAL_BACKGROUND, NORMAL_OBJECT = 0.2, 0.6
+#: Pixels inside the hard outline whose alpha is unmixed (soft edges of generated views span two to four pixels;
+#: deeper, texture next to the outline starts to be read as partial coverage).
+EDGE_DEPTH = 3
+#: Largest distance of an edge pixel's colour from the background-to-object line, as a share of the object's
+#: contrast, for it to count as a blend of the two.
+MIX_RESIDUAL = 0.3
+#: Contrast (in multiples of the background tolerance) an object colour needs for rings deeper than the outline's own.
+DEEP_CONTRAST = 6
 
 
 def compute_masks(
@@ -150,24 +159,66 @@ def _remove_small(mask: np.ndarray, min_pixels: float, keep_touching_border: boo
 
 
 def _soft_edges(image: np.ndarray, hard: np.ndarray, background: np.ndarray, tolerance: float) -> np.ndarray:
-    """Fractional alpha along the silhouette of ``hard``: each edge pixel unmixed between the background colour
-    and the colour of the nearest pixel well inside the object (alpha compositing run backwards)."""
+    """Fractional alpha along the silhouette of ``hard``: edge pixels unmixed between the background colour and the
+    most contrasted object colour within reach, as an anti-aliased renderer blends them (compositing run backwards).
+
+    The ring just outside the outline and the outline's own pixels are always unmixed; each deeper ring, up to
+    :data:`EDGE_DEPTH`, only where the ring outside it is still below half coverage, i.e. where the edge is softer than
+    a pixel. A generated view's edges are (resampled, blurred, feathered, haloed), and the background test calls a
+    pixel object as soon as it leaves the background's tolerance, so one ring left the inner part of every soft ramp
+    at alpha 1 (masks several per cent too fat); a crisp edge stops after one ring, so texture next to it is not read
+    as partial coverage.
+    """
     alpha = hard.astype(np.float32)
-    edge = hard ^ ndimage.binary_erosion(hard, iterations=1, border_value=1)
-    edge |= ndimage.binary_dilation(hard, iterations=1) & ~hard
-    inner = ndimage.binary_erosion(hard, iterations=2, border_value=1)
-    if not edge.any() or not inner.any():
+    rings = [ndimage.binary_dilation(hard, iterations=1) & ~hard]
+    inner = hard
+    for _ in range(EDGE_DEPTH):
+        eroded = ndimage.binary_erosion(inner, iterations=1, border_value=1)
+        rings.append(inner & ~eroded)
+        inner = eroded
+    band = np.logical_or.reduce(rings)
+    if not band.any() or not hard.any():
         return alpha
-    _, (rows, cols) = ndimage.distance_transform_edt(~inner, return_indices=True)
-    ys, xs = np.nonzero(edge)
-    foreground = image[rows[ys, xs], cols[ys, xs]]
-    span = foreground - background
+    difference = image - background
+    ys, xs = np.nonzero(band)
+    span, pixel = _most_contrasted(difference, hard, ys, xs, EDGE_DEPTH + 1), difference[ys, xs]
     contrast = np.einsum("ij,ij->i", span, span)
-    unmixed = np.einsum("ij,ij->i", image[ys, xs] - background, span) / np.maximum(contrast, 1e-12)
-    # Where object and background colours are too alike the ratio is noise: keep the hard decision there.
+    unmixed = np.clip(np.einsum("ij,ij->i", pixel, span) / np.maximum(contrast, 1e-12), 0.0, 1.0)
+    # Where object and background colours are too alike the ratio is noise, and a pixel far off the line from the
+    # background to that colour is texture, not a blend of the two: keep the hard decision there.
+    off = pixel - unmixed[:, None] * span
     reliable = contrast > (3 * tolerance) ** 2
-    alpha[ys, xs] = np.where(reliable, np.clip(unmixed, 0.0, 1.0), alpha[ys, xs])
-    return alpha
+    reliable &= np.einsum("ij,ij->i", off, off) <= MIX_RESIDUAL**2 * contrast + (3 * tolerance) ** 2
+    candidate = alpha.copy()
+    candidate[ys, xs] = np.where(reliable, unmixed, alpha[ys, xs])
+    # Deeper rings need a clearer contrast: on a noisy view a faint object's unmixed alpha is mostly noise.
+    clear = np.zeros_like(hard)
+    clear[ys, xs] = reliable & (contrast > (DEEP_CONTRAST * tolerance) ** 2)
+    accepted = rings[0] | rings[1]
+    for outer, ring in itertools.pairwise(rings[1:]):
+        # the lowest coverage among this ring's outward neighbours; 2 where a pixel has none
+        outward = ndimage.minimum_filter(np.where(outer & accepted, candidate, 2.0), size=3)
+        accepted |= ring & clear & (outward < 0.5)
+    return np.where(accepted, candidate, alpha).astype(np.float32)
+
+
+def _most_contrasted(difference: np.ndarray, hard: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int):
+    """For the pixels ``(ys, xs)``, the colour difference (K, 3) to the background of the object pixel within
+    ``radius`` (a disc) that differs most from it: the unmixed object colour next to a soft edge."""
+    height, width = hard.shape
+    contrast = np.where(hard, np.einsum("hwc,hwc->hw", difference, difference), -1.0)
+    best = np.full(len(ys), -1.0)
+    colour = np.zeros((len(ys), 3), dtype=difference.dtype)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx > radius * radius:
+                continue
+            rows, cols = np.clip(ys + dy, 0, height - 1), np.clip(xs + dx, 0, width - 1)
+            candidate = contrast[rows, cols]
+            better = candidate > best
+            best = np.where(better, candidate, best)
+            colour[better] = difference[rows[better], cols[better]]
+    return colour
 
 
 # ------------------------------------------------------------------------------------------------ normals

@@ -119,6 +119,21 @@ def test_soft_edges_recover_coverage():
     np.testing.assert_array_equal(mask[coverage == 0], 0.0)
 
 
+def test_feathered_and_haloed_edges_are_not_read_as_object():
+    # A generated view's edge: the disc's coverage blurred over ~3 px and ringed by a light halo on the gray. The
+    # background test calls every pixel of the ramp past a few levels object; unmixed only one pixel deep, that
+    # mask came out 7 % too large (its 0.5 level 1 px outside the disc's), as the benchmark's grid masks were.
+    from scipy import ndimage
+
+    coverage = ndimage.gaussian_filter(disc_coverage(), 1.2)
+    outside = ndimage.distance_transform_edt(coverage < 0.5)
+    halo = 0.06 * GRAY * np.exp(-0.5 * outside**2) * (1 - coverage) * (outside > 0)
+    image = (compose(coverage, (0.8, 0.3, 0.2)) + halo[..., None]).astype(np.float32)
+    mask = background_mask(image)
+    assert abs((mask > 0.5).sum() / (coverage > 0.5).sum() - 1) < 0.02
+    assert soft_iou(mask, coverage) > 0.95
+
+
 def test_gray_inside_the_object_is_kept_and_real_openings_are_cut():
     size = 96
     yy, xx = np.mgrid[:size, :size]
