@@ -152,6 +152,10 @@ class ReconConfig:
     camera_refinement: bool = False
     """Learn a small rotation and translation per view, held near its given pose; the texture is baked through them.
     Views misregistered against the fixed cameras are then pulled back rather than averaged into blur."""
+    camera_stages: int = 0
+    """Stages, from the first, in which the camera corrections are learnt; later ones keep them fixed (0: all).
+    Learning them sends the gradient through every sample's position (more time per step); held fixed after a coarse
+    first stage, views that were right keep its small spurious corrections (benchmarks/RESULTS.md)."""
     camera_warmup: float = 0.05
     """Share of all steps before the camera corrections unlock (the fields first take a rough shape to register to)."""
     camera_learning_rate: float = 0.1
@@ -212,6 +216,7 @@ class ReconConfig:
         ):
             check_range(name, getattr(self, name), 0.0)
         check_range("camera_warmup", self.camera_warmup, 0.0, 1.0)
+        check_range("camera_stages", self.camera_stages, 0)
         for name in ("camera_learning_rate", "colour_compensation_learning_rate"):
             check(getattr(self, name) > 0, name, getattr(self, name), "use a positive step")
         check(

@@ -155,9 +155,12 @@ def fit_fields(
         groups = [(grid.sdf, schedule.values["sdf_lr"]), (grid.colour, schedule.values["colour_lr"])]
         if grid.light is not None:
             groups.append((grid.light, schedule.values["light_lr"]))
-        groups += corrections.parameter_groups(schedule)
+        learn_cameras = recon.camera_stages == 0 or stage < recon.camera_stages
+        groups += corrections.parameter_groups(schedule, learn_cameras)
         optimiser = ScheduledAdam(groups, betas=(0.9, 0.99))
-        step = FitStep(grid, rays, schedule, optimiser, weights, recon, 4 * grid.voxel, normals, corrections)
+        step = FitStep(
+            grid, rays, schedule, optimiser, weights, recon, 4 * grid.voxel, normals, corrections, learn_cameras
+        )
         run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
         done += iterations
         losses = {name: value.item() for name, value in step.terms.items()}
@@ -189,10 +192,11 @@ class FitStep:
         band: float,
         normals: bool,
         corrections: ViewCorrections,
+        learn_cameras: bool = True,
     ):
         self.grid, self.rays, self.schedule, self.optimiser = grid, rays, schedule, optimiser
         self.weights, self.recon, self.band, self.normals = weights, recon, band, normals
-        self.corrections = corrections
+        self.corrections, self.learn_cameras = corrections, learn_cameras
         self.terms: dict[str, torch.Tensor] = {}
 
     def __call__(self) -> None:
@@ -200,7 +204,8 @@ class FitStep:
         batch = self.rays[now["index"]]
         cameras, colours = self.corrections.cameras, self.corrections.colours
         if cameras is not None:
-            batch = cameras.apply(batch)
+            # Held fixed, the corrections send no gradient through the samples' positions (the costly part).
+            batch = cameras.apply(batch, learn=self.learn_cameras)
         gradient = self.grid.gradient()  # once per step: shading, eikonal/Laplacian and area all read it
         out = render_rays(
             self.grid,
@@ -226,7 +231,7 @@ class FitStep:
             now["smoothness_weight"],
             now["prior_weight"],
         )
-        if cameras is not None:
+        if cameras is not None and self.learn_cameras:
             terms["camera"] = cameras.penalty()
             loss = loss + self.recon.camera_weight * terms["camera"]
         if colours is not None:
@@ -255,10 +260,12 @@ class ViewCorrections:
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
         return cls(cameras, colours)
 
-    def parameter_groups(self, schedule: StepSchedule) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-        """The corrections' parameters with their learning-rate rows, for the optimiser."""
+    def parameter_groups(
+        self, schedule: StepSchedule, cameras: bool = True
+    ) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        """The corrections' parameters with their learning-rate rows (the cameras' only if ``cameras``)."""
         groups = []
-        if self.cameras is not None:
+        if self.cameras is not None and cameras:
             groups.append((self.cameras.offset, schedule.values["camera_lr"]))
         if self.colours is not None:
             groups.append((self.colours.affine, schedule.values["colour_transform_lr"]))

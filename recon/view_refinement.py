@@ -44,11 +44,13 @@ class PoseRefinement(torch.nn.Module):
         """(N, 3) world translations of the camera centres."""
         return self.offset[:, 3:] * (self.distance / self.focal)[:, None]
 
-    def apply(self, rays: RayBatch) -> RayBatch:
-        """The rays as the corrected cameras cast them."""
-        rotation = self.rotations()[rays.view]
-        directions = (rotation @ rays.directions[..., None])[..., 0]
-        origins = rays.origins + self.translations()[rays.view]
+    def apply(self, rays: RayBatch, learn: bool = True) -> RayBatch:
+        """The rays as the corrected cameras cast them (held fixed, with no gradient, unless ``learn``)."""
+        rotation, translation = self.rotations(), self.translations()
+        if not learn:
+            rotation, translation = rotation.detach(), translation.detach()
+        directions = (rotation[rays.view] @ rays.directions[..., None])[..., 0]
+        origins = rays.origins + translation[rays.view]
         return dataclasses.replace(rays, origins=origins, directions=directions)
 
     def penalty(self) -> torch.Tensor:
