@@ -1,12 +1,11 @@
 """The fit's remedies for imperfect generated views, on oracle views of real meshes made imperfect in one known way.
 
 - Camera refinement: one view shifted by a few pixels is pulled back (the corrected camera moves the view's
-  projection of the object by the shift, within 0.5 px), and the views that were right stay put. Learnt in the
-  first stage only (``camera_stages`` 1, as ``configs/robust.yaml`` has it), the shifted view came back within
-  0.44 px but two right views moved by 0.61 and 0.69 px (the CPU preset's first stage is 32³): corrections held
-  fixed after the coarse stage take no gradient and cast the rays the learnt ones cast. Measured alone:
+  projection of the object by the shift, within 0.5 px), and the views that were right stay put. Measured alone:
   with the edge band, the dilated hull and colour compensation on too, the CPU preset recovered (2.48, -1.66) px of
-  (3, -2), 0.62 px off.
+  (3, -2), 0.62 px off. Corrections held fixed after the first stages (``camera_stages``) cast the rays the learnt
+  ones cast and take no gradient (learnt in the CPU preset's coarse first stage only, right views moved by more than
+  0.5 px: benchmarks/RESULTS.md).
 - Colour compensation: one view with doubled exposure leaves the fitted albedo as the clean views give it (measured
   on spot with the CPU preset: mean difference 0.023 with compensation, 0.041 without).
 - The tolerant hull: a mask that misses a thin part (the table's legs) in one view does not delete that part from the
