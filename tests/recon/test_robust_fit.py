@@ -27,9 +27,9 @@ from recon.cameras import project_points
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.reconstruct import fit_fields
 from recon.sdf_grid import sample_grid
-from recon.view_refinement import PoseRefinement
+from recon.view_refinement import ColourCompensation, PoseRefinement, undo_colour
 from recon.visual_hull import Hull
-from recon.volume_render import pixel_rays
+from recon.volume_render import Rendered, pixel_rays
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 CPU = load_config("cpu")
@@ -82,6 +82,23 @@ def test_camera_corrections_held_fixed_cast_the_same_rays_and_take_no_gradient(s
     assert not (rays.directions - learnt.directions).abs().max() < 1e-3  # the corrections do move the rays
     assert learnt.directions.requires_grad and not fixed.directions.requires_grad
     assert not fixed.origins.requires_grad
+
+
+def test_colour_transform_undone_for_baking_inverts_the_fits_transform():
+    # The fit recolours what it renders for each view; the bake undoes that on the view's pixels, so a view that the
+    # transformed field matches exactly gives back the field's own colours.
+    generator = torch.Generator().manual_seed(0)
+    colours = ColourCompensation(6, torch.device("cpu"))
+    with torch.no_grad():
+        colours.affine.normal_(0, 0.05, generator=generator)
+    field = torch.rand(6, 40, 3, generator=generator) * 0.6 + 0.2  # clear of 0 and 1, where the transform clips
+    view = torch.arange(6).repeat_interleave(40)
+    rendered = Rendered(field.reshape(-1, 3), torch.ones(240), torch.zeros(240))
+    with torch.no_grad():
+        seen = colours.apply(rendered, view, torch.zeros(240, 3)).rgb.reshape(6, 1, 40, 3).numpy()
+    restored = undo_colour(seen, colours.affine.detach().numpy())
+    assert np.abs(seen - field.numpy()[:, None]).max() > 0.02  # the transforms do change the colours
+    np.testing.assert_allclose(restored, field.numpy()[:, None], atol=1e-5)
 
 
 def test_colour_compensation_keeps_the_albedo_of_a_doubled_exposure(spot):
