@@ -47,8 +47,9 @@ from recon.albedo import remove_shading  # noqa: E402
 from recon.asset import normal_map_source  # noqa: E402
 from recon.evaluation.metrics import novel_view_cameras  # noqa: E402
 from recon.evaluation.oracle import GRAY, load_mesh, oracle_views  # noqa: E402
+from recon.fit import fit_fields  # noqa: E402
 from recon.normal_map import bake_normal_map, vertex_normals, vertex_tangents  # noqa: E402
-from recon.reconstruct import finish_mesh, fit_fields, fitted_surface  # noqa: E402
+from recon.reconstruct import finish_mesh, fitted_surface  # noqa: E402
 from recon.render import (  # noqa: E402
     AMBIENT,
     DEFAULT_ALBEDO,

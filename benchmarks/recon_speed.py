@@ -50,8 +50,9 @@ from recon.evaluation.mesh_checks import atlas_report  # noqa: E402
 from recon.evaluation.metrics import novel_view_metrics  # noqa: E402
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.export import export_mesh  # noqa: E402
+from recon.fit import Fields, fit_fields  # noqa: E402
 from recon.posed_views import PosedViews  # noqa: E402
-from recon.reconstruct import Fields, finish_mesh, fit_fields, reconstruct  # noqa: E402
+from recon.reconstruct import finish_mesh, reconstruct  # noqa: E402
 from recon.sdf_grid import Box, SdfGrid  # noqa: E402
 
 STAGES = ("hull", "fit", "mesh", "unwrap", "bake", "export", "total")

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from img2mesh.zero123pp.normals import NormalViews
+    from recon.fit import Fields
     from recon.posed_views import PosedViews
-    from recon.reconstruct import Fields
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Img2Mesh:
 
     def fit(self, views: PosedViews) -> Fields:
         """Posed views → fitted signed-distance and colour fields (the GPU half of reconstruction)."""
-        from recon.reconstruct import fit_fields
+        from recon.fit import fit_fields
 
         recon_device = self._recon_device()
         return fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)

@@ -20,10 +20,11 @@ import trimesh
 
 from recon.albedo import remove_shading
 from recon.config import ExportConfig, MeshConfig, TextureConfig
+from recon.fit import Fields
 from recon.meshing import decimate
 from recon.normal_map import bake_normal_map
 from recon.posed_views import PosedViews
-from recon.reconstruct import Fields, finish_mesh, fitted_surface
+from recon.reconstruct import finish_mesh, fitted_surface
 
 #: Smallest texture side of a coarse level of detail.
 MIN_LEVEL_TEXTURE = 128

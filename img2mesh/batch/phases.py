@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
     from img2mesh.pipeline import Img2Mesh
     from img2mesh.zero123pp.normals import NormalViews
+    from recon.fit import Fields
     from recon.posed_views import PosedViews
-    from recon.reconstruct import Fields
 
 #: Environment variable holding the fault-injection plan (see the module docstring).
 CRASH_ENV = "IMG2MESH_BATCH_CRASH"

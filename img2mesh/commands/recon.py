@@ -54,7 +54,7 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     resolve_device(device if device != "auto" else config.recon.device)  # a missing GPU is said before the fitting
 
     from recon.asset import finish_asset  # the fitting's imports (torch) only once the inputs are known good
-    from recon.reconstruct import fit_fields
+    from recon.fit import fit_fields
 
     start = time.perf_counter()
     fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)

@@ -25,7 +25,7 @@ try:
     cli(sys.argv[1:], prog_name="img2mesh")
 except SystemExit as exit:
     code = exit.code
-stages = ("recon.reconstruct", "diffusers", "img2mesh.zero123pp.pipeline")
+stages = ("recon.fit", "diffusers", "img2mesh.zero123pp.pipeline")
 print(json.dumps({"code": code, "imported": [m for m in stages if m in sys.modules]}))
 """
 

@@ -24,7 +24,7 @@ from recon.asset import finish_asset, level_texture_size
 from recon.evaluation.mesh_checks import topology_defects
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.export import export_levels
-from recon.reconstruct import fit_fields
+from recon.fit import fit_fields
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 

@@ -19,9 +19,11 @@ import trimesh
 
 from img2mesh.config import load_config
 from recon.cameras import camera_position, intrinsics, look_at
+from recon.config import ReconConfig
 from recon.evaluation.metrics import chamfer_fscore
 from recon.evaluation.oracle import load_mesh, normal_maps, oracle_views
-from recon.reconstruct import ReconConfig, finish_mesh, fit_fields
+from recon.fit import fit_fields
+from recon.reconstruct import finish_mesh
 from recon.render import prepare_mesh, render_views
 from recon.sdf_grid import Box, SdfGrid
 from recon.volume_render import clip_to_hull, pixel_rays, render_rays

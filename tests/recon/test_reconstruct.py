@@ -20,13 +20,15 @@ from click.testing import CliRunner
 
 from img2mesh.cli import cli
 from img2mesh.config import load_config
+from recon.config import ReconConfig
 from recon.errors import InputError
 from recon.evaluation.hull_baseline import visual_hull
 from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.export import world_to_file
+from recon.fit import fit_fields
 from recon.posed_views import PosedViews
-from recon.reconstruct import ReconConfig, finish_mesh, fit_fields, reconstruct
+from recon.reconstruct import finish_mesh, reconstruct
 from recon.render import LIGHT_DIRECTION
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"

@@ -25,7 +25,7 @@ import trimesh
 from img2mesh.config import load_config
 from recon.cameras import project_points
 from recon.evaluation.oracle import load_mesh, oracle_views
-from recon.reconstruct import fit_fields
+from recon.fit import fit_fields
 from recon.sdf_grid import sample_grid
 from recon.view_refinement import ColourCompensation, PoseRefinement, undo_colour
 from recon.visual_hull import Hull

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from recon.reconstruct import ReconConfig
+from recon.config import ReconConfig
 from recon.sdf_grid import Box, SdfGrid
 from recon.volume_render import RayBatch, render_rays
 
