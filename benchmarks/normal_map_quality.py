@@ -3,11 +3,12 @@
 For each test mesh: oracle views (recon.evaluation.oracle), one fit (``--config``'s recon section), then from the same
 fields the 20k-face mesh (the default mesh and texture sections), the 2k-face mesh (the lowpoly preset's) and the 2k
 mesh with its normal map, baked from the lowpoly surface decimated to the export's ``normal_map_faces`` as
-recon.asset does (the bake timed on ``--device``). Three cases (:data:`CASES`, one table each): the 2k mesh as
+recon.asset does (the bake timed on ``--device``). Four cases (:data:`CASES`, one table each): the 2k mesh as
 shipped (512² texture and map); with the 20k mesh's 1024² texture, where what is left of the gap is the surface's,
-not the texture's; and as shipped but with the map's source smoothed like the 20k mesh. Each mesh is rendered lit
-under the oracle's fixed light (recon.render's AMBIENT, DIFFUSE, LIGHT_DIRECTION) from the 12 novel views of
-recon.evaluation.metrics and compared with the lit ground truth, PSNR over the union of alphas on gray, two ways:
+not the texture's; as shipped but with the map's source smoothed like the 20k mesh; and as shipped but baked from
+the fitted SDF's own normals, as the bake was before. Each mesh is rendered lit under the oracle's fixed light
+(recon.render's AMBIENT, DIFFUSE, LIGHT_DIRECTION) from the 12 novel views of recon.evaluation.metrics and compared
+with the lit ground truth, PSNR over the union of alphas on gray, two ways:
 
 - ``clay``: every mesh in the renderer's clay albedo, so only the shading normals differ (the normal map's own job);
 - ``albedo``: each mesh with its albedo texture (recon.albedo: the baked views with the learnt shading divided out)
@@ -43,12 +44,12 @@ sys.path.insert(0, str(ROOT))
 from results_file import replace_section  # noqa: E402  (benchmarks/, the script's folder)
 
 from img2mesh.config import load_config  # noqa: E402
-from recon.albedo import remove_shading  # noqa: E402
+from recon.albedo import fine_normals, remove_shading  # noqa: E402
 from recon.asset import normal_map_source  # noqa: E402
 from recon.evaluation.metrics import novel_view_cameras  # noqa: E402
 from recon.evaluation.oracle import GRAY, load_mesh, oracle_views  # noqa: E402
 from recon.fit import fit_fields  # noqa: E402
-from recon.normal_map import bake_normal_map, vertex_normals, vertex_tangents  # noqa: E402
+from recon.normal_map import bake_normal_field, bake_normal_map, vertex_normals, vertex_tangents  # noqa: E402
 from recon.reconstruct import finish_mesh, fitted_surface  # noqa: E402
 from recon.render import (  # noqa: E402
     AMBIENT,
@@ -154,6 +155,8 @@ CASES = {
     "the gap is the surface's",
     "source as 20k": "as shipped, but the map's source smoothed like the 20k mesh (10 passes), i.e. the default "
     "preset's 20k mesh itself",
+    "SDF gradient": "as shipped, but the map baked from the fitted SDF's own normals (each texel's point moved onto "
+    "its zero level set), as before the high-poly bake; no source mesh",
 }
 
 
@@ -198,6 +201,7 @@ def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, dict[str, f
         "shipped": (shipped, "lowpoly"),
         "equal texture": (equal, "lowpoly"),
         "source as 20k": (shipped, "default"),
+        "SDF gradient": (shipped, None),
     }
     bare: dict[int, tuple[trimesh.Trimesh, dict]] = {}
     rows = {}
@@ -207,11 +211,16 @@ def measure(path: Path, args, cache: Path | None) -> tuple[dict[str, dict[str, f
             mesh2k = finish_mesh(fields, views, low.mesh, texture, device=device, surface=surfaces["lowpoly"])
             bare[side] = mesh2k, render_both(mesh2k)
         mesh2k, low_renders = bare[side]
-        detail, source_s = sources[smoothing]
-        bake_normal_map(mesh2k, detail, device=device)  # warm-up (kernels, allocator)
-        mapped, bake_s = timed(device, bake_normal_map, mesh2k, detail, device=device)
+        if smoothing is None:  # the fitted SDF's normals, as recon.albedo reads them
+            detail, source_s = None, 0.0
+            bake, source = bake_normal_field, lambda points, coarse: fine_normals(fields.grid, points, coarse)
+        else:
+            (detail, source_s), bake = sources[smoothing], bake_normal_map
+            source = detail
+        bake(mesh2k, source, device=device)  # warm-up (kernels, allocator)
+        mapped, bake_s = timed(device, bake, mesh2k, source, device=device)
         row: dict[str, float] = {"faces_high": len(mesh20k.faces), "faces_low": len(mesh2k.faces), "side": side}
-        row.update(faces_detail=len(detail.faces), source_s=source_s, bake_s=bake_s)
+        row.update(faces_detail=0 if detail is None else len(detail.faces), source_s=source_s, bake_s=bake_s)
         mapped_renders = render_both(mapped)
         for mode in truth:
             renders = {"20k": high_renders[mode], "2k": low_renders[mode], "2k+map": mapped_renders[mode]}

@@ -21,6 +21,7 @@ smooth across UV seams (vertices welded by position first), or every seam would 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -186,12 +187,28 @@ def bake_normal_map(
     """``mesh`` (UV-textured, world z-up, PBR material) with a tangent-space normal map of the ``detail`` mesh's
     surface (same frame, outward winding) added as the material's ``normalTexture`` (a copy; ``size`` defaults to the
     base colour texture's side)."""
+    reach = MAX_OFFSET_EDGES * mean_edge_length(mesh)
+    return bake_normal_field(
+        mesh, lambda points, coarse: detail_normals(detail, points, coarse, reach), size, device, timings
+    )
+
+
+def bake_normal_field(
+    mesh: trimesh.Trimesh,
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    size: int | None = None,
+    device: str | torch.device = "cpu",
+    timings: dict[str, float] | None = None,
+) -> trimesh.Trimesh:
+    """:func:`bake_normal_map` of any normal field: ``field(points, coarse)`` gives the unit normals (N, 3) to bake
+    at the texels' surface points (N, 3) of ``mesh``, whose interpolated normals are ``coarse`` (N, 3). (The
+    benchmark bakes the fitted SDF's own normals so, to compare.)"""
     start = time.perf_counter()
     device = torch.device(device)
     material = mesh.visual.material
     size = size or material.baseColorTexture.size[0]
     covered, points, normal, tangent, bitangent = texel_frames(mesh, size, device)
-    target = detail_normals(detail, points, normal, MAX_OFFSET_EDGES * mean_edge_length(mesh))
+    target = field(points, normal)
     # coefficients of the fine normal in the texel's (t, b, n), which a shader turns back into it: solve, not project
     basis = torch.stack([tangent, bitangent, normal], dim=-1)  # columns
     ok = torch.linalg.det(basis).abs() > 1e-12
