@@ -63,17 +63,24 @@ class Clock:
         return float("inf") if self.deadline is None else self.deadline - (time.monotonic() - self.start)
 
 
-def gpu_memory_mib() -> float | None:
-    """Memory used on GPU 0 by every process (nvidia-smi), MiB."""
+def nvidia_smi(query: str) -> str | None:
+    """nvidia-smi's CSV answer (no header, no units) to ``query`` about GPU 0, or None where it cannot answer."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+        return subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits", "-i", "0"],
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout
-        return float(out.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def gpu_memory_mib() -> float | None:
+    """Memory used on GPU 0 by every process (nvidia-smi), MiB."""
+    try:
+        return float(nvidia_smi("--query-gpu=memory.used").split()[0])
+    except (AttributeError, ValueError, IndexError):
         return None
 
 
@@ -112,14 +119,8 @@ def gpu_by_process() -> dict[str, float] | None:
     None where nvidia-smi names no process (some containers)."""
     import psutil
 
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits", "-i", "0"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    out = nvidia_smi("--query-compute-apps=pid,used_memory")
+    if out is None:
         return None
     me = psutil.Process()
     children = {p.pid for p in me.children(recursive=True)}
