@@ -73,6 +73,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def requested_fit_device(device: str, recon_device: str) -> torch.device:
+    """The device a fit is asked to run on: ``device``, or the recon config's own ``recon_device`` when "auto"."""
+    return resolve_device(device if device != "auto" else recon_device)
+
+
 def fit_device(device: torch.device) -> torch.device:
     """Where reconstruction runs for ``device``: itself, except MPS where this torch lacks 3-D grid sampling or its
     gradient (the fit's core operation), then the CPU, with one warning."""

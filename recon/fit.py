@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from recon.config import ReconConfig
-from recon.devices import fit_device, resolve_device
+from recon.devices import fit_device, requested_fit_device
 from recon.errors import InputError
 from recon.graph_steps import ScheduledAdam, StepSchedule, run_steps
 from recon.losses import LossWeights, fit_loss
@@ -93,7 +93,7 @@ def fit_fields(
     if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
         raise InputError("recon.resolutions and recon.iterations must be lists of the same, non-zero length.")
     check_views(views)
-    dev = fit_device(resolve_device(device if device != "auto" else recon.device))
+    dev = fit_device(requested_fit_device(device, recon.device))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     generator = torch.Generator(device=dev).manual_seed(seed)

@@ -48,10 +48,9 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
     posed = read_views(views, config.views)
-    from recon.devices import resolve_device
+    from recon.devices import requested_fit_device
 
-    device = config.runtime.device
-    resolve_device(device if device != "auto" else config.recon.device)  # a missing GPU is said before the fitting
+    requested_fit_device(config.runtime.device, config.recon.device)  # a missing GPU is said before the fitting
 
     from recon.asset import finish_asset  # the fitting's imports (torch) only once the inputs are known good
     from recon.fit import fit_fields
