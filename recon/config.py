@@ -157,11 +157,24 @@ class ReconConfig:
     Learning them sends the gradient through every sample's position (more time per step); held fixed after a coarse
     first stage, views that were right keep its small spurious corrections (benchmarks/RESULTS.md)."""
     camera_warmup: float = 0.05
-    """Share of all steps before the camera corrections unlock (the fields first take a rough shape to register to)."""
+    """Share of all steps before the camera corrections and the registration unlock (first a rough shape to fit to)."""
     camera_learning_rate: float = 0.1
     """Adam step of the camera corrections, in pixels of the fitted image, falling to a tenth over the fit."""
     camera_weight: float = 0.0001
     """Weight of the mean squared camera correction (pixels²) that holds each view near its given pose."""
+    registration: bool = True
+    """Learn a smooth displacement field per view through which its pixels are read (a registration onto the fit).
+    Views shifted, rotated, scaled or locally distorted by a few pixels then agree; the texture is baked through it."""
+    registration_cells: int = 2
+    """Nodes of each view's displacement field along a side (2 follows shift, rotation, scale and shear; more bend)."""
+    registration_blur: float = 2.0
+    """Gaussian sigma (pixels of the fitted image) of the blurred views whose slopes steer the fields; 0: the sharp
+    views'. A sharp edge pulls only within a pixel of it; the blur reaches as far as the views are off."""
+    registration_learning_rate: float = 0.05
+    """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit."""
+    registration_weight: float = 0.001
+    """Weight of the mean squared displacement (pixels²) that holds each view near where it was given.
+    Weaker registers imperfect views better but lets the fields of right views wander (texture PSNR on clean views)."""
     colour_compensation: bool = False
     """Learn an affine colour transform per view (exposure, white balance), undone on the views before baking.
     It is applied to what the fit renders for the view, so the colour field holds what the views agree on."""
@@ -211,13 +224,16 @@ class ReconConfig:
             "normal_weight",
             "camera_weight",
             "colour_compensation_weight",
+            "registration_weight",
+            "registration_blur",
             "hull_dilation",
             "edge_band",
         ):
             check_range(name, getattr(self, name), 0.0)
         check_range("camera_warmup", self.camera_warmup, 0.0, 1.0)
         check_range("camera_stages", self.camera_stages, 0)
-        for name in ("camera_learning_rate", "colour_compensation_learning_rate"):
+        check_range("registration_cells", self.registration_cells, 2, 64)
+        for name in ("camera_learning_rate", "colour_compensation_learning_rate", "registration_learning_rate"):
             check(getattr(self, name) > 0, name, getattr(self, name), "use a positive step")
         check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -11,9 +11,9 @@ surface-area priors, fading out over the fit, empty hull wedges that no view rul
 maps (the normal ControlNet's), a term pulls each ray's rendered normal towards its pixel's. The surface may not leave
 the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
 one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation. For generated
-views that disagree, the fit can also learn a camera correction and a colour transform per view
-(:mod:`recon.view_refinement`), fade its silhouette terms near mask edges and carve its hull from grown masks
-(``configs/robust.yaml``).
+views that disagree, the fit can also learn per view a camera correction, a registration of its pixels onto the
+fit and a colour transform (:mod:`recon.view_refinement`), fade its silhouette terms near mask edges and carve its
+hull from grown masks (``configs/robust.yaml``).
 
 Everything is seeded, so the same views and config give the same fields.
 """
@@ -33,7 +33,7 @@ from recon.graph_steps import ScheduledAdam, StepSchedule, run_steps
 from recon.losses import LossWeights, fit_loss
 from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
-from recon.view_refinement import ColourCompensation, PoseRefinement
+from recon.view_refinement import ColourCompensation, PoseRefinement, ViewWarp
 from recon.visual_hull import Hull
 from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays
 
@@ -54,6 +54,8 @@ class Fields:
     """(N, 4, 4) the views' cameras as the fit corrected them (``camera_refinement``), else None."""
     colour_transforms: np.ndarray | None = None
     """(N, 3, 4) each view's learnt colour transform, ``A - I`` and ``b`` (``colour_compensation``), else None."""
+    view_warps: np.ndarray | None = None
+    """(N, c, c, 2) each view's learnt displacement field in units of its side (``registration``), else None."""
 
 
 def check_views(views: PosedViews) -> None:
@@ -125,7 +127,7 @@ def fit_fields(
             area=recon.area_weight / float(grid.surface_area()),
             normal=recon.normal_weight if normals else 0.0,
         )
-    corrections = ViewCorrections.for_views(views, recon, dev)
+    corrections = ViewCorrections.for_views(views, recon, dev, normals)
     done = 0
     losses: dict[str, float] = {}
     for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
@@ -185,7 +187,9 @@ class FitStep:
     def __call__(self) -> None:
         now = self.schedule.now()
         batch = self.rays[now["index"]]
-        cameras, colours = self.corrections.cameras, self.corrections.colours
+        cameras, colours, warps = self.corrections.cameras, self.corrections.colours, self.corrections.warps
+        if warps is not None:
+            batch = warps.apply(batch)
         if cameras is not None:
             # Held fixed, the corrections send no gradient through the samples' positions (the costly part).
             batch = cameras.apply(batch, learn=self.learn_cameras)
@@ -217,6 +221,9 @@ class FitStep:
         if cameras is not None and self.learn_cameras:
             terms["camera"] = cameras.penalty()
             loss = loss + self.recon.camera_weight * terms["camera"]
+        if warps is not None:
+            terms["registration"] = warps.penalty()
+            loss = loss + self.recon.registration_weight * terms["registration"]
         if colours is not None:
             terms["colour_transform"] = colours.penalty()
             loss = loss + self.recon.colour_compensation_weight * terms["colour_transform"]
@@ -233,15 +240,20 @@ class ViewCorrections:
 
     cameras: PoseRefinement | None
     colours: ColourCompensation | None
+    warps: ViewWarp | None
 
     @classmethod
-    def for_views(cls, views: PosedViews, recon: ReconConfig, device: torch.device) -> ViewCorrections:
+    def for_views(cls, views: PosedViews, recon: ReconConfig, device: torch.device, normals: bool) -> ViewCorrections:
         cameras = None
         if recon.camera_refinement:
             focal = float(views.intrinsics[0, 0, 0]) * recon.image_size / views.size[1]
             cameras = PoseRefinement(torch.as_tensor(views.cam_to_world, dtype=torch.float32, device=device), focal)
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
-        return cls(cameras, colours)
+        warps = None
+        if recon.registration:
+            size, cells = recon.image_size, recon.registration_cells
+            warps = ViewWarp.for_views(views, size, cells, recon.registration_blur, device, normals, recon.edge_band)
+        return cls(cameras, colours, warps)
 
     def parameter_groups(
         self, schedule: StepSchedule, cameras: bool = True
@@ -252,13 +264,16 @@ class ViewCorrections:
             groups.append((self.cameras.offset, schedule.values["camera_lr"]))
         if self.colours is not None:
             groups.append((self.colours.affine, schedule.values["colour_transform_lr"]))
+        if self.warps is not None:
+            groups.append((self.warps.offset, schedule.values["registration_lr"]))
         return groups
 
-    def learnt(self, views: PosedViews) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The corrected cameras (N, 4, 4) and colour transforms (N, 3, 4) for :class:`Fields`."""
+    def learnt(self, views: PosedViews) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The corrected cameras (N, 4, 4), colour transforms (N, 3, 4) and displacement fields for :class:`Fields`."""
         cam_to_world = None if self.cameras is None else self.cameras.cam_to_world(views.cam_to_world)
         colours = None if self.colours is None else self.colours.affine.detach().cpu().numpy()
-        return cam_to_world, colours
+        warps = None if self.warps is None else self.warps.fields()
+        return cam_to_world, colours, warps
 
 
 def initial_grid(
@@ -301,7 +316,8 @@ def stage_schedule(
     (rays, 1) stratified-sampling offsets; ``inv_s`` NeuS sharpness, geometric from the start of ``sharpness`` to
     its end over all stages; ``smoothness_weight`` and the SDF, colour and light learning rates, falling to a tenth
     over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages;
-    ``camera_lr``, 0 during the camera warm-up, and ``colour_transform_lr``, both falling to a tenth over all stages.
+    ``camera_lr``, 0 during the camera warm-up, ``colour_transform_lr`` and ``registration_lr``, all three falling to
+    a tenth over all stages (the registration unlocks with the cameras).
     """
     dev = generator.device
     index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
@@ -327,6 +343,7 @@ def stage_schedule(
             "prior_weight": (1 - (done + it) / max(1, total - 1)).float(),
             "camera_lr": (recon.camera_learning_rate * unlocked * 0.1**progress).float(),
             "colour_transform_lr": (recon.colour_compensation_learning_rate * 0.1**progress).float(),
+            "registration_lr": (recon.registration_learning_rate * unlocked * 0.1**progress).float(),
         }
     )
 

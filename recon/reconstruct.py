@@ -72,7 +72,7 @@ def finish_mesh(
         with torch.no_grad():
             return grid.rgb(torch.as_tensor(points, dtype=torch.float32)).numpy()
 
-    seen = corrected_views(views, fields.cam_to_world, fields.colour_transforms)
+    seen = corrected_views(views, fields.cam_to_world, fields.colour_transforms, fields.view_warps)
     textured = bake_texture(decimated, seen, colour_field, texture, device=device, timings=timings)
     return textured
 

@@ -1,4 +1,4 @@
-"""Per-view corrections learnt with the fields: a small camera pose correction and an affine colour transform.
+"""Per-view corrections learnt with the fields: a camera pose correction, an image registration, a colour transform.
 
 Each generated view is its own sample: slightly misregistered against the fixed Zero123++ cameras, with its own
 exposure and white balance. Fitting one field to all six as they are averages the disagreement into blur, thin parts
@@ -6,8 +6,12 @@ and ghosts. So the fit may move each camera a little (a rotation about its centr
 given pose by a squared penalty and locked during a warm-up, as nerfstudio's camera optimiser and BARF do) and
 recolour what it renders for each view (an affine colour transform, as NeRF in the Wild's appearance codes do, held
 near identity by a Charbonnier penalty, so that the views that agree set the field's colour and an outlier view
-takes its own transform). Both are undone for baking: the texture is projected through the corrected cameras from
-the views with their colour transforms inverted (:func:`corrected_views`).
+takes its own transform). A registration (:class:`ViewWarp`) does on the image side what the pose correction does on
+the rays: each view's targets are read through a smooth displacement field of its own, so a view whose content sits
+a few pixels off (shifted, rotated, scaled, locally distorted) is registered onto what the other views agree on,
+without the cost of sending gradients through the samples' positions. All are undone for baking: the texture is
+projected through the corrected cameras from the views registered and with their colour transforms inverted
+(:func:`corrected_views`).
 
 Pose corrections are in pixels of the fitted image, so their learning rate and penalty read the same at any
 resolution: a rotation of ``p`` about an axis across the view moves the image by ``p`` pixels, a translation of
@@ -20,9 +24,10 @@ import dataclasses
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from recon.posed_views import PosedViews
-from recon.volume_render import RayBatch, Rendered
+from recon.volume_render import RayBatch, Rendered, edge_weights, resized_views, world_normals
 
 
 class PoseRefinement(torch.nn.Module):
@@ -101,6 +106,117 @@ class ColourCompensation(torch.nn.Module):
         return torch.sqrt(self.affine**2 + 1e-6).sum((1, 2)).mean()
 
 
+class ViewWarp(torch.nn.Module):
+    """A displacement field per view on a coarse grid of nodes, in pixels of the fitted image: each ray reads its
+    view's targets (colour, mask, edge weight, normal) at its pixel plus the field there, bilinearly.
+
+    The grid is coarse (a few nodes across the view), so the field can follow a shift, rotation, scale or a smooth
+    local distortion but not redraw detail; a squared penalty holds it near zero. Bilinear interpolation reproduces
+    any affine field, so a misregistration by a similarity is represented exactly.
+    """
+
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float):
+        super().__init__()
+        self.channels = targets.shape[-1]
+        smooth = blurred(targets, blur) if blur > 0 else targets
+        self.register_buffer("targets", torch.cat([targets, smooth], dim=-1))
+        """(N, s, s, 2C) the views' targets at the fitted size (RGB, mask, then edge weight and normal if present),
+        then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
+        self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
+        """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
+
+    @classmethod
+    def for_views(
+        cls, views: PosedViews, size: int, cells: int, blur: float, device: torch.device, normals: bool, band: float
+    ) -> ViewWarp:
+        """The fields of ``views`` fitted at side ``size``, over the targets :func:`recon.volume_render.pixel_rays`
+        gives them (``normals``, ``band``: with their normals and edge weights)."""
+        images, masks, _ = resized_views(views, size)
+        channels = [images.permute(0, 2, 3, 1), masks[..., None]]
+        if band > 0:
+            channels.append(edge_weights(masks, band)[..., None])
+        if normals:
+            channels.append(world_normals(views, size, torch.as_tensor(views.cam_to_world, dtype=torch.float32)))
+        return cls(torch.cat(channels, dim=-1).to(device), cells, blur)
+
+    def displacement(self, view: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
+        """(R, 2) the field of each ray's view at its pixel (R, 2), pixels."""
+        cells = self.offset.shape[1]
+        node = pixel * ((cells - 1) / self.targets.shape[1])
+        # Dense tent weights and a one-hot product rather than a gather: the gather's backward would add every ray's
+        # gradient into a few dozen parameters with atomics, one at a time.
+        ticks = torch.arange(cells, device=pixel.device, dtype=pixel.dtype)
+        wx = (1 - (node[:, :1] - ticks).abs()).clamp_min(0)
+        wy = (1 - (node[:, 1:] - ticks).abs()).clamp_min(0)
+        weights = (wy[:, :, None] * wx[:, None, :]).reshape(-1, 1, cells * cells)
+        rows = F.one_hot(view, self.offset.shape[0]).to(self.offset.dtype) @ self.offset.reshape(len(self.offset), -1)
+        return (weights @ rows.reshape(-1, cells * cells, 2))[:, 0]
+
+    def apply(self, rays: RayBatch) -> RayBatch:
+        """The rays with their targets read through their views' fields.
+
+        The values are the sharp targets', the gradient towards the fields the blurred targets': a sharp edge has a
+        slope only within a pixel of it, so a view off by more would get no pull back from it.
+        """
+        read = bilinear(self.targets, rays.view, rays.pixel + self.displacement(rays.view, rays.pixel) - 0.5)
+        sharp, smooth = read.split(self.channels, -1)
+        read = sharp.detach() + smooth - smooth.detach()
+        channels = read.split([3, 1] + [1] * (rays.edge_weight is not None) + [3] * (rays.normal is not None), -1)
+        edge = channels[2][:, 0] if rays.edge_weight is not None else None
+        normal = channels[-1] if rays.normal is not None else None
+        return dataclasses.replace(rays, rgb=channels[0], mask=channels[1][:, 0], edge_weight=edge, normal=normal)
+
+    def penalty(self) -> torch.Tensor:
+        """Mean squared displacement per node, pixels²."""
+        return (self.offset**2).sum(-1).mean()
+
+    def fields(self) -> np.ndarray:
+        """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""
+        return (self.offset.detach() / self.targets.shape[1]).cpu().numpy()
+
+
+def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Images (N, H, W, C) convolved with a Gaussian of ``sigma`` pixels (separable, borders replicated)."""
+    radius = int(3 * sigma + 0.5)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=images.device) / sigma) ** 2)
+    taps = (taps / taps.sum()).to(images.dtype)
+    planes = images.permute(0, 3, 1, 2).reshape(-1, 1, *images.shape[1:3])
+    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+    return planes.reshape(images.shape[0], images.shape[3], *images.shape[1:3]).permute(0, 2, 3, 1)
+
+
+def bilinear(table: torch.Tensor, index: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """(R, C) rows of ``table`` (N, H, W, C), each from entry ``index`` (R,) at ``point`` (R, 2) = (x, y) in units of
+    the table's cells (cell centres at integers), clamped to its border; differentiable in ``point`` and ``table``.
+    Gathers rather than ``grid_sample`` because each row reads its own entry."""
+    _, height, width, channels = table.shape
+    x = point[:, 0].clamp(0, width - 1)
+    y = point[:, 1].clamp(0, height - 1)
+    x0 = x.detach().floor().clamp(max=width - 2).long()
+    y0 = y.detach().floor().clamp(max=height - 2).long()
+    wx, wy = (x - x0)[:, None], (y - y0)[:, None]
+    flat = table.reshape(-1, channels)
+    base = (index * height + y0) * width + x0
+    top = flat[base] * (1 - wx) + flat[base + 1] * wx
+    bottom = flat[base + width] * (1 - wx) + flat[base + width + 1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def warp_images(images: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) read through the learnt fields (N, c, c, 2) (units of the side, :meth:`ViewWarp.fields`):
+    the views as registered onto the fit, for baking."""
+    count, height, width, channels = images.shape
+    table = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    field = torch.as_tensor(fields, dtype=torch.float32) * torch.tensor([width, height], dtype=torch.float32)
+    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    pixel = torch.stack([x, y], -1).reshape(-1, 2).repeat(count, 1)
+    view = torch.arange(count).repeat_interleave(height * width)
+    cells = torch.tensor([(fields.shape[2] - 1) / width, (fields.shape[1] - 1) / height])
+    moved = pixel + bilinear(field, view, pixel * cells) - 0.5
+    return bilinear(table, view, moved).reshape(count, height, width, channels).numpy()
+
+
 def axis_angle_to_matrix(vectors: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (..., 3, 3) of rotation vectors (..., 3) (Rodrigues; smooth through zero)."""
     angle2 = (vectors**2).sum(-1, keepdim=True)[..., None]
@@ -123,8 +239,14 @@ def undo_colour(images: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return restored.clip(0, 1)
 
 
-def corrected_views(views: PosedViews, cam_to_world: np.ndarray | None, colour: np.ndarray | None) -> PosedViews:
-    """``views`` seen through corrected cameras and with their colour transforms (N, 3, 4) undone (for baking)."""
+def corrected_views(
+    views: PosedViews, cam_to_world: np.ndarray | None, colour: np.ndarray | None, warps: np.ndarray | None = None
+) -> PosedViews:
+    """``views`` seen through corrected cameras, registered through their fields (N, c, c, 2) and with their colour
+    transforms (N, 3, 4) undone (for baking)."""
+    if warps is not None:
+        masks = warp_images(views.masks[..., None], warps)[..., 0]
+        views = dataclasses.replace(views, images=warp_images(views.images, warps).clip(0, 1), masks=masks.clip(0, 1))
     if cam_to_world is not None:
         views = dataclasses.replace(views, cam_to_world=cam_to_world)
     if colour is not None:

@@ -44,6 +44,8 @@ class RayBatch:
     edge_weight: torch.Tensor | None = None
     """(R,) weight of the ray in the silhouette and photometric terms, rising from 0 on its mask's edge to 1 at the
     edge band's width (:func:`edge_weights`); None: every ray counts fully."""
+    pixel: torch.Tensor | None = None
+    """(R, 2) the ray's pixel centre (x right, y down) in pixels of its view at the fitted size."""
 
     def __getitem__(self, index: torch.Tensor) -> RayBatch:
         return RayBatch(*(_select(getattr(self, name), index) for name in self.__dataclass_fields__))
@@ -89,6 +91,7 @@ def pixel_rays(
     c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
     j, i = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     origins, directions, view = [], [], []
+    pixel = torch.stack([i, j], dim=-1).reshape(-1, 2).repeat(len(views), 1)
     for n in range(len(views)):
         x = (i - k[n, 0, 2]) / k[n, 0, 0]
         y = -(j - k[n, 1, 2]) / k[n, 1, 1]
@@ -108,6 +111,7 @@ def pixel_rays(
         torch.cat(view),
         world_normals(views, size, c2w).reshape(-1, 3) if normals else None,
         edge_weights(masks, edge_band).reshape(-1) if edge_band > 0 else None,
+        pixel,
     )
     return rays.to(device)
 
