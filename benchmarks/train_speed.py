@@ -5,8 +5,10 @@ Builds full-size random weights of the real architecture (they cost exactly what
 ``--model`` names a folder. Renders ``--train-meshes`` meshes (the test meshes of ``tests/data/meshes``, cycled;
 each copy draws its own viewpoints) with 2 pairs each at the default sizes (320-px views in 640x960 grids, 512-px
 conditions, 2x supersampling) and trains each mode on them for ``--warmup`` + ``--steps`` steps at
-``--batch-size`` with the defaults (bf16 autocast on CUDA, gradient checkpointing, workers reading ahead). Last,
-times ``train-data`` at its default settings (8 pairs per mesh) on ``--meshes`` meshes.
+``--batch-size`` with the defaults (bf16 autocast on CUDA, gradient checkpointing, workers reading ahead, and on
+CUDA the forward and backward pass replayed from a CUDA graph captured at the third step, so the timed steps are
+replays; "CUDA graph" says whether the capture worked). Last, times ``train-data`` at its default settings (8 pairs
+per mesh) on ``--meshes`` meshes.
 
     python benchmarks/train_speed.py --write-results                  # on a CUDA machine
     python benchmarks/train_speed.py --size tiny --device cpu --meshes 0 --train-meshes 2 --warmup 1 --steps 2
@@ -137,6 +139,7 @@ def time_training(
         "peak_gb": round(peak, 2),
         "encoders_s": round(sum(encoder_times[1:]) / 5, 3),
         "trainable_params_m": round(trainable / 1e6, 1),
+        "cuda_graph": trainer.graphed is not None and trainer.graphed.graph is not None,
         "first_loss": float(rows[0][1]),
         "last_loss": float(rows[-1][1]),
     }
@@ -231,12 +234,13 @@ def _table(results: dict) -> str:
                 "",
             ]
     lines += [
-        "| mode | batch | trainable M | s/step | GPU busy s | peak GB | encoders s | loss first → last |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | batch | trainable M | CUDA graph | s/step | GPU busy s | peak GB | encoders s | loss first → last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results.get("train", []):
         lines.append(
-            f"| {row['mode']} | {row['batch']} | {row['trainable_params_m']} | {row['s_per_step']} | "
+            f"| {row['mode']} | {row['batch']} | {row['trainable_params_m']} | "
+            f"{'yes' if row.get('cuda_graph') else 'no'} | {row['s_per_step']} | "
             f"{row.get('gpu_busy_s', 'not profiled')} | "
             f"{row['peak_gb']} | {row['encoders_s']} | {row['first_loss']:.3f} → {row['last_loss']:.3f} |"
         )

@@ -45,6 +45,15 @@ def add_lora(unet, rank: int, alpha: float | None = None) -> None:
     unet.add_adapter(config)
 
 
+def keep_input_dtype(unet) -> None:
+    """Let the adapter layers take their input in its own dtype. Under bf16 autocast peft's cast of the bf16
+    activations to the fp32 adapter weights' dtype is undone by autocast before the GEMM: two copies per projection
+    and pass (and two more in the backward pass) that change no bit of the result."""
+    for module in unet.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # peft's tuner layers (peft >= 0.14)
+            module.cast_input_dtype_enabled = False
+
+
 def save_lora(unet, folder: Path) -> Path:
     """Write the UNet's adapter (weights in fp32 and its peft config) into ``folder``; returns ``folder``."""
     from safetensors.torch import save_file

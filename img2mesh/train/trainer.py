@@ -14,7 +14,9 @@ first step (``cache_encodings``); the latents are still drawn from the posterior
 Gradient checkpointing re-runs the UNet's blocks in the backward pass. The reference keys and values live in the
 pipeline's :class:`ReferenceBank` and a block behaves by the bank's mode, so training sets ``bank.retain`` (keep
 the keys and values until the step is done, read without consuming them) and re-runs every block in the mode it
-first ran in (:func:`bank_checkpoint`).
+first ran in (:func:`bank_checkpoint`). On one CUDA process the forward and backward pass of a step is captured as
+a CUDA graph at the third step and replayed from then on (:mod:`img2mesh.train.graph`): eager, launching its
+kernels from Python takes longer than running them.
 
 Randomness is a function of (seed, step, process): the data order, the noise, the timesteps and the dropout of a
 step do not depend on earlier steps, so ``--resume`` from a checkpoint continues the loss curve of the
@@ -39,7 +41,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,8 +107,14 @@ def bank_checkpoint(bank):
             finally:
                 bank.mode = previous
 
+        # The UNet draws no random numbers (its dropouts are 0), so there is no RNG state to save and restore
+        # (reading the CUDA generator's state is also not allowed while a CUDA graph is being captured).
         return torch.utils.checkpoint.checkpoint(
-            module.__call__, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), first_run_mode())
+            module.__call__,
+            *args,
+            use_reentrant=False,
+            preserve_rng_state=False,
+            context_fn=lambda: (contextlib.nullcontext(), first_run_mode()),
         )
 
     return checkpoint
@@ -159,12 +167,25 @@ def unconditional(pipe, condition) -> Unconditional:
         return Unconditional(gray.parameters, pipe.empty_prompt_embeds(device))
 
 
-def training_loss(pipe, denoiser, noise_scheduler, encodings: Encodings, uncond: Unconditional, generator, dropout):
-    """The v-prediction MSE of one batch: latents drawn from the posteriors, the pair replaced by the
-    unconditional input with probability ``dropout``, noised to random timesteps, the denoiser's v against the
-    scheduler's velocity."""
+class StepInputs(NamedTuple):
+    """What the denoiser and the loss of one step take, all drawn before the UNet runs (device tensors)."""
+
+    noisy: Any
+    """Target latents noised to ``timesteps``."""
+    timesteps: Any
+    """One timestep per pair."""
+    prompt: Any
+    """Prompt embeddings (the empty prompt where the pair is dropped)."""
+    reference: Any
+    """Condition latents (the gray image's where dropped), noised to the same timesteps."""
+    velocity: Any
+    """The scheduler's velocity: what the denoiser should predict."""
+
+
+def step_inputs(pipe, noise_scheduler, encodings: Encodings, uncond: Unconditional, generator, dropout) -> StepInputs:
+    """A batch's random draws: latents from the posteriors, the pair replaced by the unconditional input with
+    probability ``dropout``, noise and timesteps; and the velocity to predict."""
     import torch
-    import torch.nn.functional as F
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -185,8 +206,15 @@ def training_loss(pipe, denoiser, noise_scheduler, encodings: Encodings, uncond:
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     reference = noise_scheduler.add_noise(cond_lat, pipe.reference_noise(cond_lat, generator), timesteps)
     velocity = noise_scheduler.get_velocity(latents, noise, timesteps)
-    prediction = denoiser(noisy, timesteps, prompt, reference)
-    return F.mse_loss(prediction.float(), velocity.float())
+    return StepInputs(noisy, timesteps, prompt, reference, velocity)
+
+
+def velocity_loss(denoiser, inputs: StepInputs):
+    """The v-prediction MSE: the denoiser's v (reference pass, then main pass) against the scheduler's velocity."""
+    import torch.nn.functional as F
+
+    prediction = denoiser(inputs.noisy, inputs.timesteps, inputs.prompt, inputs.reference)
+    return F.mse_loss(prediction.float(), inputs.velocity.float())
 
 
 @dataclasses.dataclass
@@ -250,7 +278,8 @@ class Trainer:
         from accelerate import Accelerator
         from diffusers import DDPMScheduler
 
-        from img2mesh.train.lora import add_lora
+        from img2mesh.train.graph import GraphedBackward
+        from img2mesh.train.lora import add_lora, keep_input_dtype
         from img2mesh.zero123pp import Zero123PlusPipeline
 
         config = self.config
@@ -277,6 +306,7 @@ class Trainer:
             params = [p for p in unet.parameters() if p.requires_grad]
             for p in params:  # the adapter trains in fp32 over the frozen (bf16) base
                 p.data = p.data.float()
+            keep_input_dtype(unet)
         else:
             unet.float().requires_grad_(True)
             params = list(unet.parameters())
@@ -292,6 +322,10 @@ class Trainer:
         self.cache: dict[int, tuple] = {}
         """Training pair index → its encodings (condition posterior, prompt, target posterior) on the CPU."""
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.graphed: GraphedBackward | None = None
+        """The forward and backward pass replayed from a CUDA graph (one CUDA process, ``cuda_graphs``)."""
+        if config.cuda_graphs and accelerator.device.type == "cuda" and accelerator.num_processes == 1:
+            self.graphed = GraphedBackward(self.backward)
         if self.start:
             self._restore(self.out / CHECKPOINTS / f"step-{self.start:06d}" / "state.pt")
 
@@ -306,7 +340,6 @@ class Trainer:
         if accelerator.is_main_process:
             self._write_run_files()
         loader = self._loader()
-        bank = self.pipe.denoiser.bank
         losses: list[float] = []
         bar = tqdm(
             total=config.steps, initial=self.start, desc="training", unit="step",
@@ -315,17 +348,12 @@ class Trainer:
         started = time.perf_counter()
         for step, (indices, conditions, targets) in zip(range(self.start, config.steps), loader, strict=False):
             generator = torch.Generator().manual_seed(step_seed(config.seed, step, accelerator.process_index))
-            bank.retain = config.gradient_checkpointing
-            try:
-                loss = self.loss(conditions, targets, generator, config.cfg_dropout, indices)
-                accelerator.backward(loss)
-            finally:
-                bank.retain = False
-                bank.clear()
+            inputs = self.inputs(conditions, targets, generator, config.cfg_dropout, indices)
+            loss = self.graphed(*inputs) if self.graphed is not None else self.backward(*inputs)
             accelerator.clip_grad_norm_(self.params, config.grad_clip)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=self.graphed is None)  # a graph adds into the .grad it knows
             self.lr_schedule.step()
             value = accelerator.reduce(loss.detach(), "mean").item()
             losses.append(value)
@@ -344,10 +372,38 @@ class Trainer:
 
     def loss(self, conditions, targets, generator, dropout: float, indices: list[int] | None = None):
         """The training loss of a batch of pairs (``indices`` into the training pairs let their encodings be kept)."""
+        return velocity_loss(self.denoiser, self.inputs(conditions, targets, generator, dropout, indices))
+
+    def inputs(self, conditions, targets, generator, dropout: float, indices: list[int] | None = None) -> StepInputs:
+        """A batch's encodings and random draws (:func:`step_inputs`)."""
         if self.uncond is None:
             self.uncond = unconditional(self.pipe, conditions[0])
         encodings = self.encodings(conditions, targets, indices)
-        return training_loss(self.pipe, self.denoiser, self.noise_scheduler, encodings, self.uncond, generator, dropout)
+        return step_inputs(self.pipe, self.noise_scheduler, encodings, self.uncond, generator, dropout)
+
+    def backward(self, *inputs):
+        """The loss of a step's inputs and its gradients, added into the trainable parameters' ``.grad``; returns
+        the loss, detached. The reference keys and values are kept for the recomputation and dropped after."""
+        bank = self.pipe.denoiser.bank
+        bank.retain = self.config.gradient_checkpointing
+        try:
+            with self._attention_kernels():
+                loss = velocity_loss(self.denoiser, StepInputs(*inputs))
+                self.accelerator.backward(loss)
+        finally:
+            bank.retain = False
+            bank.clear()
+        return loss.detach()
+
+    def _attention_kernels(self):
+        """Graphed, attention runs on the FlashAttention and memory-efficient kernels, not cuDNN's: cuDNN's has had
+        capture bugs at long non-causal sequences like the reference attention's (PyTorch and TransformerEngine
+        turn it off for CUDA graphs there on some cuDNN versions)."""
+        if self.graphed is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def encodings(self, conditions, targets, indices: list[int] | None) -> Encodings:
         """The batch's encodings: kept ones from host memory (``cache_encodings``), the others encoded now."""

@@ -157,3 +157,21 @@ def test_a_full_fine_tune_is_a_model_folder_that_loads(pairs: Path, small_model:
     assert loaded.keys() == trained.keys()
     assert all(torch.equal(loaded[name], trained[name]) for name in loaded)
     assert any(not torch.equal(loaded[name], base[name]) for name in loaded)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_steps_train_like_eager_steps(pairs: Path, small_model: Path, tmp_path: Path):
+    """From the third step on, steps replay the captured graph: same draws, same gradients, the eager run's curve."""
+    runs = {}
+    for graphs in (False, True):
+        trainer = make_trainer(pairs, small_model, tmp_path / str(graphs), steps=8, cuda_graphs=graphs)
+        start = {n: v.float() for n, v in trainer.trainable_state().items()}
+        trainer.run()
+        runs[graphs] = (logged_losses(tmp_path / str(graphs)), trainer.trainable_state())
+        if graphs:
+            assert trainer.graphed is not None and trainer.graphed.graph is not None and not trainer.graphed.failed
+    (eager_losses, eager), (graph_losses, graphed) = runs[False], runs[True]
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-2)
+    for name, value in eager.items():  # the graph's updates are the eager ones (up to bf16 rounding)
+        moved = (value.float() - start[name]).norm()
+        assert (graphed[name].float() - value.float()).norm() <= 0.1 * moved + 1e-6, name
