@@ -159,19 +159,24 @@ def test_a_full_fine_tune_is_a_model_folder_that_loads(pairs: Path, small_model:
     assert any(not torch.equal(loaded[name], base[name]) for name in loaded)
 
 
+def trained_weights(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([value.float().flatten() for value in trainer.trainable_state().values()])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graph_steps_train_like_eager_steps(pairs: Path, small_model: Path, tmp_path: Path):
-    """From the third step on, steps replay the captured graph: same draws, same gradients, the eager run's curve."""
+    """From the third step on, steps replay the captured graph; with the capture held off, the same code runs every
+    step eagerly. Both draw the same inputs and make the same updates, up to bf16 rounding and the attention
+    backward's atomics (so close, not equal)."""
     runs = {}
     for graphs in (False, True):
-        trainer = make_trainer(pairs, small_model, tmp_path / str(graphs), steps=8, cuda_graphs=graphs)
-        start = {n: v.float() for n, v in trainer.trainable_state().items()}
+        trainer = make_trainer(pairs, small_model, tmp_path / str(graphs), steps=8, learning_rate=1e-3)
+        if not graphs:
+            trainer.graphed.warmup = trainer.config.steps  # never captured
+        start = trained_weights(trainer)
         trainer.run()
-        runs[graphs] = (logged_losses(tmp_path / str(graphs)), trainer.trainable_state())
-        if graphs:
-            assert trainer.graphed is not None and trainer.graphed.graph is not None and not trainer.graphed.failed
-    (eager_losses, eager), (graph_losses, graphed) = runs[False], runs[True]
-    assert graph_losses == pytest.approx(eager_losses, rel=1e-2)
-    for name, value in eager.items():  # the graph's updates are the eager ones (up to bf16 rounding)
-        moved = (value.float() - start[name]).norm()
-        assert (graphed[name].float() - value.float()).norm() <= 0.1 * moved + 1e-6, name
+        assert (trainer.graphed.graph is not None) == graphs and not trainer.graphed.failed
+        runs[graphs] = (logged_losses(tmp_path / str(graphs)), trained_weights(trainer) - start)
+    (eager_losses, eager_update), (graph_losses, graph_update) = runs[False], runs[True]
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
+    assert (graph_update - eager_update).norm() <= 0.1 * eager_update.norm()
