@@ -8,7 +8,7 @@ launch. What the step must obey, so that one recording serves every step:
 - static shapes and no host synchronisation inside (no ``.item()``, no printing, no Python branching on tensor values);
 - every per-step input (ray batch, schedule values, learning rates) is read on the device from tensors prepared before
   the run, indexed by a step counter that the step itself advances;
-- the optimiser keeps its state on the device (``Adam(fused=True, capturable=True)``) and takes tensor learning rates.
+- the optimiser keeps its state on the device (fused, capturable Adam) and takes tensor learning rates.
 
 On the CPU (or with graphs switched off) the very same step runs eagerly, so both paths share one definition.
 """
@@ -82,22 +82,52 @@ class StepSchedule:
 class ScheduledAdam:
     """Adam with one parameter per group, each group's learning rate read from a schedule row on the device.
 
-    Fused, with tensor learning rates, and capturable on CUDA: the update never touches the host.
+    The update is torch's fused Adam kernel (``torch._fused_adam_``), called as ``torch.optim.Adam(fused=True,
+    capturable=True)`` calls it for one parameter with a tensor learning rate, so the numbers are the same; the
+    update never touches the host. Not through ``torch.optim``: its first use imports ``torch._dynamo`` (its methods
+    are wrapped to keep dynamo out), some 2 s of every cold ``img2mesh recon`` call that nothing else needs
+    (benchmarks/RESULTS.md, "cold CLI calls").
     """
 
     def __init__(self, groups: list[tuple[torch.nn.Parameter, torch.Tensor]], betas: tuple[float, float]):
+        self.params = [param for param, _ in groups]
         self.rates = [rates for _, rates in groups]
-        self.optimiser = torch.optim.Adam(
-            [{"params": [param], "lr": rates[0].clone()} for param, rates in groups],
-            betas=betas,
-            fused=True,
-            capturable=groups[0][0].device.type == "cuda",
-        )
+        self.lrs = [rates[0].clone() for rates in self.rates]
+        self.betas = betas
+        self.eps = 1e-8  # torch.optim.Adam's default
+        # Adam's state as torch.optim keeps it for a fused, capturable Adam: float32 step count on the device.
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
 
     def step(self, loss: torch.Tensor, counter: torch.Tensor) -> None:
         """Back-propagate ``loss`` and update every parameter with its learning rate of step ``counter``."""
-        self.optimiser.zero_grad(set_to_none=True)
+        for param in self.params:
+            param.grad = None
         loss.backward()
-        for group, rates in zip(self.optimiser.param_groups, self.rates, strict=True):
-            group["lr"].copy_(rates.index_select(0, counter)[0])
-        self.optimiser.step()
+        with torch.no_grad():
+            self._update(counter)
+
+    def _update(self, counter: torch.Tensor) -> None:
+        for i, (param, rates, lr) in enumerate(zip(self.params, self.rates, self.lrs, strict=True)):
+            lr.copy_(rates.index_select(0, counter)[0])
+            if param.grad is None:  # torch.optim skips a parameter without a gradient, its step count too
+                continue
+            torch._foreach_add_([self.steps[i]], 1)
+            torch._fused_adam_(
+                [param],
+                [param.grad],
+                [self.exp_avgs[i]],
+                [self.exp_avg_sqs[i]],
+                [],
+                [self.steps[i]],
+                amsgrad=False,
+                lr=lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                weight_decay=0.0,
+                eps=self.eps,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
