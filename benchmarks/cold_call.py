@@ -3,14 +3,16 @@
 ``serve_latency.py``'s cold phase runs ``img2mesh recon`` and ``img2mesh views`` through this wrapper, so one call
 gives both the wall time a user sees and its parts: interpreter start, the imports (done here first, in the order
 the command would do them, so the total is the command's), the CUDA context, the model load, the first denoising
-step (graph capture and its warm-up) and the rest of the views. Nothing of the command changes, except with
+step (graph capture and its warm-up) and the rest of the views; for ``recon`` the hull, each fitting stage's first
+step and first replayed step, the fit, meshing and texturing, the export. Nothing of the command changes, except with
 ``--no-cudnn-benchmark``, a diagnostic variant: the fast path without cuDNN's per-shape autotuning, to tell how much of
 the first step that autotuning is.
 
     python benchmarks/cold_call.py views PHOTO -o OUT --model MODEL -v
     python benchmarks/cold_call.py recon GRID --export m.glb -v
 
-Prints the command's own output, then one line ``timeline {json}`` on stderr (seconds since this process started).
+Prints the command's own output, then one line ``timeline {json}`` on stderr (seconds since this process started)
+and one line ``modules [...]``: which of the libraries that take seconds to import (:data:`HEAVY`) it loaded.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def main() -> None:
     argv = [a for a in argv if a != "--no-cudnn-benchmark"]
     command = argv[0] if argv else ""
     mark("interpreter")
-    atexit.register(lambda: print("timeline " + json.dumps(MARKS), file=sys.stderr, flush=True))
+    atexit.register(_report)
 
     from img2mesh.cli import main as cli
 
@@ -62,6 +64,7 @@ def main() -> None:
         import recon.reconstruct  # noqa: F401
 
         mark("import_recon")
+        _patch_recon()
     if torch.cuda.is_available():
         torch.zeros(1, device="cuda")
         torch.cuda.synchronize()
@@ -71,6 +74,74 @@ def main() -> None:
         cli()
     finally:
         mark("end")
+
+
+#: Libraries whose import costs seconds: which of them the command loaded (``modules {json}`` at exit).
+HEAVY = ("torch._dynamo", "sympy", "diffusers", "transformers", "peft", "scipy.stats", "trimesh", "networkx")
+
+
+def _report() -> None:
+    print("timeline " + json.dumps(MARKS), file=sys.stderr, flush=True)
+    print("modules " + json.dumps([m for m in HEAVY if m in sys.modules]), file=sys.stderr, flush=True)
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _patch_recon() -> None:
+    """Marks around the hull, each fitting stage (its first step: the warm-up and the graph capture, synchronised),
+    the fit, the meshing and texturing and the export."""
+    import recon.asset
+    import recon.export
+    import recon.fit
+
+    carve, run_steps, fit = recon.fit.Hull.carve.__func__, recon.fit.run_steps, recon.fit.fit_fields
+    finish, export = recon.asset.finish_asset, recon.export.export_levels
+    stage = [0]
+
+    def timed_carve(cls, *args, **kwargs):
+        out = carve(cls, *args, **kwargs)
+        _synchronize()
+        mark("hull")
+        return out
+
+    def timed_run_steps(step, count, device, graphs=True, after_step=None):
+        done = [0]
+
+        def after() -> None:
+            # Step 1: the first eager step (kernels loaded at first use); step 4: after the eager warm-up steps,
+            # the capture and the first replay where a graph is used (recon.graph_steps.WARMUP_STEPS = 3).
+            if after_step is not None:
+                after_step()
+            done[0] += 1
+            if done[0] in (1, 4):
+                _synchronize()
+                mark(f"stage{stage[0]}_step{done[0]}")
+
+        out = run_steps(step, count, device, graphs, after)
+        _synchronize()
+        mark(f"stage{stage[0]}_end")
+        stage[0] += 1
+        return out
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            mark(f"{name}_start")
+            out = function(*args, **kwargs)
+            mark(f"{name}_end")
+            return out
+
+        return wrapper
+
+    recon.fit.Hull.carve = classmethod(timed_carve)
+    recon.fit.run_steps = timed_run_steps
+    recon.fit.fit_fields = timed("fit", fit)
+    recon.asset.finish_asset = timed("finish", finish)
+    recon.export.export_levels = timed("export", export)
 
 
 def _patch_views(Img2Mesh, Pipeline, no_autotune: bool) -> None:

@@ -11,7 +11,8 @@ weights draw noise, which nothing can mesh). Phases, in this order, each skipped
 3. ``cold`` (while the server idles): one process per call as a user runs it, each through ``cold_call.py`` (its
    timeline: imports, CUDA context, model load, first denoising step, the rest): ``img2mesh recon GRID --export``,
    ``img2mesh views PHOTO``, and with ``--reference`` the public reference pipeline's cold call beside them
-   (``reference_views.py``); ``--cold-variants`` adds views without cuDNN autotuning and with ``--compile off``.
+   (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and without cuDNN autotuning and
+   recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change).
 4. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran; resident memory (server and its worker
    processes), GPU memory (nvidia-smi, the whole card) and the server's own CUDA allocator after job 5, after the
    burst and after each chunk: a curve, which tells a one-off step from a slope.
@@ -307,7 +308,9 @@ def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) 
     for line in (done.stdout + done.stderr).splitlines():
         with contextlib.suppress(ValueError):
             if line.startswith("timeline "):
-                timeline = json.loads(line.removeprefix("timeline "))
+                timeline = json.loads(line.removeprefix("timeline ")) | timeline
+            elif line.startswith("modules "):
+                timeline["modules"] = json.loads(line.removeprefix("modules "))
             elif line.startswith('{"reference"'):
                 timeline = json.loads(line)["reference"]
     if done.returncode != 0:
@@ -327,11 +330,18 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
         reference = [py, str(REPO / "benchmarks" / "reference_views.py"), "--pipeline", str(args.reference)]
         reference += ["--model", model, "--photo", str(PHOTOS[0]), "--out", str(work / "reference.png")]
         calls.append(("reference pipeline (load, 75 steps, save)", reference))
-    recon = [*wrapper, "recon", str(GRID), "--export", str(work / "m.glb"), "-v", *extra]
-    calls.append(("img2mesh recon GRID --export", recon))
+    recon = ["recon", str(GRID), "--export", str(work / "m.glb"), "-v", *extra]
+    calls.append(("img2mesh recon GRID --export", [*wrapper, *recon]))
+    if args.cold_variants:
+        calls.append(("img2mesh views PHOTO --compile off", [*wrapper, *views, "--compile", "off"]))
+        graphs_off = [*recon, "--set", "recon.cuda_graphs=false"]
+        calls.append(("img2mesh recon GRID --export, recon.cuda_graphs=false", [*wrapper, *graphs_off]))
+    if args.cold_baseline:  # the same calls from another checkout (the code before a change), same run, same card
+        before = [py, str(args.cold_baseline.resolve() / "benchmarks" / "cold_call.py")]
+        calls.append(("img2mesh recon GRID --export (baseline)", [*before, *recon]))
+        calls.append(("img2mesh views PHOTO (baseline)", [*before, *views]))
     if args.cold_variants:
         calls.append(("img2mesh views PHOTO, no cuDNN autotune", [*wrapper, "--no-cudnn-benchmark", *views]))
-        calls.append(("img2mesh views PHOTO --compile off", [*wrapper, *views, "--compile", "off"]))
     rows = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cold_warm_cache:  # the page cache a user's earlier commands leave: the first call pays no disk reads
@@ -346,7 +356,11 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
         if clock.left() < (30 if "views" in name or "reference" in name else 15):
             rows.append({"call": name, "seconds": None, "output": "skipped: deadline"})
             continue
-        seconds, output, timeline = timed(command, env=env, cwd=REPO)
+        call_env = env
+        if "(baseline)" in name:  # its own img2mesh and recon first on the path
+            paths = [str(args.cold_baseline.resolve()), os.environ.get("PYTHONPATH", "")]
+            call_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        seconds, output, timeline = timed(command, env=call_env, cwd=REPO)
         rows.append(
             {"call": name, "seconds": seconds, "timeline": timeline, "output": output.strip().splitlines()[-4:]}
         )
@@ -436,7 +450,8 @@ def table(result: dict) -> str:
     if result.get("cold"):
         lines += ["| one cold process | wall s | timeline (s since start) |", "| --- | ---: | --- |"]
         for row in result["cold"]:
-            timeline = ", ".join(f"{k} {v:.2f}" for k, v in (row.get("timeline") or {}).items())
+            marks = {k: v for k, v in (row.get("timeline") or {}).items() if isinstance(v, float | int)}
+            timeline = ", ".join(f"{k} {v:.2f}" for k, v in marks.items())
             lines.append(f"| `{row['call']}` | {num(row['seconds'])} | {timeline} |")
     return "\n".join(lines)
 
@@ -456,6 +471,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--cold-warm-cache", action="store_true", help="import the libraries once, untimed, before the cold calls"
+    )
+    parser.add_argument(
+        "--cold-baseline", type=Path, help="another checkout (the code before a change): its recon and views cold too"
     )
     parser.add_argument("--sequential", type=int, default=10, help="photos one at a time")
     parser.add_argument("--burst", type=int, default=10, help="photos submitted at once")

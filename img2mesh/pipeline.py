@@ -122,7 +122,7 @@ class Img2Mesh:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        enable_fast_path(pipe, compile_mode, offload=offload, images=images)
+        enable_fast_path(pipe, compile_mode, offload=offload, images=images, steps=multiview.steps)
         if multiview.normals:
             self._controlnet = load_normal_controlnet(multiview.normals_model, torch_dtype=self.dtype)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="diffusion")

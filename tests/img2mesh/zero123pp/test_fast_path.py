@@ -22,6 +22,7 @@ from img2mesh.zero123pp.fast_step import (
     auto_mode,
     disable_fast_path,
     enable_fast_path,
+    graphs_repaid,
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
@@ -77,6 +78,11 @@ def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monke
     assert auto_mode(cuda=True, offload=True, can_compile=True, images=cold, cache_filled=True) == "graphs"
     assert auto_mode(cuda=False, offload=False, can_compile=True, images=cold, cache_filled=True) == "off"
     assert resolve_mode("auto", "cpu", images=cold) == "off"
+    # Eager where the graphs' shorter steps do not repay their longer warm-up (few steps, one image).
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=1, cache_filled=False, steps=1) == "off"
+    assert auto_mode(cuda=True, offload=False, can_compile=False, images=1, cache_filled=False, steps=1) == "off"
+    assert auto_mode(cuda=True, offload=False, can_compile=True, images=cached - 1, cache_filled=True) == "graphs"
+    assert graphs_repaid(1, 10_000) and not graphs_repaid(1, 1)
     # The cache counts as filled once a first compilation left its marker there.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert not precompiled_before()
