@@ -11,7 +11,7 @@ weights draw noise, which nothing can mesh). Phases, in this order, each skipped
 3. ``cold`` (while the server idles): one process per call as a user runs it, each through ``cold_call.py`` (its
    timeline: imports, CUDA context, model load, first denoising step, the rest): ``img2mesh recon GRID --export``,
    ``img2mesh views PHOTO``, and with ``--reference`` the public reference pipeline's cold call beside them
-   (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and without cuDNN autotuning and
+   (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and with cuDNN autotuning and
    recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change).
 4. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran; resident memory (server and its worker
    processes), GPU memory (nvidia-smi, the whole card) and the server's own CUDA allocator after job 5, after the
@@ -341,7 +341,7 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
         calls.append(("img2mesh recon GRID --export (baseline)", [*before, *recon]))
         calls.append(("img2mesh views PHOTO (baseline)", [*before, *views]))
     if args.cold_variants:
-        calls.append(("img2mesh views PHOTO, no cuDNN autotune", [*wrapper, "--no-cudnn-benchmark", *views]))
+        calls.append(("img2mesh views PHOTO, cuDNN autotune", [*wrapper, "--cudnn-benchmark", *views]))
     rows = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cold_warm_cache:  # the page cache a user's earlier commands leave: the first call pays no disk reads
@@ -467,7 +467,9 @@ def main() -> None:
     )
     parser.add_argument("--reference", type=Path, help="folder of the reference pipeline.py: its cold call too")
     parser.add_argument(
-        "--cold-variants", action="store_true", help="also views without cuDNN autotuning and with --compile off"
+        "--cold-variants",
+        action="store_true",
+        help="also views with cuDNN autotuning and with --compile off, recon eager",
     )
     parser.add_argument(
         "--cold-warm-cache", action="store_true", help="import the libraries once, untimed, before the cold calls"

@@ -44,10 +44,10 @@ RECOMPILE_LIMIT = 128
 #: Images per process from which "auto" compiles, with and without a compile cache that a previous run filled:
 #: where the time saved per image repays the longer warm-up (benchmarks/RESULTS.md).
 BLOCKS_FROM_IMAGES = {"cached": 8, "cold": 40}
-#: Eager against "graphs" on CUDA: the first call's extra seconds in a fresh process (cuDNN and cuBLAS loading,
-#: and for the graphs autotuning, two eager warm-up steps and the capture) and the warm ms per denoising step
-#: (benchmarks/RESULTS.md: "Zero123++ fast path" run 7, H200; "cold CLI calls" run 3).
-WARMUP_S = {"off": 4.4, "graphs": 5.7}
+#: Eager against "graphs" on CUDA: seconds of the first denoising step of a cold ``img2mesh views`` call (kernels
+#: loaded at first use; for the graphs also two eager warm-up steps, the capture and the replay) and the warm ms per
+#: step (H200; benchmarks/RESULTS.md, "cold CLI calls" run 3 and "Zero123++ fast path" run 7).
+WARMUP_S = {"off": 1.41, "graphs": 1.67}
 STEP_MS = {"off": 52.9, "graphs": 28.9}
 
 
@@ -141,7 +141,8 @@ class GraphedStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            # Compiles, autotunes convolutions (cudnn.benchmark) and lets lazy allocations happen before capture.
+            # Compiles, autotunes convolutions (cudnn.benchmark, compiled mode) and lets lazy allocations happen
+            # before capture.
             for _ in range(self.warmup):
                 self.step(*args)
         torch.cuda.current_stream().wait_stream(side)
@@ -269,7 +270,10 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: in
         return mode
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.denoiser.fuse_projections()
-    torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape once, at warm-up
+    if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up, as the compile workers do
+        torch.backends.cudnn.benchmark = True
+    # "graphs" keeps cuDNN's heuristics: autotuning cost a cold one-image call 2.7 s (its first step 3.4 s against
+    # 1.7 s) and the 74 replayed steps were no faster (2.9 s against 2.4 s; RESULTS "cold CLI calls", run 3).
     pipe.denoiser.bank.stream = torch.cuda.Stream(device)
     backend = "inductor" if mode == COMPILED_MODE else None
     pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, backend, graphed=True)
