@@ -1,18 +1,13 @@
 """Zero123++ (SUDO AI, 2023): our implementation of the multi-view diffusion stage on diffusers/transformers.
 
 ``from img2mesh.zero123pp import Zero123PlusPipeline`` works, but torch and diffusers load only on first use of a
-heavy name, so importing the config (as the CLI does at start-up) stays cheap. Importing the package also defers
-the ``__init__`` of diffusers' model-zoo packages (:mod:`.deferred_imports`), before any module here imports diffusers.
+heavy name, so importing the config (as the CLI does at start-up) stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from img2mesh.zero123pp import deferred_imports
-
-deferred_imports.install()
 
 _LAZY = {
     "Zero123PlusPipeline": "img2mesh.zero123pp.pipeline",
