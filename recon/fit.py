@@ -105,7 +105,10 @@ def fit_fields(
         raise InputError("The views' masks share no common volume, so their cameras do not match; check --poses.")
     box = hull.box()
     normals = views.normals is not None and recon.normal_weight > 0
-    rays = pixel_rays(views, recon.image_size, dev, normals=normals, edge_band=recon.edge_band)
+    rays = pixel_rays(
+        views, recon.image_size, dev, normals=normals, edge_band=recon.edge_band, pixels=recon.registration
+    )
+    corrections = ViewCorrections.for_views(views, recon, rays)  # every pixel's targets, before the hull drops rays
     rays = clip_to_hull(rays, hull.allowed, hull.cube, recon.hull_resolution, 2 * hull.voxel)
     timings["hull"] = time.perf_counter() - start
 
@@ -127,7 +130,6 @@ def fit_fields(
             area=recon.area_weight / float(grid.surface_area()),
             normal=recon.normal_weight if normals else 0.0,
         )
-    corrections = ViewCorrections.for_views(views, recon, dev, normals)
     done = 0
     losses: dict[str, float] = {}
     for stage, (resolution, iterations) in enumerate(zip(recon.resolutions, recon.iterations, strict=True)):
@@ -243,7 +245,9 @@ class ViewCorrections:
     warps: ViewWarp | None
 
     @classmethod
-    def for_views(cls, views: PosedViews, recon: ReconConfig, device: torch.device, normals: bool) -> ViewCorrections:
+    def for_views(cls, views: PosedViews, recon: ReconConfig, rays: RayBatch) -> ViewCorrections:
+        """The corrections ``recon`` asks for, on the device of ``rays`` (:func:`pixel_rays` of every pixel)."""
+        device = rays.origins.device
         cameras = None
         if recon.camera_refinement:
             focal = float(views.intrinsics[0, 0, 0]) * recon.image_size / views.size[1]
@@ -251,8 +255,7 @@ class ViewCorrections:
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
         warps = None
         if recon.registration:
-            size, cells = recon.image_size, recon.registration_cells
-            warps = ViewWarp.for_views(views, size, cells, recon.registration_blur, device, normals, recon.edge_band)
+            warps = ViewWarp.for_rays(rays, len(views), recon.registration_cells, recon.registration_blur)
         return cls(cameras, colours, warps)
 
     def parameter_groups(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recon.posed_views import PosedViews
-from recon.volume_render import RayBatch, Rendered, edge_weights, resized_views, world_normals
+from recon.volume_render import RayBatch, Rendered
 
 
 class PoseRefinement(torch.nn.Module):
@@ -126,31 +126,15 @@ class ViewWarp(torch.nn.Module):
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
 
     @classmethod
-    def for_views(
-        cls, views: PosedViews, size: int, cells: int, blur: float, device: torch.device, normals: bool, band: float
-    ) -> ViewWarp:
-        """The fields of ``views`` fitted at side ``size``, over the targets :func:`recon.volume_render.pixel_rays`
-        gives them (``normals``, ``band``: with their normals and edge weights)."""
-        images, masks, _ = resized_views(views, size)
-        channels = [images.permute(0, 2, 3, 1), masks[..., None]]
-        if band > 0:
-            channels.append(edge_weights(masks, band)[..., None])
-        if normals:
-            channels.append(world_normals(views, size, torch.as_tensor(views.cam_to_world, dtype=torch.float32)))
-        return cls(torch.cat(channels, dim=-1).to(device), cells, blur)
+    def for_rays(cls, rays: RayBatch, count: int, cells: int, blur: float) -> ViewWarp:
+        """The fields of ``count`` views over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`)."""
+        values = target_values(rays)
+        size = round((len(rays) // count) ** 0.5)
+        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur)
 
     def displacement(self, view: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
         """(R, 2) the field of each ray's view at its pixel (R, 2), pixels."""
-        cells = self.offset.shape[1]
-        node = pixel * ((cells - 1) / self.targets.shape[1])
-        # Dense tent weights and a one-hot product rather than a gather: the gather's backward would add every ray's
-        # gradient into a few dozen parameters with atomics, one at a time.
-        ticks = torch.arange(cells, device=pixel.device, dtype=pixel.dtype)
-        wx = (1 - (node[:, :1] - ticks).abs()).clamp_min(0)
-        wy = (1 - (node[:, 1:] - ticks).abs()).clamp_min(0)
-        weights = (wy[:, :, None] * wx[:, None, :]).reshape(-1, 1, cells * cells)
-        rows = F.one_hot(view, self.offset.shape[0]).to(self.offset.dtype) @ self.offset.reshape(len(self.offset), -1)
-        return (weights @ rows.reshape(-1, cells * cells, 2))[:, 0]
+        return field_at(self.offset, view, pixel * ((self.offset.shape[1] - 1) / self.targets.shape[1]))
 
     def apply(self, rays: RayBatch) -> RayBatch:
         """The rays with their targets read through their views' fields.
@@ -160,11 +144,7 @@ class ViewWarp(torch.nn.Module):
         """
         read = bilinear(self.targets, rays.view, rays.pixel + self.displacement(rays.view, rays.pixel) - 0.5)
         sharp, smooth = read.split(self.channels, -1)
-        read = sharp.detach() + smooth - smooth.detach()
-        channels = read.split([3, 1] + [1] * (rays.edge_weight is not None) + [3] * (rays.normal is not None), -1)
-        edge = channels[2][:, 0] if rays.edge_weight is not None else None
-        normal = channels[-1] if rays.normal is not None else None
-        return dataclasses.replace(rays, rgb=channels[0], mask=channels[1][:, 0], edge_weight=edge, normal=normal)
+        return with_target_values(rays, sharp.detach() + smooth - smooth.detach())
 
     def penalty(self) -> torch.Tensor:
         """Mean squared displacement per node, pixels²."""
@@ -173,6 +153,42 @@ class ViewWarp(torch.nn.Module):
     def fields(self) -> np.ndarray:
         """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""
         return (self.offset.detach() / self.targets.shape[1]).cpu().numpy()
+
+
+def target_values(rays: RayBatch) -> torch.Tensor:
+    """(R, C) each ray's targets side by side: RGB, mask, then edge weight and normal where the rays carry them."""
+    values = [rays.rgb, rays.mask[:, None]]
+    if rays.edge_weight is not None:
+        values.append(rays.edge_weight[:, None])
+    if rays.normal is not None:
+        values.append(rays.normal)
+    return torch.cat(values, dim=-1)
+
+
+def with_target_values(rays: RayBatch, values: torch.Tensor) -> RayBatch:
+    """``rays`` with their targets replaced by ``values`` (R, C), laid out as :func:`target_values` lays them out."""
+    rest = values[:, 4:]
+    edge = None
+    if rays.edge_weight is not None:
+        edge, rest = rest[:, 0], rest[:, 1:]
+    normal = rest if rays.normal is not None else None
+    return dataclasses.replace(rays, rgb=values[:, :3], mask=values[:, 3], edge_weight=edge, normal=normal)
+
+
+def field_at(offset: torch.Tensor, view: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+    """(R, 2) the displacement fields ``offset`` (N, c, c, 2) of views ``view`` (R,) at ``node`` (R, 2) = (x, y) in
+    units of the node spacing, bilinearly.
+
+    Dense tent weights and a one-hot product rather than a gather: the gather's backward would add every ray's
+    gradient into a few dozen parameters with atomics, one at a time.
+    """
+    cells = offset.shape[1]
+    ticks = torch.arange(cells, device=node.device, dtype=node.dtype)
+    wx = (1 - (node[:, :1] - ticks).abs()).clamp_min(0)
+    wy = (1 - (node[:, 1:] - ticks).abs()).clamp_min(0)
+    weights = (wy[:, :, None] * wx[:, None, :]).reshape(-1, 1, cells * cells)
+    rows = F.one_hot(view, offset.shape[0]).to(offset.dtype) @ offset.reshape(len(offset), -1)
+    return (weights @ rows.reshape(-1, cells * cells, 2))[:, 0]
 
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -213,7 +229,7 @@ def warp_images(images: np.ndarray, fields: np.ndarray) -> np.ndarray:
     pixel = torch.stack([x, y], -1).reshape(-1, 2).repeat(count, 1)
     view = torch.arange(count).repeat_interleave(height * width)
     cells = torch.tensor([(fields.shape[2] - 1) / width, (fields.shape[1] - 1) / height])
-    moved = pixel + bilinear(field, view, pixel * cells) - 0.5
+    moved = pixel + field_at(field, view, pixel * cells) - 0.5
     return bilinear(table, view, moved).reshape(count, height, width, channels).numpy()
 
 
@@ -245,8 +261,8 @@ def corrected_views(
     """``views`` seen through corrected cameras, registered through their fields (N, c, c, 2) and with their colour
     transforms (N, 3, 4) undone (for baking)."""
     if warps is not None:
-        masks = warp_images(views.masks[..., None], warps)[..., 0]
-        views = dataclasses.replace(views, images=warp_images(views.images, warps).clip(0, 1), masks=masks.clip(0, 1))
+        warped = warp_images(np.concatenate([views.images, views.masks[..., None]], axis=-1), warps).clip(0, 1)
+        views = dataclasses.replace(views, images=warped[..., :3], masks=warped[..., 3])
     if cam_to_world is not None:
         views = dataclasses.replace(views, cam_to_world=cam_to_world)
     if colour is not None:

@@ -80,18 +80,23 @@ def resized_views(views: PosedViews, size: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def pixel_rays(
-    views: PosedViews, size: int, device: torch.device, normals: bool = False, edge_band: float = 0.0
+    views: PosedViews,
+    size: int,
+    device: torch.device,
+    normals: bool = False,
+    edge_band: float = 0.0,
+    pixels: bool = False,
 ) -> RayBatch:
-    """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now.
+    """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now, in
+    view-major, row-major order.
 
     ``normals`` (views with :attr:`PosedViews.normals` only) also gives each ray its target normal in world space;
-    ``edge_band`` > 0 gives each ray its :attr:`RayBatch.edge_weight`.
+    ``edge_band`` > 0 gives each ray its :attr:`RayBatch.edge_weight`; ``pixels`` its :attr:`RayBatch.pixel`.
     """
     images, masks, k = resized_views(views, size)
     c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
     j, i = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     origins, directions, view = [], [], []
-    pixel = torch.stack([i, j], dim=-1).reshape(-1, 2).repeat(len(views), 1)
     for n in range(len(views)):
         x = (i - k[n, 0, 2]) / k[n, 0, 0]
         y = -(j - k[n, 1, 2]) / k[n, 1, 1]
@@ -111,7 +116,7 @@ def pixel_rays(
         torch.cat(view),
         world_normals(views, size, c2w).reshape(-1, 3) if normals else None,
         edge_weights(masks, edge_band).reshape(-1) if edge_band > 0 else None,
-        pixel,
+        torch.stack([i, j], dim=-1).reshape(-1, 2).repeat(len(views), 1) if pixels else None,
     )
     return rays.to(device)
 
