@@ -144,7 +144,11 @@ class ViewWarp(torch.nn.Module):
         """
         read = bilinear(self.targets, rays.view, rays.pixel + self.displacement(rays.view, rays.pixel) - 0.5)
         sharp, smooth = read.split(self.channels, -1)
-        return with_target_values(rays, sharp.detach() + smooth - smooth.detach())
+        read = with_target_values(rays, sharp.detach() + smooth - smooth.detach())
+        if read.edge_weight is None:
+            return read
+        # A weight of the loss terms, not a target to match: the fields must not learn to shrink it.
+        return dataclasses.replace(read, edge_weight=read.edge_weight.detach())
 
     def penalty(self) -> torch.Tensor:
         """Mean squared displacement per node, pixels²."""

@@ -96,6 +96,14 @@ def test_registration_pulls_a_shifted_view_back(spot):
     assert np.linalg.norm(others, axis=1).max() <= 0.5 * np.linalg.norm(shift), motion
 
 
+def test_registration_with_an_edge_band_fits(spot):
+    # The edge weights are read through the fields too, as a weight of the loss (no gradient to the fields).
+    _, views = spot
+    recon = dataclasses.replace(PLAIN, registration=True, edge_band=1.0, iterations=[10, 10])
+    fields = fit_fields(views, recon, device="cpu", progress=False)
+    assert np.isfinite(fields.view_warps).all() and np.abs(fields.view_warps).max() > 0
+
+
 def test_registered_views_read_through_the_field():
     # What the bake sees: each pixel takes the colour at pixel + field, so a uniform field of +3 px in x moves the
     # view's content 3 px to the left, and a zero field changes nothing.
