@@ -35,7 +35,7 @@ from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
 from recon.view_refinement import ColourCompensation, PoseRefinement, ViewWarp
 from recon.visual_hull import Hull
-from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays
+from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays, resized_views
 
 
 @dataclass
@@ -255,7 +255,8 @@ class ViewCorrections:
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
         warps = None
         if recon.registration:
-            warps = ViewWarp.for_rays(rays, len(views), recon.registration_cells, recon.registration_blur)
+            _, _, k = resized_views(views, recon.image_size)
+            warps = ViewWarp.for_rays(rays, k, views.cam_to_world, recon.registration_cells, recon.registration_blur)
         return cls(cameras, colours, warps)
 
     def parameter_groups(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon.cameras import project_points
 from recon.posed_views import PosedViews
 from recon.volume_render import RayBatch, Rendered
 
@@ -115,7 +116,7 @@ class ViewWarp(torch.nn.Module):
     any affine field, so a misregistration by a similarity is represented exactly.
     """
 
-    def __init__(self, targets: torch.Tensor, cells: int, blur: float):
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor | None = None):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
@@ -124,17 +125,36 @@ class ViewWarp(torch.nn.Module):
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
         self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
+        self.register_buffer(
+            "gauge", torch.zeros(0, self.offset.numel(), device=targets.device) if gauge is None else gauge
+        )
+        """(G, N·cells·cells·2) orthonormal rows: the joint fields that a move of the whole object would explain
+        (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
     @classmethod
-    def for_rays(cls, rays: RayBatch, count: int, cells: int, blur: float) -> ViewWarp:
-        """The fields of ``count`` views over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`)."""
+    def for_rays(cls, rays: RayBatch, intrinsics: torch.Tensor, cam_to_world, cells: int, blur: float) -> ViewWarp:
+        """The fields of the views with ``intrinsics`` (N, 3, 3, at the fitted size) and ``cam_to_world`` (N, 4, 4)
+        over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`)."""
+        count = len(intrinsics)
         values = target_values(rays)
         size = round((len(rays) // count) ** 0.5)
-        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur)
+        gauge = gauge_basis(intrinsics, cam_to_world, size, cells).to(values.device)
+        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge)
+
+    def free_offset(self) -> torch.Tensor:
+        """:attr:`offset` less its part along :attr:`gauge`.
+
+        Six views registered onto a field they also shape have a common freedom: the field may move, turn or scale
+        the object a little and every view's field follow it, at no cost in the loss. Left free, the object drifts
+        away from where the given cameras put it (on clean views that lost ~3 dB of texture PSNR), so the fields may
+        only disagree with one another, never move together.
+        """
+        flat = self.offset.reshape(-1)
+        return (flat - (self.gauge @ flat) @ self.gauge).reshape(self.offset.shape)
 
     def displacement(self, view: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
         """(R, 2) the field of each ray's view at its pixel (R, 2), pixels."""
-        return field_at(self.offset, view, pixel * ((self.offset.shape[1] - 1) / self.targets.shape[1]))
+        return field_at(self.free_offset(), view, pixel * ((self.offset.shape[1] - 1) / self.targets.shape[1]))
 
     def apply(self, rays: RayBatch) -> RayBatch:
         """The rays with their targets read through their views' fields.
@@ -152,11 +172,46 @@ class ViewWarp(torch.nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """Mean squared displacement per node, pixels²."""
-        return (self.offset**2).sum(-1).mean()
+        return (self.free_offset() ** 2).sum(-1).mean()
 
     def fields(self) -> np.ndarray:
         """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""
-        return (self.offset.detach() / self.targets.shape[1]).cpu().numpy()
+        return (self.free_offset().detach() / self.targets.shape[1]).cpu().numpy()
+
+
+def gauge_basis(intrinsics: torch.Tensor, cam_to_world, size: int, cells: int) -> torch.Tensor:
+    """(G, N·cells·cells·2) orthonormal basis of the joint displacement fields (:attr:`ViewWarp.offset` laid flat)
+    that a small similarity of the whole object (translation, rotation, scale about the origin) gives the views.
+
+    Each node's pixel is lifted to the origin's depth and moved by each of the seven generators; its projection's
+    displacement (central differences, float64) is that generator's field at the node.
+    """
+    k = torch.as_tensor(intrinsics, dtype=torch.float64)
+    c2w = torch.as_tensor(np.asarray(cam_to_world), dtype=torch.float64)
+    ticks = torch.arange(cells, dtype=torch.float64) * size / (cells - 1)
+    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+    eye = torch.eye(3, dtype=torch.float64)
+    fields = []
+    for n in range(len(k)):
+        depth = torch.linalg.norm(c2w[n, :3, 3])
+        cam = torch.stack(
+            [(x - k[n, 0, 2]) / k[n, 0, 0] * depth, -(y - k[n, 1, 2]) / k[n, 1, 1] * depth, -depth.expand_as(x)], -1
+        ).reshape(-1, 3)
+        points = cam @ c2w[n, :3, :3].T + c2w[n, :3, 3]
+        motions = torch.cat(
+            [
+                eye[:, None].expand(3, len(points), 3),
+                torch.cross(eye[:, None].expand(3, len(points), 3), points[None].expand(3, -1, -1), dim=-1),
+            ]
+        )
+        motions = torch.cat([motions, points[None]])  # (7, P, 3): three translations, three rotations, a scale
+        step = 1e-4
+        ahead = project_points(points + step * motions, k[n], c2w[n])[0]
+        behind = project_points(points - step * motions, k[n], c2w[n])[0]
+        fields.append((ahead - behind) / (2 * step))  # (7, P, 2)
+    basis = torch.stack(fields, 1).reshape(7, -1)
+    _, singular, rows = torch.linalg.svd(basis, full_matrices=False)
+    return rows[singular > 1e-6 * singular[0]].float()
 
 
 def target_values(rays: RayBatch) -> torch.Tensor:
