@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from recon.evaluation.metrics import aligned, chamfer_fscore, novel_view_metrics
+from recon.evaluation.metrics import chamfer_fscore, novel_view_metrics
 
 #: The meshes kept in the repository (tests/data/meshes), the default set of every quality benchmark.
 MESHES = Path(__file__).resolve().parents[1] / "tests" / "data" / "meshes"
@@ -30,14 +30,8 @@ def mesh_paths(names: list[str] | None, meshes_dir: Path = MESHES) -> list[Path]
 
 
 def score(pred, gt, device: str = "cpu") -> dict[str, float]:
-    """Chamfer, F-scores (with their precision and recall) and novel-view PSNR/SSIM of ``pred`` against ``gt``, the
-    latter also after aligning ``pred`` onto ``gt`` (``psnr_aligned``, ``ssim_aligned``: placement not counted)."""
-    placed = novel_view_metrics(aligned(pred, gt), gt, device=device)
-    return {
-        **chamfer_fscore(pred, gt),
-        **novel_view_metrics(pred, gt, device=device),
-        **{f"{name}_aligned": value for name, value in placed.items()},
-    }
+    """Chamfer, F-scores (with their precision and recall) and novel-view PSNR/SSIM of ``pred`` against ``gt``."""
+    return {**chamfer_fscore(pred, gt), **novel_view_metrics(pred, gt, device=device)}
 
 
 def machine(device: str) -> str:

@@ -33,7 +33,7 @@ from recon.evaluation.imperfections import FAMILIES, ImperfectionConfig, as_user
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 
-METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr", "psnr_aligned", "seconds")
+METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr", "seconds")
 
 
 def one_pixel_edges(image: np.ndarray, hard: np.ndarray, background: np.ndarray, tolerance: float) -> np.ndarray:
@@ -98,28 +98,20 @@ def main(argv: list[str] | None = None) -> None:
                 rows[name, strength, path.stem] = row
                 print(name, strength, path.stem, {k: round(row[k], 4) for k in METRICS}, flush=True)
     print(f"\n{machine(args.device)}, torch {torch.__version__}, families {' '.join(families)}\n")
-    print(
-        "| variant | strength | meshes | Chamfer | F@0.02 | F@0.05 | PSNR dB | aligned PSNR dB | s |\n"
-        + "|"
-        + " --- |" * 9
-    )
+    print("| variant | strength | meshes | Chamfer | F@0.02 | F@0.05 | PSNR dB | s |\n" + "|" + " --- |" * 8)
     for name, strength in dict.fromkeys((n, s) for n, s, _ in rows):
         group = [r for (n, s, _), r in rows.items() if (n, s) == (name, strength)]
         print(
             f"| {name} | {strength:g} | {len(group)} | " + cells({k: np.mean([r[k] for r in group]) for k in METRICS})
         )
-    print(
-        "\n| variant | strength | mesh | Chamfer | F@0.02 | F@0.05 | PSNR dB | aligned PSNR dB | s |\n"
-        + "|"
-        + " --- |" * 9
-    )
+    print("\n| variant | strength | mesh | Chamfer | F@0.02 | F@0.05 | PSNR dB | s |\n" + "|" + " --- |" * 8)
     for (name, strength, mesh), row in rows.items():
         print(f"| {name} | {strength:g} | {mesh} | " + cells(row))
 
 
 def cells(row: dict[str, float]) -> str:
-    chamfer, f02, f05, psnr, placed, seconds = (row[k] for k in METRICS)
-    return f"{chamfer:.4f} | {f02:.3f} | {f05:.3f} | {psnr:.2f} | {placed:.2f} | {seconds:.1f} |"
+    chamfer, f02, f05, psnr, seconds = (row[k] for k in METRICS)
+    return f"{chamfer:.4f} | {f02:.3f} | {f05:.3f} | {psnr:.2f} | {seconds:.1f} |"
 
 
 if __name__ == "__main__":

@@ -22,11 +22,7 @@ Choices, stated once:
   reconstruction unlit (its baked texture already carries that light). Both are composited on the gray 127 background
   of the views and compared over the union of the two alphas (pixels where either shows the object), so the
   background cannot inflate the score while missing or extra geometry still costs; SSIM is computed on the full
-  images and its map averaged over that union. PSNR and SSIM are averaged over the 12 views. Unlike the geometry
-  scores, they see placement: a reconstruction a pixel off or a percent too large loses PSNR. Views that are each
-  a little misregistered leave their mean error unknowable (the object moved or all six views moved: the same
-  views), so :func:`aligned` gives the placement-free score too: the prediction moved by the similarity (ICP) that
-  lays its surface best onto the ground truth's, then rendered as above.
+  images and its map averaged over that union. PSNR and SSIM are averaged over the 12 views.
 """
 
 from __future__ import annotations
@@ -171,25 +167,6 @@ def novel_view_cameras(size: int = 320, radius: float = DEFAULT_RADIUS, fov: flo
     return np.repeat(intrinsics(fov, size)[None], len(c2w), axis=0), c2w
 
 
-def similarity_alignment(pred, gt, samples: int = 20_000, seed: int = 0) -> np.ndarray:
-    """(4, 4) the similarity (rotation, translation, uniform scale) that lays ``pred``'s surface best onto ``gt``'s:
-    point-to-point ICP (trimesh's) from where ``pred`` stands, on surface samples."""
-    from trimesh.registration import icp
-    from trimesh.sample import sample_surface
-
-    pred_points, _ = sample_surface(world_geometry(pred), samples, seed=seed)
-    gt_points, _ = sample_surface(world_geometry(gt), samples, seed=seed + 1)
-    matrix, _, _ = icp(pred_points, gt_points, np.eye(4), 1e-7, 50, reflection=False, scale=True)
-    return matrix
-
-
-def aligned(pred, gt):
-    """A copy of ``pred`` moved by :func:`similarity_alignment` onto ``gt``."""
-    moved = pred.copy()
-    moved.apply_transform(similarity_alignment(pred, gt))
-    return moved
-
-
 def novel_view_metrics(
     pred_mesh, gt_mesh, size: int = 320, pred_lighting: Lighting = "unlit", device: str = "cpu"
 ) -> dict[str, float]:
@@ -197,8 +174,6 @@ def novel_view_metrics(
     ``pred_lighting``, on gray 127.
 
     ``pred_lighting="lit"`` is for predictions that carry material colours rather than a texture with baked light.
-    The prediction is scored where it stands; ``novel_view_metrics(aligned(pred, gt), gt)`` scores it after the
-    similarity that best places it (what views that are all a little off cannot tell, see the module docstring).
     """
     from skimage.metrics import structural_similarity
 

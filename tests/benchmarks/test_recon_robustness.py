@@ -23,14 +23,13 @@ def test_smoke_run_writes_both_tables(tmp_path):
     assert "config cpu" in text and "masks grid" in text and "--smoke" in text
 
     number = r" \| ([\d.]+)"
-    rows = re.findall(r"^\| (fit|hull) \| ([\d.]+) \| (\w+)" + number * 5 + r" \|", text, re.M)
+    rows = re.findall(r"^\| (fit|hull) \| ([\d.]+) \| (\w+)" + number * 4 + r" \|", text, re.M)
     summary = [(m, s) for m, s, meshes, *_ in rows if meshes == "1"]
     per_mesh = {(m, s): tuple(map(float, values)) for m, s, mesh, *values in rows if mesh == "duck"}
     assert summary == [("fit", "0"), ("hull", "0"), ("fit", "1"), ("hull", "1")]
     assert set(per_mesh) == {("fit", "0"), ("hull", "0"), ("fit", "1"), ("hull", "1")}
-    for chamfer, f02, f05, psnr, placed in per_mesh.values():
+    for chamfer, f02, f05, psnr in per_mesh.values():
         assert 0 < chamfer < 0.1 and 0 <= f02 <= f05 <= 1 and psnr > 10
-        assert placed > psnr - 1.0  # the best similarity places it about as well as where it stands, or better
     # the clean grid, read back with derived masks, carves a duck; the imperfect one carves a different one
     assert per_mesh["hull", "0"][2] > 0.9
     assert per_mesh["hull", "1"] != per_mesh["hull", "0"]
