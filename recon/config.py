@@ -162,7 +162,7 @@ class ReconConfig:
     """Adam step of the camera corrections, in pixels of the fitted image, falling to a tenth over the fit."""
     camera_weight: float = 0.0001
     """Weight of the mean squared camera correction (pixels²) that holds each view near its given pose."""
-    registration: bool = False
+    registration: bool = True
     """Learn a smooth displacement field per view through which its pixels are read (a registration onto the fit).
     Views shifted, rotated, scaled or locally distorted by a few pixels then agree; the texture is baked through it."""
     registration_cells: int = 2
@@ -173,9 +173,7 @@ class ReconConfig:
     registration_learning_rate: float = 0.05
     """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit."""
     registration_weight: float = 0.0001
-    """Weight of the mean squared displacement (pixels²) that holds each view near where it was given.
-    The fields of views that were right still wander (with the object's position and scale), which costs texture PSNR
-    on clean views: off by default (benchmarks/RESULTS.md)."""
+    """Weight of the mean squared displacement (pixels²) that holds each view near where it was given."""
     colour_compensation: bool = False
     """Learn an affine colour transform per view (exposure, white balance), undone on the views before baking.
     It is applied to what the fit renders for the view, so the colour field holds what the views agree on."""
