@@ -157,7 +157,7 @@ class ReconConfig:
     Learning them sends the gradient through every sample's position (more time per step); held fixed after a coarse
     first stage, views that were right keep its small spurious corrections (benchmarks/RESULTS.md)."""
     camera_warmup: float = 0.05
-    """Share of all steps before the camera corrections and the registration unlock (first a rough shape to fit to)."""
+    """Share of all steps before the camera corrections unlock (first a rough shape to fit to)."""
     camera_learning_rate: float = 0.1
     """Adam step of the camera corrections, in pixels of the fitted image, falling to a tenth over the fit."""
     camera_weight: float = 0.0001
@@ -165,6 +165,9 @@ class ReconConfig:
     registration: bool = True
     """Learn a smooth displacement field per view through which its pixels are read (a registration onto the fit).
     Views shifted, rotated, scaled or locally distorted by a few pixels then agree; the texture is baked through it."""
+    registration_warmup: float = 0.5
+    """Share of all steps before the displacement fields unlock. Unlocked early, they also bend clean views towards
+    a shape that is still wrong (thin and recessed parts), and keep them there."""
     registration_cells: int = 2
     """Nodes of each view's displacement field along a side (2 follows shift, rotation, scale and shear; more bend)."""
     registration_blur: float = 2.0
@@ -230,6 +233,7 @@ class ReconConfig:
         ):
             check_range(name, getattr(self, name), 0.0)
         check_range("camera_warmup", self.camera_warmup, 0.0, 1.0)
+        check_range("registration_warmup", self.registration_warmup, 0.0, 1.0)
         check_range("camera_stages", self.camera_stages, 0)
         check_range("registration_cells", self.registration_cells, 2, 64)
         for name in ("camera_learning_rate", "colour_compensation_learning_rate", "registration_learning_rate"):

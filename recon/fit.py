@@ -320,8 +320,8 @@ def stage_schedule(
     (rays, 1) stratified-sampling offsets; ``inv_s`` NeuS sharpness, geometric from the start of ``sharpness`` to
     its end over all stages; ``smoothness_weight`` and the SDF, colour and light learning rates, falling to a tenth
     over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages;
-    ``camera_lr``, 0 during the camera warm-up, ``colour_transform_lr`` and ``registration_lr``, all three falling to
-    a tenth over all stages (the registration unlocks with the cameras).
+    ``camera_lr`` and ``registration_lr``, 0 during their warm-ups, and ``colour_transform_lr``, all three falling to
+    a tenth over all stages.
     """
     dev = generator.device
     index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
@@ -333,7 +333,9 @@ def stage_schedule(
     inv_s = s_start * (s_end / s_start) ** ((done + it) / max(1, total - 1))
     lr = recon.learning_rate * 0.5**stage
     progress = (done + it) / max(1, total - 1)
-    unlocked = (done + it >= recon.camera_warmup * total).double()
+    step = done + it
+    cameras_unlocked = (step >= recon.camera_warmup * total).double()
+    fields_unlocked = (step >= recon.registration_warmup * total).double()
     return StepSchedule(
         {
             "index": index,
@@ -345,9 +347,9 @@ def stage_schedule(
             "colour_lr": (recon.colour_learning_rate * decay).float(),
             "light_lr": (recon.light_learning_rate * decay).float(),
             "prior_weight": (1 - (done + it) / max(1, total - 1)).float(),
-            "camera_lr": (recon.camera_learning_rate * unlocked * 0.1**progress).float(),
+            "camera_lr": (recon.camera_learning_rate * cameras_unlocked * 0.1**progress).float(),
             "colour_transform_lr": (recon.colour_compensation_learning_rate * 0.1**progress).float(),
-            "registration_lr": (recon.registration_learning_rate * unlocked * 0.1**progress).float(),
+            "registration_lr": (recon.registration_learning_rate * fields_unlocked * 0.1**progress).float(),
         }
     )
 
