@@ -57,3 +57,74 @@ def test_views_refuses_its_output_folder_without_mesh_libraries(tmp_path) -> Non
     assert report["code"] == 2
     assert "is inside a file" in result.stderr
     assert "trimesh" not in report["heavy"]
+
+
+#: The libraries of the diffusion half (and the compiler) that ``img2mesh recon`` has no use for.
+NOT_FOR_RECON = ("diffusers", "transformers", "peft", "rembg", "onnxruntime", "torch._dynamo", "sympy", "scipy.stats")
+
+#: Runs ``main()`` as the console script does; reports at exit which of ``NOT_FOR_RECON`` were imported, and whether
+#: the interpreter's teardown ran (a module global's ``__del__``, which only the teardown calls).
+RECON_PROBE = """
+import atexit, json, sys
+from img2mesh.cli import main
+
+class Teardown:
+    def __del__(self):
+        print("teardown ran", flush=True)
+
+kept = Teardown()
+atexit.register(lambda: print(json.dumps(sorted(m for m in %r if m in sys.modules)), flush=True))
+sys.argv[0] = "img2mesh"
+main()
+"""
+
+
+def test_recon_imports_no_diffusion_library_and_skips_the_teardown(tmp_path: Path) -> None:
+    """A whole ``img2mesh recon`` run (tiny settings) loads none of diffusers, transformers, peft, rembg or the
+    compiler, and its process ends without the interpreter's teardown (``img2mesh.cli.fast_exit``), its ``atexit``
+    handlers run and its mesh complete."""
+    from stage_settings import TINY
+
+    grid = Path(__file__).resolve().parents[2] / "examples" / "spot_views.png"
+    args = ["recon", str(grid), "--config", "cpu", "--export", str(tmp_path / "spot.glb"), "--quiet"]
+    for key, value in TINY.items():
+        if key.startswith(("recon.", "mesh.", "texture.")):
+            args += ["--set", f"{key}={json.dumps(value)}"]
+    result = subprocess.run(
+        [sys.executable, "-c", RECON_PROBE % (NOT_FOR_RECON,), *args], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == ["[]"]  # the atexit handler's report; no "teardown ran"
+    assert (tmp_path / "spot.glb").stat().st_size > 1000
+
+
+FAST_EXIT_PROBE = """
+import atexit, sys, threading
+from img2mesh.cli import fast_exit
+
+atexit.register(print, "; atexit ran")
+if sys.argv[1] == "profiled":
+    sys.setprofile(lambda *args: None)
+elif sys.argv[1] == "thread":
+    release = threading.Event()
+    threading.Thread(target=release.wait).start()
+print("work done", end="")  # left in the buffer: fast_exit flushes it
+fast_exit(3)
+sys.setprofile(None)
+print(" then returned")
+if sys.argv[1] == "thread":
+    release.set()
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "output"),
+    [
+        ("plain", 3, "work done; atexit ran\n"),
+        ("profiled", 0, "work done then returned\n; atexit ran\n"),  # a profiler writes its results after main()
+        ("thread", 0, "work done then returned\n; atexit ran\n"),  # the interpreter would wait for the thread
+    ],
+)
+def test_fast_exit_runs_the_atexit_handlers_and_steps_aside_when_it_must(case: str, code: int, output: str) -> None:
+    result = subprocess.run([sys.executable, "-c", FAST_EXIT_PROBE, case], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (code, output), result.stderr
