@@ -3,26 +3,37 @@
 A warm server (uvicorn on 127.0.0.1 in this process, the HTTP client in threads) with full-size random Zero123++
 weights (built here unless ``--model`` names a folder; they cost exactly what the real ones cost) and the pipeline of
 the tests: the real diffusion call, then Spot's oracle grid ``examples/spot_views.png`` for the reconstruction (random
-weights draw noise, which nothing can mesh). Phases, in this order, each skipped when ``--deadline`` would be passed:
+weights draw noise, which nothing can mesh). Phases, in this order (``batch`` listed before the server's phases in
+``--phases`` runs first instead, while no server holds the card), each skipped when ``--deadline`` would be passed:
 
-1. ``sequential``: photos one at a time, photo → job done (GLB written) as the client sees it; median and spread.
-2. ``burst``: ``--burst`` photos submitted at once: wall time and images per minute (all, and steady: first done to
+1. ``first``: the server's first ``--first`` jobs (default 5), submitted at once: they take every path a job can take
+   (diffusion beside a fit, the CPU workers' write, the fitting process's write of the job left alone at the end),
+   so the memory sample after them is a baseline that a first overlap does not move.
+2. ``sequential``: photos one at a time, photo → job done (GLB written) as the client sees it; median and spread.
+3. ``burst``: ``--burst`` photos submitted at once: wall time and images per minute (all, and steady: first done to
    last done).
-3. ``cold`` (while the server idles): one process per call as a user runs it, each through ``cold_call.py`` (its
+4. ``cold`` (while the server idles): one process per call as a user runs it, each through ``cold_call.py`` (its
    timeline: imports, CUDA context, model load, first denoising step, the rest): ``img2mesh recon GRID --export``,
    ``img2mesh views PHOTO``, and with ``--reference`` the public reference pipeline's cold call beside them
    (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and with cuDNN autotuning and
    recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change).
-4. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran; resident memory (server and its worker
-   processes), GPU memory (nvidia-smi, the whole card) and the server's own CUDA allocator after job 5, after the
-   burst and after each chunk: a curve, which tells a one-off step from a slope.
-5. ``batch``: ``benchmarks/batch_throughput.py`` on ``--burst`` photos with the same weights and config (one process,
+5. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran.
+6. ``batch``: ``benchmarks/batch_throughput.py`` on ``--burst`` photos with the same weights and config (one process,
    its own model load), for the throughput comparison.
 
+Memory (resident: the server and its worker processes, Inductor's compile workers apart; GPU: nvidia-smi, the whole
+card and per process where it names them; the server's own CUDA allocator; which processes hold a CUDA context, read
+from their memory maps, which works where nvidia-smi cannot name processes) is sampled when the server is ready,
+after the baseline's jobs (``first``, else job 5), after the burst and after each chunk of ``fill``: a curve, which
+tells a one-off step from a slope, and where a step lies.
+
     python benchmarks/serve_latency.py --phases sequential,burst,fill,batch --json out.json   # a CUDA machine
+    python benchmarks/serve_latency.py --phases batch,first,burst,fill --set multiview.compile=graphs --json out.json
     python benchmarks/serve_latency.py --phases cold --reference REF_DIR --json cold.json
     python benchmarks/serve_latency.py --size tiny --config cpu --set multiview.steps=2 --sequential 2 --burst 2 \\
         --total 5 --phases sequential,burst,fill
+    python benchmarks/serve_latency.py --size tiny --config cpu --set multiview.steps=2 --first 2 --burst 2 \\
+        --total 7 --phases batch,first,burst,fill
 """
 
 from __future__ import annotations
@@ -50,7 +61,9 @@ from results_file import replace_section  # noqa: E402  (benchmarks/, the script
 BEGIN, END = "<!-- serve_latency:begin -->", "<!-- serve_latency:end -->"
 PHOTOS = sorted((REPO / "examples" / "photos").glob("*.png"))
 GRID = REPO / "examples" / "spot_views.png"
-PHASES = ("sequential", "burst", "cold", "fill", "batch")
+PHASES = ("first", "sequential", "burst", "cold", "fill", "batch")
+#: The phases that run on the server.
+SERVER_PHASES = ("first", "sequential", "burst", "fill")
 
 
 class Clock:
@@ -77,18 +90,16 @@ def nvidia_smi(query: str) -> str | None:
         return None
 
 
-def gpu_memory_mib() -> float | None:
-    """Memory used on GPU 0 by every process (nvidia-smi), MiB."""
-    try:
-        return float(nvidia_smi("--query-gpu=memory.used").split()[0])
-    except (AttributeError, ValueError, IndexError):
-        return None
-
-
-def memory_sample(jobs: int) -> dict:
+def memory_sample(jobs: int, label: str) -> dict:
     """Resident memory (server and the runner's workers; Inductor's compile workers apart), GPU memory (the whole
-    card, per process where nvidia-smi names them) and the server process's own CUDA allocator, MiB."""
-    sample = {"jobs": jobs, **resident_mib(), "gpu_mib": gpu_memory_mib(), "gpu_by_process_mib": gpu_by_process()}
+    card, per process where nvidia-smi names them), the server process's own CUDA allocator, MiB, and each process
+    with what it holds (:func:`processes`)."""
+    table = processes()
+    resident = sum(p["rss_mib"] for p in table if p["role"] != "compile worker")
+    compiler = sum(p["rss_mib"] for p in table if p["role"] == "compile worker")
+    sample = {"label": label, "jobs": jobs, "resident_mib": resident, "compiler_mib": compiler}
+    sample |= {"gpu_mib": gpu_memory_mib(), "processes": table}
+    sample["cuda_processes"] = sum(p["cuda_context"] is True for p in table)
     import torch
 
     if torch.cuda.is_available():
@@ -97,41 +108,66 @@ def memory_sample(jobs: int) -> dict:
     return sample
 
 
-def resident_mib() -> dict:
-    """Resident memory of this process and every process it started, MiB: ``resident_mib`` counts the server and
-    the runner's workers; ``compiler_mib`` Inductor's compile workers, which come and go with compilation (the
-    first run counted them: 14.9 GB after 5 jobs, 8.0 GB later)."""
+def processes() -> list[dict]:
+    """This process (``server``) and every process it started (``child``, or ``compile worker`` for Inductor's,
+    which come and go with compilation: the first run counted them, 14.9 GB after 5 jobs, 8.0 GB later), each with
+    its resident memory, whether it holds a CUDA context (:func:`holds_cuda_context`) and its GPU memory where
+    nvidia-smi names it (None elsewhere, e.g. in a container whose process ids nvidia-smi does not see)."""
     import psutil
 
     me = psutil.Process()
-    total = compiler = 0
+    on_gpu = gpu_by_pid()
+    table = []
     for process in [me, *me.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # a worker that just exited
-            rss = process.memory_info().rss
+            rss = process.memory_info().rss / 2**20
+            role = "server" if process.pid == me.pid else "child"
             if "compile_worker" in " ".join(process.cmdline()):
-                compiler += rss
-            else:
-                total += rss
-    return {"resident_mib": total / 2**20, "compiler_mib": compiler / 2**20}
+                role = "compile worker"
+            table.append(
+                {
+                    "pid": process.pid,
+                    "role": role,
+                    "rss_mib": rss,
+                    "cuda_context": holds_cuda_context(process.pid),
+                    "gpu_mib": on_gpu.get(process.pid),
+                }
+            )
+    return table
 
 
-def gpu_by_process() -> dict[str, float] | None:
-    """GPU memory per process (nvidia-smi's compute apps), keyed ``server``, ``child <pid>`` or ``other <pid>``;
-    None where nvidia-smi names no process (some containers)."""
-    import psutil
-
-    out = nvidia_smi("--query-compute-apps=pid,used_memory")
-    if out is None:
+def holds_cuda_context(pid: int) -> bool | None:
+    """Whether process ``pid`` has a GPU's device file (``/dev/nvidiaN``) open or mapped, which a CUDA context does
+    and an import of torch does not; None where ``/proc`` cannot tell (not Linux, another user's process)."""
+    try:
+        entries = list(Path(f"/proc/{pid}/fd").iterdir())
+        maps = [line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/dev/" in line]
+    except OSError:
         return None
-    me = psutil.Process()
-    children = {p.pid for p in me.children(recursive=True)}
+    fds = []
+    for entry in entries:
+        with contextlib.suppress(OSError):  # closed since listed (the listing's own descriptor, for one)
+            fds.append(os.readlink(entry))
+    return any(name.startswith("/dev/nvidia") and name.removeprefix("/dev/nvidia").isdigit() for name in fds + maps)
+
+
+def gpu_memory_mib() -> float | None:
+    """Memory used on GPU 0 by every process (nvidia-smi), MiB."""
+    try:
+        return float(nvidia_smi("--query-gpu=memory.used").split()[0])
+    except (AttributeError, ValueError, IndexError):
+        return None
+
+
+def gpu_by_pid() -> dict[int, float]:
+    """GPU memory per process id as nvidia-smi lists its compute apps, MiB; empty where it names none."""
+    out = nvidia_smi("--query-compute-apps=pid,used_memory") or ""
     found = {}
     for line in out.splitlines():
         with contextlib.suppress(ValueError):
-            pid, used = (int(float(v)) for v in line.split(","))
-            role = "server" if pid == me.pid else f"child {pid}" if pid in children else f"other {pid}"
-            found[role] = float(used)
-    return found or None
+            pid, used = (float(v) for v in line.split(","))
+            found[int(pid)] = used
+    return found
 
 
 class Server:
@@ -222,9 +258,28 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
     server = Server(root, args.config, overrides)
     result["ready_s"] = server.start()
     print(f"server ready in {result['ready_s']:.1f} s (model load and warm-up job)", flush=True)
-    memory: dict[str, dict] = {}
+    samples: list[dict] = []
+    baseline: dict | None = None
     count = 0
+
+    def sample(label: str) -> dict:
+        samples.append(memory_sample(count, label))
+        brief = {k: v for k, v in samples[-1].items() if k != "processes"}
+        print(f"  memory {label}: {json.dumps(brief)}", flush=True)
+        return samples[-1]
+
     try:
+        time.sleep(0.5)
+        sample("ready (the warm-up job done)")
+        if "first" in args.phases and clock.left() > 8 * args.first:
+            # The baseline's jobs at once: diffusion beside a fit, the CPU workers' write and the lone last job's
+            # write in the fitting process all happen before it, so no first-time step falls after it.
+            jobs, done_at, wall = run_at_once(server, args.first, count)
+            count += len(jobs)
+            result["first"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
+            print(f"  first: {json.dumps(result['first'])}", flush=True)
+            time.sleep(0.5)
+            baseline = sample(f"after the first {count} jobs, at once (baseline)")
         if "sequential" in args.phases:
             latencies, stages = [], []
             for i in range(args.sequential):
@@ -238,8 +293,8 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
                 stage_s = " ".join(f"{k} {v:.2f}" for k, v in job["timings"].items())
                 state = f"{job['state']} {job['error'] or ''}"
                 print(f"  sequential {i}: {latencies[-1]:.2f} s {state} {stage_s}", flush=True)
-                if count == 5:
-                    memory["after_5"] = memory_sample(count)
+                if count == 5 and baseline is None:
+                    baseline = sample("after 5 jobs, one at a time (baseline)")
             result["sequential"] = {
                 "jobs": len(latencies),
                 "median_s": statistics.median(latencies) if latencies else None,
@@ -255,20 +310,17 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
             count += len(jobs)
             result["burst"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
             print(f"  burst: {json.dumps(result['burst'])}", flush=True)
-            # A step up here (every CPU worker has had its first item) is told apart from a slope by the end sample.
-            memory["after_burst"] = memory_sample(count)
+            time.sleep(0.5)
+            sample(f"after the burst ({args.burst} at once)")
         if "cold" in args.phases:  # while the server idles: its memory stays on the card, as in real use
             cold_phase(args, model, clock, result)
-        if count < 5:
-            memory["after_5"] = memory_sample(count) | {"note": f"after {count} jobs"}
         if "fill" in args.phases and args.total > count:
-            per_job = (
-                60 / result["burst"]["steady_img_per_min"] if result.get("burst", {}).get("steady_img_per_min") else 6
-            )
+            steady = next((result[k]["steady_img_per_min"] for k in ("burst", "first") if k in result), None)
+            per_job = 60 / steady if steady else 6
             affordable = (clock.left() - 15) / per_job
             fill = args.total - count if affordable == float("inf") else min(args.total - count, int(affordable))
             # In chunks of --burst with a sample after each: a curve tells a one-off step from a slope.
-            curve, fills, walls = [], [], 0.0
+            fills, walls = [], 0.0
             while fill > 0:
                 chunk = min(args.burst, fill)
                 jobs, done_at, wall = run_at_once(server, chunk, count)
@@ -277,25 +329,57 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
                 walls += wall
                 fills += [j["state"] != "done" for j in jobs]
                 time.sleep(0.5)
-                curve.append(memory_sample(count))
-                print(f"  fill: {count} jobs, {json.dumps(curve[-1])}", flush=True)
+                sample(f"after {count} jobs")
                 if clock.left() < 15 + per_job * min(args.burst, fill):
                     break
             if fills:
                 result["fill"] = {"jobs": len(fills), "wall_s": walls, "failed": sum(fills)}
                 result["fill"] |= {"img_per_min": 60 * len(fills) / walls, "steady_img_per_min": None}
-                memory["curve"] = curve
         time.sleep(1.0)  # let the last job's workers settle
-        memory["end"] = memory_sample(count)
-        first, last = memory["after_5"], memory["end"]
-        memory["growth"] = {
-            key: (last[key] - first[key]) / first[key] if first.get(key) and last.get(key) else None
-            for key in ("resident_mib", "gpu_mib")
-        }
-        result["memory"] = memory
+        sample("end")
+        if baseline is None:  # no "first", fewer than 5 jobs one at a time: the first sample at 5 jobs or more
+            baseline = next((m for m in samples if m["jobs"] >= 5), None)
+            baseline = baseline or next((m for m in samples if m["jobs"] > 0), samples[0])
+        result["memory"] = memory_summary(samples, baseline)
         result["jobs_total"] = count
     finally:
         server.stop()
+
+
+def memory_summary(samples: list[dict], baseline: dict) -> dict:
+    """The samples, which one is the baseline, growth from it to the end and to the highest sample after it, and
+    per process (by pid) what changed from the baseline to the end: where a step lies."""
+    after = samples[samples.index(baseline) :]
+    last = samples[-1]
+
+    def growth(value) -> dict:
+        return {
+            key: (value(key) - baseline[key]) / baseline[key] if baseline.get(key) and value(key) is not None else None
+            for key in ("resident_mib", "gpu_mib")
+        }
+
+    def peak(key: str) -> float | None:
+        values = [m[key] for m in after if m.get(key) is not None]
+        return max(values) if values else None
+
+    before = {p["pid"]: p for p in baseline["processes"]}
+    changes = []
+    for process in last["processes"]:
+        old = before.get(process["pid"], {})
+        change = {"pid": process["pid"], "role": process["role"], "new": not old}
+        change["rss_mib"] = process["rss_mib"] - old.get("rss_mib", 0.0)
+        if process["gpu_mib"] is not None:
+            change["gpu_mib"] = process["gpu_mib"] - (old.get("gpu_mib") or 0.0)
+        change["cuda_context"] = [old.get("cuda_context"), process["cuda_context"]]
+        changes.append(change)
+    return {
+        "samples": samples,
+        "baseline": baseline["label"],
+        "baseline_jobs": baseline["jobs"],
+        "growth": growth(lambda key: last.get(key)),
+        "peak_growth": growth(peak),
+        "changes_by_process": changes,
+    }
 
 
 def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str, dict]:
@@ -413,40 +497,77 @@ def table(result: dict) -> str:
             + " |",
             "",
         ]
-    rows = [(name, result[name]) for name in ("burst", "fill", "batch") if isinstance(result.get(name), dict)]
+    rows = [(name, result[name]) for name in ("first", "burst", "fill", "batch") if isinstance(result.get(name), dict)]
     if rows:
         lines += [
             "| photos at once | jobs | wall s | img/min | steady img/min |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
+        labels = {
+            "first": "server, its first jobs",
+            "burst": "server",
+            "fill": "server (more)",
+            "batch": "batch runner (own process, model load included in wall)",
+        }
         for name, row in rows:
-            label = {"burst": "server", "fill": "server (more)", "batch": "batch runner (own process)"}[name]
             if "wall_s" in row:
                 jobs = row.get("jobs", row.get("done"))
                 lines.append(
-                    f"| {label} | {jobs} | {num(row['wall_s'])} | {num(row['img_per_min'])} "
+                    f"| {labels[name]} | {jobs} | {num(row['wall_s'])} | {num(row['img_per_min'])} "
                     f"| {num(row['steady_img_per_min'])} |"
                 )
             else:
                 why = f"not run ({row['skipped']})" if "skipped" in row else json.dumps(row)[:200]
-                lines.append(f"| {label} | {why} | | | |")
+                lines.append(f"| {labels[name]} | {why} | | | |")
         lines.append("")
     memory = result.get("memory")
     if memory:
-        g = memory["growth"]
-        pct = {k: num(None if g[k] is None else 100 * g[k], " %") for k in ("resident_mib", "gpu_mib")}
-        samples = [("after 5 jobs", memory["after_5"])]
-        samples += [("after the burst", memory["after_burst"])] if "after_burst" in memory else []
-        samples += [(f"after {c['jobs']} jobs", c) for c in memory.get("curve", [])[:-1]]
-        samples += [("after the last job", memory["end"])]
         lines += [
-            "| memory, MiB | jobs | resident (server + workers) | GPU (card) | server CUDA reserved / allocated |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| memory, MiB | jobs | resident (server + workers) | GPU (card) | server CUDA reserved / allocated "
+            "| processes with a CUDA context | GPU per process (nvidia-smi) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
-        for label, m in samples:
+        for m in memory["samples"]:
             cuda = f"{num(m.get('server_reserved_mib'))} / {num(m.get('server_allocated_mib'))}"
-            lines.append(f"| {label} | {m.get('jobs', 5)} | {num(m['resident_mib'])} | {num(m['gpu_mib'])} | {cuda} |")
-        lines += [f"| growth, 5 → last | | {pct['resident_mib']} | {pct['gpu_mib']} | |", ""]
+            per = ", ".join(f"{p['role']} {p['pid']} {p['gpu_mib']:.0f}" for p in m["processes"] if p["gpu_mib"])
+            label = (
+                m["label"]
+                if "baseline" in m["label"] or m["label"] != memory["baseline"]
+                else m["label"] + " (baseline)"
+            )
+            lines.append(
+                f"| {label} | {m['jobs']} | {num(m['resident_mib'])} | {num(m['gpu_mib'])} | {cuda} "
+                f"| {m['cuda_processes']} | {per or 'not named'} |"
+            )
+        for name, g in (
+            ("growth, baseline → last", memory["growth"]),
+            ("growth, baseline → peak", memory["peak_growth"]),
+        ):
+            pct = {k: num(None if g[k] is None else 100 * g[k], " %") for k in ("resident_mib", "gpu_mib")}
+            lines.append(f"| {name} | | {pct['resident_mib']} | {pct['gpu_mib']} | | | |")
+        lines.append("")
+        moved = [
+            c
+            for c in memory["changes_by_process"]
+            if c["new"] or abs(c["rss_mib"]) > 50 or abs(c.get("gpu_mib") or 0) > 50
+        ]
+        moved += [c for c in memory["changes_by_process"] if c not in moved and len(set(c["cuda_context"])) > 1]
+        if moved:
+            lines.append(
+                "Baseline → last, per process: "
+                + "; ".join(
+                    f"{c['role']} {c['pid']}{' (new)' if c['new'] else ''} resident {c['rss_mib']:+.0f}"
+                    + (f", GPU {c['gpu_mib']:+.0f}" if "gpu_mib" in c else "")
+                    + (
+                        f", CUDA context {c['cuda_context'][0]} → {c['cuda_context'][1]}"
+                        if len(set(c["cuda_context"])) > 1
+                        else ""
+                    )
+                    for c in moved
+                )
+                + " (MiB)."
+            )
+            lines.append("")
     if result.get("cold"):
         lines += ["| one cold process | wall s | timeline (s since start) |", "| --- | ---: | --- |"]
         for row in result["cold"]:
@@ -477,6 +598,7 @@ def main() -> None:
     parser.add_argument(
         "--cold-baseline", type=Path, help="another checkout (the code before a change): its recon and views cold too"
     )
+    parser.add_argument("--first", type=int, default=5, help="the server's first jobs, at once: the memory baseline")
     parser.add_argument("--sequential", type=int, default=10, help="photos one at a time")
     parser.add_argument("--burst", type=int, default=10, help="photos submitted at once")
     parser.add_argument("--total", type=int, default=50, help="jobs in the server's life (memory growth)")
@@ -507,12 +629,18 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "weights": f"{args.size}-size random" if args.model is None else args.model,
     }
+    server_phases = [p for p in args.phases if p in SERVER_PHASES]
+    batch_first = "batch" in args.phases and (
+        not server_phases or args.phases.index("batch") < args.phases.index(server_phases[0])
+    )
     try:
-        if {"sequential", "burst", "fill"} & set(args.phases):
+        if batch_first:  # before the server starts: the card is the batch runner's alone, as the server's will be
+            batch_phase(args, model, clock, result)
+        if server_phases:
             serve_phases(args, model, clock, result)
         elif "cold" in args.phases:
             cold_phase(args, model, clock, result)
-        if "batch" in args.phases:
+        if "batch" in args.phases and not batch_first:
             batch_phase(args, model, clock, result)
     finally:
         if args.json:
