@@ -15,6 +15,7 @@ On the CPU (or with graphs switched off) the very same step runs eagerly, so bot
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -42,7 +43,7 @@ def run_steps(
             after()
         return False
     # Warm-up on a side stream, as CUDA graph capture requires of work that allocates (the documented recipe).
-    side = torch.cuda.Stream(device)
+    side = warmup_stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(WARMUP_STEPS):
@@ -56,6 +57,27 @@ def run_steps(
         graph.replay()
         after()
     return True
+
+
+def warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream of the eager warm-up steps on ``device``: one for the process's life, not one per run.
+
+    Each ``torch.cuda.Stream()`` is the next of torch's pool of 32 streams per device, and the first matrix product
+    on a stream (the shading's, here) makes cuBLAS a workspace for it (tens of MiB on Hopper), which torch keeps as
+    long as the process lives: ``empty_cache`` cannot give it back. With a stream per fitting stage, a long-lived
+    fitting process (the server's, the batch runner's) grew by one workspace per stage per item until the pool came
+    round after ~16 items. That fits the one-off GPU step of both serve_latency runs (RESULTS: +1216 MiB between jobs
+    5 and 20, none from 20 to 30, outside the server's allocator): 13 streams used by job 5 (the warm-up job's and
+    five jobs' two stages, the capture stream), the other 19 by job 20, and 19 x 64 MiB = 1216 MiB; the next run's
+    per-process figures are to confirm it.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _warmup_stream(index)
+
+
+@functools.cache
+def _warmup_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(torch.device("cuda", index))
 
 
 class StepSchedule:

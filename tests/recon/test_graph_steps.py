@@ -47,3 +47,21 @@ def test_the_fit_step_leaves_torch_dynamo_unimported() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_warm_up_steps_share_one_side_stream_per_device(monkeypatch) -> None:
+    """A new stream per fitting stage gave every pooled stream a cuBLAS workspace that the process keeps: a
+    long-lived fitting process grew until torch's pool of 32 came round (see ``warmup_stream``)."""
+    import recon.graph_steps as graph_steps
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or object())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    graph_steps._warmup_stream.cache_clear()
+    try:
+        first = graph_steps.warmup_stream(torch.device("cuda"))
+        assert all(graph_steps.warmup_stream(torch.device("cuda", 0)) is first for _ in range(40))
+        assert graph_steps.warmup_stream(torch.device("cuda", 1)) is not first
+        assert made == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    finally:
+        graph_steps._warmup_stream.cache_clear()
