@@ -10,8 +10,8 @@ and by layout conversions around every convolution. The modes (timings in benchm
   that meet layer by layer. Warm-up: seconds.
 - ``"blocks+graphs"``: the same graph, replaying compiled kernels: each repeated UNet block (channels-last forwards,
   :mod:`~img2mesh.zero123pp.unet_patches`) goes through ``torch.compile`` with static shapes, which fuses its
-  normalisation and elementwise work. The fastest step; its first compilation lands in Inductor's on-disk cache
-  and in a file of torch's compile artifacts (:mod:`~img2mesh.zero123pp.compile_cache`), which later runs read back.
+  normalisation and elementwise work. The fastest step; its first compilation is shared with worker processes
+  (:mod:`~img2mesh.zero123pp.precompile`) and lands in Inductor's on-disk cache, which later runs read back.
 - ``"auto"``: eager off CUDA; on CUDA eager for so few denoising steps per process that the graphs' longer
   warm-up is not repaid, "graphs", or "blocks+graphs" for as many images per process as repay its warm-up
   (:func:`auto_mode`). ``"off"``: eager.
@@ -27,23 +27,22 @@ fails at the first step, the step falls back to eager with a warning rather than
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
-from img2mesh.zero123pp import compile_cache, unet_patches
+from img2mesh.zero123pp import precompile, unet_patches
 
 logger = logging.getLogger(__name__)
 
 #: The compiled mode (the modes are ``MultiviewConfig.compile``'s: "auto", "off", "graphs" and this one).
 COMPILED_MODE = "blocks+graphs"
-#: Compiled variants allowed per function: blocks of a kind share one forward, which SD2's two passes compile at
-#: dozens of (channels, resolution) pairs, more than torch's default of 8 (raised, never lowered).
+#: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need dozens in the two passes, more
+#: than dynamo's default limit of 8 per function (process-wide setting, raised, never lowered).
 RECOMPILE_LIMIT = 128
 #: Images per process from which "auto" compiles, with and without a compile cache that a previous run filled:
-#: where the time saved per image repays the longer warm-up (benchmarks/RESULTS.md; "cold" measured with the
-#: compile shared by worker processes, to be re-measured without them).
+#: where the time saved per image repays the longer warm-up (benchmarks/RESULTS.md).
 BLOCKS_FROM_IMAGES = {"cached": 8, "cold": 40}
 #: Eager against "graphs" on CUDA: seconds of the first denoising step of a cold ``img2mesh views`` call (kernels
 #: loaded at first use; for the graphs also two eager warm-up steps, the capture and the replay) and the warm ms per
@@ -89,7 +88,7 @@ def resolve_mode(
     wanted = requested
     if requested == "auto":
         # The cache is looked at only where its state can change the answer (a one-image run never touches it).
-        filled = cuda and images >= BLOCKS_FROM_IMAGES["cached"] and compile_cache.cache_filled()
+        filled = cuda and images >= BLOCKS_FROM_IMAGES["cached"] and precompile.precompiled_before()
         wanted = auto_mode(cuda, offload, can_compile, images, cache_filled=filled, steps=steps)
     degraded = "graphs" if wanted == COMPILED_MODE and not can_compile else wanted  # no Triton: no blocks
     mode = "off" if not cuda or offload else degraded
@@ -190,9 +189,9 @@ class FastDenoiser:
     """Drop-in for ``pipe.denoiser`` (reference pass + main pass): channels-last inputs, the UNet's blocks compiled
     with ``compile_backend`` (None: not compiled), the step replayed from CUDA graphs when ``graphed``.
 
-    The first call pays the warm-up; with Inductor it first loads the artifacts a previous warm-up saved for these
-    shapes and saves them after (:mod:`~img2mesh.zero123pp.compile_cache`). If the first call fails (a compiler or
-    capture error), the denoiser logs it and runs eager from then on, same results.
+    The first call pays the warm-up; with Inductor on CUDA, worker processes first share the compilation
+    (:mod:`~img2mesh.zero123pp.precompile`). If the first call fails (a compiler or capture error), the denoiser
+    logs it and runs eager from then on, same results.
     """
 
     def __init__(
@@ -208,12 +207,13 @@ class FastDenoiser:
         self.graphed = GraphedStep(self.step) if graphed else None
         self.failed = False
         self._to_compile = compile_backend is not None
-        self.artifacts: Path | None = None
-        """The compile-artifacts file of the first call's shapes (Inductor only), once that call compiled."""
-        self.loaded: frozenset[str] = frozenset()
-        """Keys of the compile artifacts the first call loaded from :attr:`artifacts` (empty: none)."""
+        self.precompiled: tuple[int, float] = (0, 0.0)
+        """Worker processes the first call started to fill the compile cache, and the seconds they took."""
         if self._to_compile:
-            compile_cache.compile_cache_dir()  # before the first compilation, so the cache lands there
+            precompile.compile_cache_dir()  # before the first compilation, so the cache lands there
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
             unet_patches.install(unet)
 
     def step(self, sample, timestep, encoder_hidden_states, reference_sample, down=None, mid=None):
@@ -224,33 +224,18 @@ class FastDenoiser:
         return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down or None, mid)
 
     def _compile(self, inputs: tuple) -> None:
-        """Compile every block (at its first call), after loading the artifacts a previous warm-up saved."""
+        """Compile every block, sharing the first compilation with workers where that can help."""
         self._to_compile = False
-        # Set here, in the thread that compiles: torch's compiler settings are per thread from torch 2.13.
-        torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, RECOMPILE_LIMIT)
-        if self.compile_backend == "inductor":
-            self.artifacts = compile_cache.artifacts_file(self._cache_spec(inputs))
-            self.loaded = compile_cache.load(self.artifacts)
+        if self.compile_backend == "inductor" and inputs[0].device.type == "cuda":
+            started = time.perf_counter()
+            try:
+                workers = precompile.precompile(self.denoiser, self.unet, inputs, lambda: self.step(*inputs))
+                self.precompiled = (workers, time.perf_counter() - started)
+            except Exception as error:  # workers only save time; what is missing compiles below
+                logger.warning("precompilation in workers failed (%s: %s)", type(error).__name__, error)
         modules = dict(self.unet.named_modules())
         for name in unet_patches.compiled_block_names(self.unet):
             unet_patches.compile_block(modules[name], self.compile_backend)
-
-    def _cache_spec(self, inputs: tuple) -> dict:
-        """What the compiled code of these inputs depends on, besides versions and sources (names the file)."""
-        unet = self.unet
-
-        def describe(t) -> dict | None:
-            return {"shape": list(t.shape), "dtype": str(t.dtype)} if isinstance(t, torch.Tensor) else None
-
-        return {
-            "unet_class": f"{type(unet).__module__}.{type(unet).__name__}",
-            "unet_config": dict(unet.config),
-            "dtype": str(next(unet.parameters()).dtype),
-            "device": inputs[0].device.type,
-            "inputs": [describe(t) for t in inputs],
-            "side_stream": self.denoiser.bank.stream is not None,
-            "graphed": self.graphed is not None,
-        }
 
     def __call__(self, sample, timestep, encoder_hidden_states, reference_sample, down=None, mid=None):
         if self.failed:
@@ -258,16 +243,11 @@ class FastDenoiser:
         try:
             if self.graphed is not None:  # a tensor, as the graph's inputs are (and as the compiled code sees it)
                 timestep = torch.as_tensor(timestep, device=sample.device)
-            first = self._to_compile
-            if first:
+            if self._to_compile:
                 self._compile((sample, timestep, encoder_hidden_states, reference_sample))
             if self.graphed is not None:
-                output = self.graphed(sample, timestep, encoder_hidden_states, reference_sample, down or [], mid)
-            else:
-                output = self.step(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
-            if first and self.artifacts is not None:
-                self._save_artifacts()
-            return output
+                return self.graphed(sample, timestep, encoder_hidden_states, reference_sample, down or [], mid)
+            return self.step(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
         except Exception as error:  # a compiler/capture failure must cost speed, never the run
             logger.warning("fast path failed (%s: %s); continuing eager", type(error).__name__, error)
             self.failed = True
@@ -276,13 +256,6 @@ class FastDenoiser:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
-
-    def _save_artifacts(self) -> None:
-        """After the first call: its compiled graphs into the artifacts file (a failure costs a warning only)."""
-        try:
-            compile_cache.save(self.artifacts, self.loaded)
-        except Exception as error:
-            logger.warning("compile cache: could not save %s (%s: %s)", self.artifacts, type(error).__name__, error)
 
 
 def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: int = 1, steps: int = 75) -> str:
@@ -297,7 +270,7 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: in
         return mode
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.denoiser.fuse_projections()
-    if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up
+    if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up, as the compile workers do
         torch.backends.cudnn.benchmark = True
     # "graphs" keeps cuDNN's heuristics: autotuning cost a cold one-image call 2.7 s (its first step 3.4 s against
     # 1.7 s) and the 74 replayed steps were no faster (2.9 s against 2.4 s; RESULTS "cold CLI calls", run 3).

@@ -1,19 +1,19 @@
 """The Zero123++ fast path on the CPU: mode resolution and fallbacks, and what can run here giving the eager output
 (compiled blocks through torch.compile's "eager" backend, channels-last, the compile-failure fallback, the CUDA-graph
-wrapper's argument plumbing, the shared key/value buffers, the transposed-convolution upsamplers, the compile
-artifacts a warm-up saves and a later run loads). Budget: ~1.5 min on 2 cores (the artifacts test ~30 s: one graph
-through Inductor's C++ backend)."""
+wrapper's argument plumbing, the shared key/value buffers, the transposed-convolution upsamplers, the compile queue
+of this process and a worker). Budget: ~2 min on 2 cores (the precompile test ~60 s: two worker processes)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
+import re
+import sys
 
 import pytest
 import torch
 
 from img2mesh.testing.random_weights import save_random_zero123pp
-from img2mesh.zero123pp import compile_cache, unet_patches
+from img2mesh.zero123pp import unet_patches
 from img2mesh.zero123pp.fast_step import (
     BLOCKS_FROM_IMAGES,
     FastDenoiser,
@@ -26,6 +26,7 @@ from img2mesh.zero123pp.fast_step import (
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
+from img2mesh.zero123pp.precompile import MARKERS, block_groups, compile_cache_dir, precompile, precompiled_before
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,12 @@ def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monke
     assert auto_mode(cuda=True, offload=False, can_compile=False, images=1, cache_filled=False, steps=1) == "off"
     assert auto_mode(cuda=True, offload=False, can_compile=True, images=cached - 1, cache_filled=True) == "graphs"
     assert graphs_repaid(1, 10_000) and not graphs_repaid(1, 1)
-    # The cache counts as filled once a first warm-up left its artifacts file there.
+    # The cache counts as filled once a first compilation left its marker there.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    assert not compile_cache.cache_filled()
-    (tmp_path / compile_cache.ARTIFACTS).mkdir()
-    (tmp_path / compile_cache.ARTIFACTS / "model-and-shapes.bin").write_bytes(b"")
-    assert compile_cache.cache_filled()
+    assert not precompiled_before()
+    (tmp_path / MARKERS).mkdir()
+    (tmp_path / MARKERS / "model-and-shapes.json").write_text("{}")
+    assert precompiled_before()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA fallback")
@@ -99,9 +100,9 @@ def test_graph_modes_without_cuda_leave_the_pipeline_eager(pipe) -> None:
 def test_compile_cache_defaults_under_the_user_cache(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert compile_cache.compile_cache_dir() == tmp_path / "img2mesh" / "torchinductor"
+    assert compile_cache_dir() == tmp_path / "img2mesh" / "torchinductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert compile_cache.compile_cache_dir() == tmp_path / "mine"
+    assert compile_cache_dir() == tmp_path / "mine"
 
 
 def test_graph_argument_plumbing_round_trips_lists_and_nones() -> None:
@@ -226,59 +227,82 @@ def test_upsampler_as_one_transposed_convolution_equals_nearest_upsampling_then_
         torch.testing.assert_close(unet_patches.upsample_forward(module, x), expected)
 
 
-def test_a_warm_up_saves_its_compile_artifacts_and_a_later_run_starts_from_them(
+def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
+    """The full-size SD2 UNet (meta): its 39 compiled blocks (resnets, transformers, the output norm) fall into 19
+    groups; the transformers of a down block join those of the up block at the same resolution, the resnets of the
+    last down block join the mid block's, the output norm is a group of its own; every block is in exactly one
+    group."""
+    from diffusers import UNet2DConditionModel
+
+    from img2mesh.testing.random_weights import _UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_UNET["full"])
+    names = unet_patches.compiled_block_names(unet)
+    groups = block_groups(unet, names)
+    assert len(names) == 39 and len(groups) == 19 and names[-1] == "conv_norm_out"
+    assert [m for _, m in groups if "conv_norm_out" in m] == [["conv_norm_out"]]
+    members = [set(m) for _, m in groups]
+    assert {"down_blocks.0.attentions.0", "up_blocks.3.attentions.2"} <= next(
+        m for m in members if "up_blocks.3.attentions.0" in m
+    )
+    assert {"down_blocks.3.resnets.1", "mid_block.resnets.0"} <= next(m for m in members if "mid_block.resnets.1" in m)
+    assert sorted(name for m in members for name in m) == sorted(names)
+
+
+def compiled_groups(folder) -> list[int]:
+    """The block groups the workers' logs say they compiled."""
+    logs = sorted((folder / "img2mesh_precompiled" / "logs").glob("worker*.log"))
+    return [int(g) for log in logs for g in re.findall(r"group (\d+) \(\d+ blocks\) compiled", log.read_text())]
+
+
+def test_precompile_workers_and_this_process_share_the_groups_and_leave_a_marker(
     pipe, tmp_path, monkeypatch, caplog
 ) -> None:
-    """Inductor for real (the CPU's C++ backend; the output norm alone, to keep it short): the first call compiles
-    and writes the artifacts file; a later run whose Inductor cache was wiped (another machine, a fresh container)
-    loads that file, compiles nothing (Inductor's graph cache hits, no miss) and leaves the file as it was; a file
-    this torch cannot read (garbage, or another encoding version) is ignored with a warning, that warm-up compiles
-    from the cache, and the file is rewritten whole. Every call gives the eager output."""
-    from torch._dynamo.utils import counters
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(unet_patches, "compiled_block_names", lambda unet: [unet_patches.TAIL_NORM])
+    """A worker process builds the UNet from its configuration; it and this process take block groups off a
+    shared queue, each compiling its group ("eager" backend here) and running one step at the given shapes. This
+    process starts first, so it takes at least one; every group is compiled exactly once, by one of them; the
+    steps' outputs are unchanged and all blocks are compiled afterwards. A marker skips the workers for the same
+    shapes; a worker that fails costs a warning, this process compiles everything, and no marker is left."""
     inputs = denoiser_inputs(pipe)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
+    fast = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="eager")
+    outputs = []
 
-    def warm_up() -> tuple[FastDenoiser, int, int]:
-        """A fresh compiler state, as in a new process, then a first call; the denoiser, graph cache hits, misses."""
-        torch.compiler.reset()
-        counters.clear()
-        fast = pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="inductor")
-        try:
-            with torch.no_grad():
-                got = pipe.denoiser(*inputs)
-        finally:
-            disable_fast_path(pipe)
-        assert not fast.failed
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-        return fast, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+    def run_step():
+        with torch.no_grad():
+            outputs.append(fast.step(*inputs))
 
-    with caplog.at_level(logging.INFO, logger="img2mesh.zero123pp.compile_cache"):
-        fast, hits, misses = warm_up()
-        assert misses >= 1
-        artifacts = fast.artifacts
-        assert sorted((tmp_path / compile_cache.ARTIFACTS).glob("*.bin")) == [artifacts]
-        assert any("saved" in r.getMessage() for r in caplog.records)
-        saved = artifacts.read_bytes()
+    def compiled() -> list[bool]:
+        return [getattr(pipe.unet.get_submodule(n), unet_patches.COMPILED, False) for n in compiled_names(pipe)]
 
-        for entry in tmp_path.iterdir():  # Inductor's own cache gone, the artifacts file kept
-            if entry.name != compile_cache.ARTIFACTS:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        fast, hits, misses = warm_up()
-        assert fast.artifacts == artifacts and fast.loaded
-        assert hits >= 1 and misses == 0
-        assert artifacts.read_bytes() == saved
+    try:
+        groups = len(block_groups(pipe.unet, compiled_names(pipe)))
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a"))
+        with caplog.at_level(logging.INFO, logger="img2mesh.zero123pp.precompile"):
+            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
+        own = int(re.search(r"compiled (\d+) of", caplog.text).group(1))
+        by_worker = compiled_groups(tmp_path / "a")
+        assert own >= 1 and own + len(by_worker) == groups and len(set(by_worker)) == len(by_worker)
+        assert len(outputs) >= own
+        for output in outputs:
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
+        assert all(compiled())
+        assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 0
 
-        for unreadable in (b"not compile artifacts", bytes([saved[0] ^ 0xFF]) + saved[1:]):
-            artifacts.write_bytes(unreadable)
-            caplog.clear()
-            fast, hits, misses = warm_up()
-            assert not fast.loaded
-            assert any(r.levelno == logging.WARNING and "ignored" in r.getMessage() for r in caplog.records)
-            assert torch.compiler.load_cache_artifacts(artifacts.read_bytes()) is not None
+        unet_patches.uninstall(pipe.unet)
+        unet_patches.install(pipe.unet)
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "b"))
+        monkeypatch.setattr(sys, "executable", "/bin/false")  # the worker dies at once
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.precompile"):
+            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
+        assert sum("worker failed" in r.getMessage() for r in caplog.records) == 1
+        assert all(compiled())
+        assert not list((tmp_path / "b" / MARKERS).glob("*.json"))
+    finally:
+        disable_fast_path(pipe)
 
 
 def failing_backend(graph_module, example_inputs):
