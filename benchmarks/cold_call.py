@@ -95,6 +95,18 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def timed(name: str, function):
+    """``function`` with marks ``<name>_start`` and ``<name>_end`` around each call."""
+
+    def wrapper(*args, **kwargs):
+        mark(f"{name}_start")
+        out = function(*args, **kwargs)
+        mark(f"{name}_end")
+        return out
+
+    return wrapper
+
+
 def _patch_recon() -> None:
     """Marks around the hull, each fitting stage (its first step: the warm-up and the graph capture, synchronised),
     the fit, the meshing and texturing and the export."""
@@ -130,15 +142,6 @@ def _patch_recon() -> None:
         mark(f"stage{stage[0]}_end")
         stage[0] += 1
         return out
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            mark(f"{name}_start")
-            out = function(*args, **kwargs)
-            mark(f"{name}_end")
-            return out
-
-        return wrapper
 
     recon.fit.Hull.carve = classmethod(timed_carve)
     recon.fit.run_steps = timed_run_steps
@@ -179,15 +182,6 @@ def _patch_views(Img2Mesh, Pipeline, autotune: bool) -> None:
         out = generate(self, *args, **kwargs)
         mark("views_end")
         return out
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            mark(f"{name}_start")
-            out = function(*args, **kwargs)
-            mark(f"{name}_end")
-            return out
-
-        return wrapper
 
     Img2Mesh.load, Img2Mesh.generate_views, Pipeline.predict = timed_load, timed_generate, timed_predict
     # What follows the views (run 3's "write", 1.3 s on an H200): posing the grid, then writing the folder.

@@ -29,9 +29,10 @@ def mesh_paths(names: list[str] | None, meshes_dir: Path = MESHES) -> list[Path]
     return [by_stem[Path(n).stem] for n in names]
 
 
-def score(pred, gt, device: str = "cpu") -> dict[str, float]:
-    """Chamfer, F-scores (with their precision and recall) and novel-view PSNR/SSIM of ``pred`` against ``gt``."""
-    return {**chamfer_fscore(pred, gt), **novel_view_metrics(pred, gt, device=device)}
+def score(pred, gt, device: str = "cpu", pred_lighting: str = "unlit") -> dict[str, float]:
+    """Chamfer, F-scores (with their precision and recall) and novel-view PSNR/SSIM of ``pred`` against ``gt``
+    (``pred_lighting="lit"`` for a prediction with material colours rather than a baked texture)."""
+    return {**chamfer_fscore(pred, gt), **novel_view_metrics(pred, gt, pred_lighting=pred_lighting, device=device)}
 
 
 def machine(device: str) -> str:

@@ -268,17 +268,21 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
         print(f"  memory {label}: {json.dumps(brief)}", flush=True)
         return samples[-1]
 
+    def at_once(phase: str, jobs_count: int, offset: int) -> int:
+        """``jobs_count`` photos submitted at once; their throughput goes into ``result[phase]``; returns the count."""
+        jobs, done_at, wall = run_at_once(server, jobs_count, offset)
+        result[phase] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
+        print(f"  {phase}: {json.dumps(result[phase])}", flush=True)
+        time.sleep(0.5)
+        return len(jobs)
+
     try:
         time.sleep(0.5)
         sample("ready (the warm-up job done)")
         if "first" in args.phases and clock.left() > 8 * args.first:
             # The baseline's jobs at once: diffusion beside a fit, the CPU workers' write and the lone last job's
             # write in the fitting process all happen before it, so no first-time step falls after it.
-            jobs, done_at, wall = run_at_once(server, args.first, count)
-            count += len(jobs)
-            result["first"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
-            print(f"  first: {json.dumps(result['first'])}", flush=True)
-            time.sleep(0.5)
+            count += at_once("first", args.first, count)
             baseline = sample(f"after the first {count} jobs, at once (baseline)")
         if "sequential" in args.phases:
             latencies, stages = [], []
@@ -306,11 +310,7 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
                 else {},
             }
         if "burst" in args.phases and clock.left() > 8 * args.burst:
-            jobs, done_at, wall = run_at_once(server, args.burst, count)
-            count += len(jobs)
-            result["burst"] = throughput(done_at, wall) | {"failed": sum(j["state"] != "done" for j in jobs)}
-            print(f"  burst: {json.dumps(result['burst'])}", flush=True)
-            time.sleep(0.5)
+            count += at_once("burst", args.burst, count)
             sample(f"after the burst ({args.burst} at once)")
         if "cold" in args.phases:  # while the server idles: its memory stays on the card, as in real use
             cold_phase(args, model, clock, result)
@@ -323,7 +323,7 @@ def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
             fills, walls = [], 0.0
             while fill > 0:
                 chunk = min(args.burst, fill)
-                jobs, done_at, wall = run_at_once(server, chunk, count)
+                jobs, _, wall = run_at_once(server, chunk, count)
                 count += len(jobs)
                 fill -= chunk
                 walls += wall

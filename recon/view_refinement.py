@@ -181,37 +181,39 @@ class ViewWarp(torch.nn.Module):
 
 def gauge_basis(intrinsics: torch.Tensor, cam_to_world, size: int, cells: int) -> torch.Tensor:
     """(G, N·cells·cells·2) orthonormal basis of the joint displacement fields (:attr:`ViewWarp.offset` laid flat)
-    that a small similarity of the whole object (translation, rotation, scale about the origin) gives the views.
-
-    Each node's pixel is lifted to the origin's depth and moved by each of the seven generators; its projection's
-    displacement (central differences, float64) is that generator's field at the node.
-    """
-    k = torch.as_tensor(intrinsics, dtype=torch.float64)
-    c2w = torch.as_tensor(np.asarray(cam_to_world), dtype=torch.float64)
-    ticks = torch.arange(cells, dtype=torch.float64) * size / (cells - 1)
-    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
-    eye = torch.eye(3, dtype=torch.float64)
-    fields = []
-    for n in range(len(k)):
-        depth = torch.linalg.norm(c2w[n, :3, 3])
-        cam = torch.stack(
-            [(x - k[n, 0, 2]) / k[n, 0, 0] * depth, -(y - k[n, 1, 2]) / k[n, 1, 1] * depth, -depth.expand_as(x)], -1
-        ).reshape(-1, 3)
-        points = cam @ c2w[n, :3, :3].T + c2w[n, :3, 3]
-        motions = torch.cat(
-            [
-                eye[:, None].expand(3, len(points), 3),
-                torch.cross(eye[:, None].expand(3, len(points), 3), points[None].expand(3, -1, -1), dim=-1),
-            ]
-        )
-        motions = torch.cat([motions, points[None]])  # (7, P, 3): three translations, three rotations, a scale
-        step = 1e-4
-        ahead = project_points(points + step * motions, k[n], c2w[n])[0]
-        behind = project_points(points - step * motions, k[n], c2w[n])[0]
-        fields.append((ahead - behind) / (2 * step))  # (7, P, 2)
-    basis = torch.stack(fields, 1).reshape(7, -1)
+    that a small similarity of the whole object (translation, rotation, scale about the origin) gives the views: the
+    image motions (:func:`similarity_motions`) at each view's nodes."""
+    ticks = np.arange(cells) * size / (cells - 1)
+    y, x = np.meshgrid(ticks, ticks, indexing="ij")
+    nodes = np.stack([x, y], -1).reshape(-1, 2)
+    k, c2w = np.asarray(torch.as_tensor(intrinsics).cpu(), dtype=np.float64), np.asarray(cam_to_world)
+    fields = [similarity_motions(k[n], c2w[n], nodes) for n in range(len(k))]
+    basis = torch.as_tensor(np.stack(fields, 1).reshape(7, -1))
     _, singular, rows = torch.linalg.svd(basis, full_matrices=False)
     return rows[singular > 1e-6 * singular[0]].float()
+
+
+def similarity_motions(k: np.ndarray, cam_to_world: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """(7, P, 2) image motion at ``pixels`` (P, 2) of one view, per unit of each generator of a similarity of the
+    object: translations along x, y, z, rotations about them (through the origin), scale about the origin.
+
+    Each pixel is lifted to the origin's depth along its ray and moved; its projection's displacement (central
+    differences, float64) is the generator's motion there: first order, and for a turn right only at that depth.
+    """
+    k = torch.as_tensor(k, dtype=torch.float64)
+    c2w = torch.as_tensor(np.asarray(cam_to_world), dtype=torch.float64)
+    pixels = torch.as_tensor(pixels, dtype=torch.float64)
+    depth = torch.linalg.norm(c2w[:3, 3])
+    x = (pixels[:, 0] - k[0, 2]) / k[0, 0] * depth
+    y = -(pixels[:, 1] - k[1, 2]) / k[1, 1] * depth
+    points = torch.stack([x, y, -depth.expand_as(x)], -1) @ c2w[:3, :3].T + c2w[:3, 3]
+    eye = torch.eye(3, dtype=torch.float64)[:, None].expand(3, len(points), 3)
+    turns = torch.cross(eye, points[None].expand(3, -1, -1), dim=-1)
+    motions = torch.cat([eye, turns, points[None]])  # (7, P, 3)
+    step = 1e-4
+    ahead = project_points(points + step * motions, k, c2w)[0]
+    behind = project_points(points - step * motions, k, c2w)[0]
+    return ((ahead - behind) / (2 * step)).numpy()
 
 
 def target_values(rays: RayBatch) -> torch.Tensor:

@@ -162,14 +162,7 @@ def _imperfect_view(
         return np.random.default_rng([seed, index, FAMILIES.index(family)])
 
     image, alpha = image.astype(np.float64), alpha.astype(np.float64)
-    height, width = alpha.shape
-    displacement = np.zeros((2, height, width))
-    if "misregistration" in on:
-        displacement += _similarity_displacement(rng("misregistration"), config, k, height, width)
-    if "inconsistency" in on:
-        displacement += _smooth_field(rng("inconsistency"), config.warp_cells, (2, height, width)) * (
-            config.warp_px * k / np.sqrt(2)
-        )
+    displacement = view_displacement(config, seed, index, *alpha.shape)
     if displacement.any():
         image, alpha = _warp(image, alpha, displacement)
     if "photometric" in on:
@@ -181,6 +174,50 @@ def _imperfect_view(
     if "noise" in on:
         image = image + rng("noise").normal(0.0, config.noise * k, image.shape)
     return np.clip(image, 0.0, 1.0), alpha
+
+
+def view_displacement(config: ImperfectionConfig, seed: int, index: int, height: int, width: int) -> np.ndarray:
+    """(2, H, W) offsets (rows, cols) to the source pixel that misregistration and inconsistency give view ``index``
+    (zeros if neither is on): the view shows at each pixel what the exact render shows at pixel + offset."""
+    displacement = np.zeros((2, height, width))
+    k, on = config.strength, set(config.families)
+    if "misregistration" in on:
+        rng = np.random.default_rng([seed, index, FAMILIES.index("misregistration")])
+        displacement += _similarity_displacement(rng, config, k, height, width)
+    if "inconsistency" in on:
+        rng = np.random.default_rng([seed, index, FAMILIES.index("inconsistency")])
+        displacement += _smooth_field(rng, config.warp_cells, (2, height, width)) * (config.warp_px * k / np.sqrt(2))
+    return displacement
+
+
+def implied_placement(views: PosedViews, config: ImperfectionConfig, seed: int = 0) -> np.ndarray:
+    """(4, 4) the small similarity of the object (scale, rotation, translation about the origin) that best explains
+    the views' displacements jointly (least squares over each view's object pixels).
+
+    No reconstruction can tell this part of the imperfections from the object's own placement: six views each a
+    little off in their own way agree on it, so a fit that honours what they agree on places the object there.
+    Moving the ground truth by it and scoring it against itself gives the novel-view PSNR that placement alone costs.
+    """
+    from recon.view_refinement import similarity_motions
+
+    height, width = views.size
+    motions, moved = [], []
+    for index in range(len(views)):
+        rows, cols = np.nonzero(views.masks[index] > 0.5)
+        if len(rows) == 0:
+            continue
+        offset = view_displacement(config, seed, index, height, width)[:, rows, cols]
+        pixels = np.stack([cols + 0.5, rows + 0.5], -1)
+        motions.append(similarity_motions(views.intrinsics[index], views.cam_to_world[index], pixels))  # (7, P, 2)
+        moved.append(-offset[::-1].T)  # content moves opposite to the offset, as (x, y)
+    basis = np.concatenate(motions, axis=1).reshape(7, -1).T
+    theta = np.linalg.lstsq(basis, np.concatenate(moved).reshape(-1), rcond=None)[0]
+    from scipy.spatial.transform import Rotation
+
+    transform = np.eye(4)
+    transform[:3, :3] = (1 + theta[6]) * Rotation.from_rotvec(theta[3:6]).as_matrix()
+    transform[:3, 3] = theta[:3]
+    return transform
 
 
 def _similarity_displacement(
