@@ -9,9 +9,10 @@ near identity by a Charbonnier penalty, so that the views that agree set the fie
 takes its own transform). A registration (:class:`ViewWarp`) does on the image side what the pose correction does on
 the rays: each view's targets are read through a smooth displacement field of its own, so a view whose content sits
 a few pixels off (shifted, rotated, scaled, locally distorted) is registered onto what the other views agree on,
-without the cost of sending gradients through the samples' positions. All are undone for baking: the texture is
-projected through the corrected cameras from the views registered and with their colour transforms inverted
-(:func:`corrected_views`).
+without the cost of sending gradients through the samples' positions. The fields may not move all views together
+(:func:`gauge_basis`): that would only move the object away from where the given cameras put it. All are undone
+for baking: the texture is projected through the corrected cameras from the views registered and with their colour
+transforms inverted (:func:`corrected_views`).
 
 Pose corrections are in pixels of the fitted image, so their learning rate and penalty read the same at any
 resolution: a rotation of ``p`` about an axis across the view moves the image by ``p`` pixels, a translation of
@@ -116,7 +117,7 @@ class ViewWarp(torch.nn.Module):
     any affine field, so a misregistration by a similarity is represented exactly.
     """
 
-    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor | None = None):
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
@@ -125,9 +126,7 @@ class ViewWarp(torch.nn.Module):
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
         self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
-        self.register_buffer(
-            "gauge", torch.zeros(0, self.offset.numel(), device=targets.device) if gauge is None else gauge
-        )
+        self.register_buffer("gauge", gauge)
         """(G, N·cells·cells·2) orthonormal rows: the joint fields that a move of the whole object would explain
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
