@@ -5,10 +5,8 @@ Each subcommand lives in its own module under :mod:`img2mesh.commands` and is im
 one sentence with a non-zero exit; anything else is a bug and keeps its traceback.
 
 The one-shot commands that load torch (:data:`FAST_EXIT`) end their process without the interpreter's teardown once
-their work is written (:func:`fast_exit`): tearing down the ~2,000 modules that torch, trimesh and scipy (and
-diffusers and transformers for ``views``) bring, and the CUDA context, took 0.8-0.9 s of a cold ``img2mesh recon``
-on an H200 and 1.3-1.6 s of a cold ``img2mesh views`` (benchmarks/RESULTS.md, serve_latency run 3), and 1.1-1.4 s of
-either on the 2-core CPU machine, where the exit now takes 0.07-0.15 s: seconds the user waits for nothing.
+their work is written (:func:`fast_exit`): tearing down the thousands of modules torch and its company bring, and the
+CUDA context, cost about a second of every cold call (benchmarks/RESULTS.md, serve_latency run 3) for nothing.
 """
 
 from __future__ import annotations
