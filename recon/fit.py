@@ -11,9 +11,9 @@ surface-area priors, fading out over the fit, empty hull wedges that no view rul
 maps (the normal ControlNet's), a term pulls each ray's rendered normal towards its pixel's. The surface may not leave
 the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
 one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation. For generated
-views that disagree, the fit can also register each view's pixels onto the fields and learn per view a camera
-correction and a colour transform (:mod:`recon.view_refinement`), fade its silhouette terms near mask edges and carve
-its hull from grown masks (``configs/robust.yaml``).
+views that disagree, the fit registers each view's pixels onto the fields (on by default, from half-way through the
+fit) and can also learn per view a camera correction and a colour transform (:mod:`recon.view_refinement`), fade its
+silhouette terms near mask edges and carve its hull from grown masks (``configs/robust.yaml``).
 
 Everything is seeded, so the same views and config give the same fields.
 """
@@ -35,7 +35,7 @@ from recon.posed_views import PosedViews
 from recon.sdf_grid import Box, SdfGrid, initial_colour, initial_light, sample_grid
 from recon.view_refinement import ColourCompensation, PoseRefinement, ViewWarp
 from recon.visual_hull import Hull
-from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays, resized_views
+from recon.volume_render import RayBatch, clip_to_hull, pixel_rays, render_rays
 
 
 @dataclass
@@ -255,8 +255,7 @@ class ViewCorrections:
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
         warps = None
         if recon.registration:
-            _, _, k = resized_views(views, recon.image_size)
-            warps = ViewWarp.for_rays(rays, k, views.cam_to_world, recon.registration_cells, recon.registration_blur)
+            warps = ViewWarp.for_rays(rays, views, recon.registration_cells, recon.registration_blur)
         return cls(cameras, colours, warps)
 
     def parameter_groups(

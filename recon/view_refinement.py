@@ -131,13 +131,14 @@ class ViewWarp(torch.nn.Module):
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
     @classmethod
-    def for_rays(cls, rays: RayBatch, intrinsics: torch.Tensor, cam_to_world, cells: int, blur: float) -> ViewWarp:
-        """The fields of the views with ``intrinsics`` (N, 3, 3, at the fitted size) and ``cam_to_world`` (N, 4, 4)
-        over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`)."""
-        count = len(intrinsics)
+    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float) -> ViewWarp:
+        """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`).
+
+        The gauge is taken at the views' own size: scaling every pixel coordinate alike spans the same fields."""
+        count = len(views)
         values = target_values(rays)
         size = round((len(rays) // count) ** 0.5)
-        gauge = gauge_basis(intrinsics, cam_to_world, size, cells).to(values.device)
+        gauge = gauge_basis(views.intrinsics, views.cam_to_world, views.size[1], cells).to(values.device)
         return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge)
 
     def free_offset(self) -> torch.Tensor:
@@ -178,15 +179,14 @@ class ViewWarp(torch.nn.Module):
         return (self.free_offset().detach() / self.targets.shape[1]).cpu().numpy()
 
 
-def gauge_basis(intrinsics: torch.Tensor, cam_to_world, size: int, cells: int) -> torch.Tensor:
+def gauge_basis(intrinsics: np.ndarray, cam_to_world: np.ndarray, size: int, cells: int) -> torch.Tensor:
     """(G, N·cells·cells·2) orthonormal basis of the joint displacement fields (:attr:`ViewWarp.offset` laid flat)
     that a small similarity of the whole object (translation, rotation, scale about the origin) gives the views: the
     image motions (:func:`similarity_motions`) at each view's nodes."""
     ticks = np.arange(cells) * size / (cells - 1)
     y, x = np.meshgrid(ticks, ticks, indexing="ij")
     nodes = np.stack([x, y], -1).reshape(-1, 2)
-    k, c2w = np.asarray(torch.as_tensor(intrinsics).cpu(), dtype=np.float64), np.asarray(cam_to_world)
-    fields = [similarity_motions(k[n], c2w[n], nodes) for n in range(len(k))]
+    fields = [similarity_motions(k, c2w, nodes) for k, c2w in zip(intrinsics, cam_to_world, strict=True)]
     basis = torch.as_tensor(np.stack(fields, 1).reshape(7, -1))
     _, singular, rows = torch.linalg.svd(basis, full_matrices=False)
     return rows[singular > 1e-6 * singular[0]].float()

@@ -52,9 +52,11 @@ from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from recon.config import ViewsConfig
 from recon.posed_views import BACKGROUND_GRAY, PosedViews, join_grid, to_uint8
+from recon.view_refinement import similarity_motions
 
 Family = Literal["misregistration", "inconsistency", "photometric", "detail", "noise", "silhouette"]
 #: Every family, in the order they are applied.
@@ -198,8 +200,6 @@ def implied_placement(views: PosedViews, config: ImperfectionConfig, seed: int =
     little off in their own way agree on it, so a fit that honours what they agree on places the object there.
     Moving the ground truth by it and scoring it against itself gives the novel-view PSNR that placement alone costs.
     """
-    from recon.view_refinement import similarity_motions
-
     height, width = views.size
     motions, moved = [], []
     for index in range(len(views)):
@@ -212,8 +212,6 @@ def implied_placement(views: PosedViews, config: ImperfectionConfig, seed: int =
         moved.append(-offset[::-1].T)  # content moves opposite to the offset, as (x, y)
     basis = np.concatenate(motions, axis=1).reshape(7, -1).T
     theta = np.linalg.lstsq(basis, np.concatenate(moved).reshape(-1), rcond=None)[0]
-    from scipy.spatial.transform import Rotation
-
     transform = np.eye(4)
     transform[:3, :3] = (1 + theta[6]) * Rotation.from_rotvec(theta[3:6]).as_matrix()
     transform[:3, 3] = theta[:3]

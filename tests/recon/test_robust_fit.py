@@ -82,7 +82,7 @@ def test_the_gauge_spans_a_move_of_the_whole_object_and_not_one_view_alone():
     # What the projection removes from the fields: the joint image motion of a small 3D shift, turn and scaling of the
     # object (each view's nodes lifted to the origin's depth), and only a small part of a shift of one view.
     k, c2w = zero123pp_cameras("v1.2")
-    gauge = gauge_basis(torch.as_tensor(k), c2w, 320, 2).double()
+    gauge = gauge_basis(k, c2w, 320, 2).double()
     assert gauge.shape == (7, 6 * 2 * 2 * 2)
     depth = np.linalg.norm(c2w[:, :3, 3], axis=1)
     moved = []
