@@ -2,9 +2,12 @@
 
 Builds full-size random weights of the real architecture (they cost exactly what the real ones cost) unless
 ``--model`` names a folder, then runs every mode in a fresh process (so warm-up is a first run's): the compiled mode
-first with an empty compile cache ("cold"), then once more on the cache the cold run filled ("cached"). The last row
-is the low-memory mode (model CPU offload, eager) under a simulated card of ``--card-gb`` GB
-(``torch.cuda.set_per_process_memory_fraction``).
+first with an empty compile cache ("cold"), then once more on the folder the cold run filled ("cached"), and with
+``--portable`` once more on an empty folder holding only the artifacts file the cold run saved (a new machine).
+The last row is the low-memory mode (model CPU offload, eager) under a simulated card of ``--card-gb`` GB
+(``torch.cuda.set_per_process_memory_fraction``). ``--deadline S`` bounds the whole run: each process gets at most
+the time left, a mode that would start with too little is skipped, and a process cut off still reports its
+warm-up if it got that far.
 
     python benchmarks/multiview_speed.py --write-results         # on a CUDA machine
     python benchmarks/multiview_speed.py --size tiny --device cpu --modes off --steps 2,3   # smoke test
@@ -24,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,10 +68,10 @@ def run_child(args) -> dict:
 
     from img2mesh.zero123pp.fast_step import GraphedStep, enable_fast_path
     from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
-    from img2mesh.zero123pp.precompile import MARKERS, compile_cache_dir
+    from img2mesh.zero123pp.precompile import ARTIFACTS, compile_cache_dir
 
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("img2mesh.zero123pp").setLevel(logging.INFO)  # the fast path's choices and precompilation
+    logging.getLogger("img2mesh.zero123pp").setLevel(logging.INFO)  # the fast path's choices, the compile cache
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and args.card_gb:
@@ -99,11 +103,16 @@ def run_child(args) -> dict:
 
     _, first_s = sample(steps_short)  # the first run pays compilation, cuDNN autotuning and graph capture
     result = {"mode": args.child, "resolved": mode, "load_s": load_s, "first_s": first_s}
-    if mode != "off":
-        result["precompile_workers"], result["precompile_s"] = getattr(pipe.denoiser, "precompiled", (0, 0.0))
-        # Where the first run's compilation went (dynamo, AOT, Inductor), and the workers' own logs.
+    artifacts = getattr(pipe.denoiser, "artifacts", None)
+    if artifacts is not None:  # the compiled mode: what the warm-up found in the compile cache and left there
+        result["precompile_workers"], result["precompile_s"] = pipe.denoiser.precompiled
+        result["artifacts_loaded"] = len(pipe.denoiser.loaded)
+        result["artifacts_mb"] = artifacts.stat().st_size / 1e6 if artifacts.exists() else 0.0
+    print("PARTIAL " + json.dumps(result), flush=True)  # the warm-up, should the rest be cut off
+    if mode != "off":  # where the first run's compilation went (dynamo, AOT, Inductor), and the workers' logs
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
-        for log in sorted((compile_cache_dir() / MARKERS / "logs").glob("*.log")):
+        logs = sorted((compile_cache_dir() / ARTIFACTS / "logs").glob("worker*.log"))
+        for log in logs[: result.get("precompile_workers", 0)]:  # this run's workers (none: left by an earlier run)
             text = log.read_text()  # its timeline (head) and compile times (tail)
             print(f"--- {log.name}\n" + (text if len(text) < 4000 else text[:1500] + "\n[...]\n" + text[-2500:]))
     for steps in (steps_short, steps_long):
@@ -249,6 +258,12 @@ def attribute_kernels(
 
 
 def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb: float = 0.0) -> dict:
+    timeout = args.child_timeout
+    if args.deadline:
+        left = args.deadline - (time.perf_counter() - args.started) - 5  # 5 s for the table
+        if left < 20:
+            return {"mode": mode, "tag": tag, "error": "skipped: --deadline reached"}
+        timeout = min(timeout, left)
     cmd = [
         sys.executable,
         __file__,
@@ -268,17 +283,26 @@ def spawn(args, mode: str, tag: str, cache: Path, offload: bool = False, card_gb
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
-    except subprocess.TimeoutExpired:
-        return {"mode": mode, "tag": tag, "error": f"timed out after {args.child_timeout} s"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr, error = proc.stdout, proc.stderr, None
+    except subprocess.TimeoutExpired as exc:
+        stdout, stderr, error = _text(exc.stdout), _text(exc.stderr), f"cut off after {timeout:.0f} s"
     with open(Path(args.out) / "children.log", "a") as log:
-        log.write(f"===== {tag}: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"mode": mode, "tag": tag, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result.update(tag=tag, process_s=time.perf_counter() - started)
+        log.write(f"===== {tag}: {' '.join(cmd)}\n{stdout}{stderr}\n")
+    lines = stdout.splitlines()
+    finished = [ln[len("RESULT ") :] for ln in lines if ln.startswith("RESULT ")]
+    partial = [ln[len("PARTIAL ") :] for ln in lines if ln.startswith("PARTIAL ")]
+    if error is None and (proc.returncode or not finished):
+        error = (stderr.strip().splitlines() or ["?"])[-1][:200]
+    result = json.loads((finished or partial or ['{"first_s": null}'])[-1])
+    if error is not None:  # what it measured before it stopped (its first call, with the warm-up), and why
+        result = {"first_s": result.get("first_s"), "error": error}
+    result.update(mode=mode, tag=tag, process_s=time.perf_counter() - started)
     return result
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def max_diff(args, tag: str, steps: int) -> float | None:
@@ -316,7 +340,9 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         name = r["label"]
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 7)
+            first = r.get("first_s")
+            first = f"first {s}-step call {first:.1f} s, then " if first is not None else ""
+            lines.append(f"| {name} | {first}failed: {r['error']} |" + " |" * 7)
             continue
 
         def f(key, fmt="{:.1f}", r=r):
@@ -325,6 +351,9 @@ def table(rows: list[dict], args) -> str:
 
         resolved = "" if r["resolved"] == r["mode"] else f" → {r['resolved']}"
         fell = " (fell back to eager)" if r.get("fell_back") else ""
+        if "artifacts_loaded" in r:  # how the compiled mode's warm-up went: workers, or the artifacts file
+            fell += f" ({r['precompile_workers']} workers, {r['artifacts_loaded']} artifacts loaded, "
+            fell += f"{r['artifacts_mb']:.1f} MB file)"
         lines.append(
             f"| {name}{resolved}{fell} | {f('warmup_s')} | {f('step_ms')} | {f('step_ms_serial')} | "
             f"{f('ms_per_step')} | "
@@ -345,7 +374,11 @@ def main() -> None:
     parser.add_argument("--no-low-memory", action="store_true", help="skip the low-memory (offload) row")
     parser.add_argument("--out", type=Path, help="folder for results.json and the logs (default: a temporary one)")
     parser.add_argument("--work", type=Path, help="folder for the sampled outputs compared (default: a temporary one)")
-    parser.add_argument("--child-timeout", type=int, default=300)
+    parser.add_argument("--child-timeout", type=int, default=300, help="seconds one mode's process may take")
+    parser.add_argument("--deadline", type=float, help="seconds the whole run may take (weights included)")
+    parser.add_argument(
+        "--portable", action="store_true", help="compiled mode: also a run on an empty cache holding only the artifacts"
+    )
     parser.add_argument("--write-results", action="store_true", help="replace this benchmark's section of RESULTS.md")
     parser.add_argument("--profile", action="store_true", help="log the kernel-time table of graphed modes' step")
     parser.add_argument(
@@ -356,6 +389,7 @@ def main() -> None:
     parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.started = time.perf_counter()
     args.steps = [int(x) for x in args.steps.split(",")]
     if args.child:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
@@ -373,19 +407,28 @@ def main() -> None:
         print(f"random {args.size} weights built in {time.perf_counter() - started:.0f} s: {args.model}", flush=True)
     caches = Path(tempfile.mkdtemp(prefix="inductor_"))
     rows = []
+
+    def run(mode: str, tag: str, cache: Path, label: str) -> None:
+        rows.append({**spawn(args, mode, tag, cache), "label": label})
+        print(json.dumps(rows[-1]), flush=True)
+
     modes = ["off", *[m for m in args.modes.split(",") if m != "off"]]
     for mode in modes:
         tag = mode.replace("+", "_")
         if mode != "blocks+graphs":
-            rows.append({**spawn(args, mode, tag, caches / tag), "label": mode})
-        else:
-            cache = caches / "blocks"
-            if not cache.exists():  # first mode of its family: a cold run on an empty cache, then on the filled one
-                rows.append({**spawn(args, mode, tag + "_cold", cache), "label": f"{mode}, cold cache"})
-                print(json.dumps(rows[-1]), flush=True)
-            if not args.no_cached:
-                rows.append({**spawn(args, mode, tag, cache), "label": f"{mode}, cached"})
-        print(json.dumps(rows[-1]), flush=True)
+            run(mode, tag, caches / tag, mode)
+            continue
+        # A cold run on an empty cache folder, then one on the folder it filled.
+        run(mode, tag + "_cold", caches / "blocks", f"{mode}, cold cache")
+        if not args.no_cached:
+            run(mode, tag, caches / "blocks", f"{mode}, cached")
+    if args.portable and "blocks+graphs" in modes:  # last: an empty folder holding only the artifacts file saved
+        from img2mesh.zero123pp.precompile import ARTIFACTS
+
+        (caches / "portable" / ARTIFACTS).mkdir(parents=True)
+        for saved in (caches / "blocks" / ARTIFACTS).glob("*.bin"):
+            shutil.copy(saved, caches / "portable" / ARTIFACTS)
+        run("blocks+graphs", "blocks_graphs_portable", caches / "portable", "blocks+graphs, artifacts file only")
     if args.device.startswith("cuda") and not args.no_low_memory:
         row = spawn(args, "off", "offload_capped", caches / "off", offload=True, card_gb=args.card_gb)
         rows.append({**row, "label": f"low memory (offload, eager), capped at {args.card_gb:g} GB"})

@@ -10,8 +10,8 @@ and by layout conversions around every convolution. The modes (timings in benchm
   that meet layer by layer. Warm-up: seconds.
 - ``"blocks+graphs"``: the same graph, replaying compiled kernels: each repeated UNet block (channels-last forwards,
   :mod:`~img2mesh.zero123pp.unet_patches`) goes through ``torch.compile`` with static shapes, which fuses its
-  normalisation and elementwise work. The fastest step; its first compilation is shared with worker processes
-  (:mod:`~img2mesh.zero123pp.precompile`) and lands in Inductor's on-disk cache, which later runs read back.
+  normalisation and elementwise work. The fastest step; its first compilation is shared with worker processes,
+  and later runs start from the compile artifacts it saved (:mod:`~img2mesh.zero123pp.precompile`).
 - ``"auto"``: eager off CUDA; on CUDA eager for so few denoising steps per process that the graphs' longer
   warm-up is not repaid, "graphs", or "blocks+graphs" for as many images per process as repay its warm-up
   (:func:`auto_mode`). ``"off"``: eager.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -88,7 +89,7 @@ def resolve_mode(
     wanted = requested
     if requested == "auto":
         # The cache is looked at only where its state can change the answer (a one-image run never touches it).
-        filled = cuda and images >= BLOCKS_FROM_IMAGES["cached"] and precompile.precompiled_before()
+        filled = cuda and images >= BLOCKS_FROM_IMAGES["cached"] and precompile.cache_filled()
         wanted = auto_mode(cuda, offload, can_compile, images, cache_filled=filled, steps=steps)
     degraded = "graphs" if wanted == COMPILED_MODE and not can_compile else wanted  # no Triton: no blocks
     mode = "off" if not cuda or offload else degraded
@@ -189,7 +190,8 @@ class FastDenoiser:
     """Drop-in for ``pipe.denoiser`` (reference pass + main pass): channels-last inputs, the UNet's blocks compiled
     with ``compile_backend`` (None: not compiled), the step replayed from CUDA graphs when ``graphed``.
 
-    The first call pays the warm-up; with Inductor on CUDA, worker processes first share the compilation
+    The first call pays the warm-up; with Inductor it first loads the compile artifacts a previous warm-up saved
+    for these shapes, else shares the compilation with worker processes, and saves them after
     (:mod:`~img2mesh.zero123pp.precompile`). If the first call fails (a compiler or capture error), the denoiser
     logs it and runs eager from then on, same results.
     """
@@ -209,6 +211,10 @@ class FastDenoiser:
         self._to_compile = compile_backend is not None
         self.precompiled: tuple[int, float] = (0, 0.0)
         """Worker processes the first call started to fill the compile cache, and the seconds they took."""
+        self.artifacts: Path | None = None
+        """The compile-artifacts file of the first call's model and shapes (Inductor only)."""
+        self.loaded: frozenset[str] = frozenset()
+        """Keys of the compile artifacts the first call loaded from :attr:`artifacts` (empty: it compiled)."""
         if self._to_compile:
             precompile.compile_cache_dir()  # before the first compilation, so the cache lands there
             for name in ("recompile_limit", "cache_size_limit"):
@@ -224,15 +230,20 @@ class FastDenoiser:
         return self.denoiser(sample, timestep, encoder_hidden_states, reference_sample, down or None, mid)
 
     def _compile(self, inputs: tuple) -> None:
-        """Compile every block, sharing the first compilation with workers where that can help."""
+        """Compile every block: from the artifacts a previous warm-up saved, else sharing the first compilation
+        with workers where that can help."""
         self._to_compile = False
-        if self.compile_backend == "inductor" and inputs[0].device.type == "cuda":
+        if self.compile_backend == "inductor":
             started = time.perf_counter()
             try:
-                workers = precompile.precompile(self.denoiser, self.unet, inputs, lambda: self.step(*inputs))
-                self.precompiled = (workers, time.perf_counter() - started)
-            except Exception as error:  # workers only save time; what is missing compiles below
-                logger.warning("precompilation in workers failed (%s: %s)", type(error).__name__, error)
+                spec = precompile.cache_spec(self.denoiser, self.unet, inputs, self.compile_backend)
+                self.artifacts = precompile.artifacts_file(spec)
+                self.loaded = precompile.load_artifacts(self.artifacts)
+                if not self.loaded:
+                    workers = precompile.precompile(spec, self.unet, lambda: self.step(*inputs))
+                    self.precompiled = (workers, time.perf_counter() - started)
+            except Exception as error:  # the cache and the workers only save time; what is missing compiles below
+                logger.warning("compile cache or workers failed (%s: %s)", type(error).__name__, error)
         modules = dict(self.unet.named_modules())
         for name in unet_patches.compiled_block_names(self.unet):
             unet_patches.compile_block(modules[name], self.compile_backend)
@@ -243,11 +254,16 @@ class FastDenoiser:
         try:
             if self.graphed is not None:  # a tensor, as the graph's inputs are (and as the compiled code sees it)
                 timestep = torch.as_tensor(timestep, device=sample.device)
-            if self._to_compile:
+            first = self._to_compile
+            if first:
                 self._compile((sample, timestep, encoder_hidden_states, reference_sample))
             if self.graphed is not None:
-                return self.graphed(sample, timestep, encoder_hidden_states, reference_sample, down or [], mid)
-            return self.step(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
+                output = self.graphed(sample, timestep, encoder_hidden_states, reference_sample, down or [], mid)
+            else:
+                output = self.step(sample, timestep, encoder_hidden_states, reference_sample, down, mid)
+            if first and self.artifacts is not None:
+                precompile.save_artifacts(self.artifacts, self.loaded)
+            return output
         except Exception as error:  # a compiler/capture failure must cost speed, never the run
             logger.warning("fast path failed (%s: %s); continuing eager", type(error).__name__, error)
             self.failed = True
@@ -270,7 +286,7 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: in
         return mode
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.denoiser.fuse_projections()
-    if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up, as the compile workers do
+    if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up (the compile workers do too)
         torch.backends.cudnn.benchmark = True
     # "graphs" keeps cuDNN's heuristics: autotuning cost a cold one-image call 2.7 s (its first step 3.4 s against
     # 1.7 s) and the 74 replayed steps were no faster (2.9 s against 2.4 s; RESULTS "cold CLI calls", run 3).

@@ -1,19 +1,24 @@
-"""The first compilation of the UNet's blocks, shared by this process and worker processes.
+"""The compiled mode's compile cache: Inductor's on-disk cache, one file of torch's compile artifacts per model
+and shapes, and worker processes that share the first compilation.
 
 Why. The compiled mode turns a step into ~60 graphs (each distinct block structure at each resolution, transformers
 split around their eager self-attention). Compiling a graph is single-threaded Python (tracing, lowering, code
 generation), so compiled one after the other at the first step they take minutes, while a later run reads them
-back from Inductor's on-disk cache in well under half a minute. Inductor's cache is the whole mechanism; what this
-module adds is parallelism for the first fill: worker processes build the same UNet (compiled code depends on
-shapes, layouts and dtypes, never on values), and the block groups (blocks that compile to the same graphs: same
-kind, resolution level and channels) are a queue, largest first. Whoever takes a group, a worker or this process,
-compiles it and runs one step at the real shapes, which leaves its graphs in the shared cache; this process loads
-each group a worker finishes while the others still compile (benchmarks/RESULTS.md has the timings).
+back from torch's caches in about 20 s (benchmarks/RESULTS.md).
 
-Workers cost GPU memory while they run (each holds its own UNet and one step's activations), so their number is
-capped by the free memory as well as the cores. A marker file per (model configuration, input shapes, versions,
-source of the step) in the cache folder records a finished precompilation, so later runs start no worker. A worker
-that fails or runs out of time only costs speed: this process then compiles what is missing itself.
+- The first compilation (:func:`precompile`) is parallel: worker processes build the same UNet (compiled code
+  depends on shapes, layouts and dtypes, never on values), and the block groups (blocks that compile to the same
+  graphs: same kind, resolution level and channels) are a queue, largest first. Whoever takes a group, a worker or
+  this process, compiles it and runs one step at the real shapes, which leaves its graphs in Inductor's cache
+  (:func:`compile_cache_dir`); this process loads each group a worker finishes while the others still compile.
+  Workers cost GPU memory while they run, so their number is capped by the free memory as well as the cores; one
+  that fails or runs out of time only costs speed (this process compiles what is missing).
+- After that first step, :func:`save_artifacts` writes everything this process compiled or read from the cache
+  (``torch.compiler.save_cache_artifacts``: torch records cache hits too, so the workers' graphs are in it) to one
+  file named by :func:`artifacts_file` (model configuration, input shapes and dtypes, versions, card, the source
+  of the step). A later run hands it to ``torch.compiler.load_cache_artifacts`` (:func:`load_artifacts`) before it
+  compiles, and starts no worker; a copy of the file is a warm start where the Inductor cache is empty (same card
+  and versions). A file torch cannot read costs a log line and a first compilation, never the run.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from img2mesh.zero123pp import unet_patches
 
 logger = logging.getLogger(__name__)
 
-#: Folder of :func:`compile_cache_dir` where finished first compilations leave their marker.
-MARKERS = "img2mesh_precompiled"
+#: Folder of :func:`compile_cache_dir` holding the artifacts files (``<key>.bin``) and the last workers' logs.
+ARTIFACTS = "img2mesh_artifacts"
 #: Upper bound on worker processes (beyond it this process's cached pass dominates).
 MAX_WORKERS = 8
 #: GPU memory a worker needs: this many times the UNet's weights (its own copy and one step's activations), plus
@@ -48,7 +53,7 @@ WORKER_OVERHEAD = 1 << 30
 WORKER_TIMEOUT = 900
 #: Estimated graphs per block, to order the queue: a transformer splits into several around self-attention.
 _COST = {"ResnetBlock2D": 1, "Transformer2DModel": 3}
-#: The modules whose source decides what a step compiles to (part of the marker's key).
+#: The modules whose source decides what a step compiles to (part of an artifacts file's name).
 _STEP_SOURCES = ("attention.py", "fast_step.py", "unet_patches.py", "precompile.py")
 
 
@@ -61,10 +66,10 @@ def compile_cache_dir() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-def precompiled_before() -> bool:
-    """Whether a finished first compilation left its marker in :func:`compile_cache_dir` (any model and shapes: a
+def cache_filled() -> bool:
+    """Whether a first compilation left an artifacts file in :func:`compile_cache_dir` (any model and shapes: a
     hint, not a guarantee that this model's graphs are cached)."""
-    return any((compile_cache_dir() / MARKERS).glob("*.json"))
+    return any((compile_cache_dir() / ARTIFACTS).glob("*.bin"))
 
 
 def block_groups(unet: torch.nn.Module, names: Sequence[str]) -> list[tuple[int, list[str]]]:
@@ -96,23 +101,40 @@ def _cores() -> int:
 
 
 def worker_count(unet: torch.nn.Module, device: torch.device, groups: int) -> int:
-    """How many workers fit beside this process: two cores each, the free GPU memory, the number of groups."""
-    count = min(MAX_WORKERS, _cores() // 2, groups)
-    if device.type == "cuda":
-        weights = sum(p.numel() * p.element_size() for p in unet.parameters())
-        free, _ = torch.cuda.mem_get_info(device)
-        count = min(count, int(free // (WORKER_MEMORY_FACTOR * weights + WORKER_OVERHEAD)))
-    return max(count, 0)
+    """How many workers fit beside this process on a CUDA ``device`` (none elsewhere: the compiled mode needs CUDA):
+    two cores each, the free GPU memory, the number of groups."""
+    if device.type != "cuda":
+        return 0
+    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    free, _ = torch.cuda.mem_get_info(device)
+    memory = int(free // (WORKER_MEMORY_FACTOR * weights + WORKER_OVERHEAD))
+    return max(min(MAX_WORKERS, _cores() // 2, groups, memory), 0)
 
 
-def _describe(t) -> dict | None:
-    if not isinstance(t, torch.Tensor):
-        return None
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+def cache_spec(denoiser, unet: torch.nn.Module, inputs: tuple, backend: str) -> dict:
+    """What the compiled blocks of ``unet`` depend on, besides versions and sources, for these denoiser ``inputs``
+    (sample, timestep, encoder states, reference sample or None); ``denoiser`` is the
+    :class:`~img2mesh.zero123pp.attention.ReferenceUNet` as configured for the fast path. Names the artifacts file
+    and tells a worker what to build (JSON-able)."""
+
+    def describe(t) -> dict | None:
+        return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} if torch.is_tensor(t) else None
+
+    return {
+        "unet_class": f"{type(unet).__module__}.{type(unet).__name__}",
+        "unet_config": dict(unet.config),
+        "dtype": str(next(unet.parameters()).dtype).removeprefix("torch."),
+        "device": str(inputs[0].device),
+        "inputs": [describe(t) for t in inputs],
+        "fused_projections": denoiser._cross_stacked is not None,
+        "side_stream": denoiser.bank.stream is not None,
+        "backend": backend,
+    }
 
 
-def _marker_key(spec: dict) -> str:
-    """What a precompilation depends on: the spec, the versions, the card and the source of the step."""
+def artifacts_file(spec: dict) -> Path:
+    """The artifacts file of :func:`cache_spec` ``spec`` on this torch, diffusers, Python and card, with this
+    source of the step."""
     import diffusers
 
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
@@ -121,41 +143,67 @@ def _marker_key(spec: dict) -> str:
     digest.update(f"{torch.__version__} {diffusers.__version__} {sys.version}".encode())
     if torch.cuda.is_available():
         digest.update(torch.cuda.get_device_name().encode())
-    return digest.hexdigest()[:24]
+    return compile_cache_dir() / ARTIFACTS / f"{digest.hexdigest()[:24]}.bin"
+
+
+def load_artifacts(path: Path) -> frozenset[str]:
+    """Hand the compile artifacts in ``path`` to torch's caches; returns the keys of those it held (empty: no
+    file, or one torch cannot read, which is logged and left for :func:`save_artifacts` to replace)."""
+    if not path.is_file():
+        return frozenset()
+    why = "not compile artifacts of this torch"  # torch returns None for what it cannot decode
+    torch_log = logging.getLogger("torch.compiler._cache")  # whose traceback would say it again in ten lines
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+        keys = frozenset(key for keys in info.artifacts.values() for key in keys) if info else frozenset()
+    except Exception as error:
+        keys, why = frozenset(), f"{type(error).__name__}: {error}"
+    finally:
+        torch_log.setLevel(level)
+    if not keys:
+        logger.warning("compile cache: ignored %s (%s); compiling as on a first run", path, why)
+    else:
+        logger.info("compile cache: loaded %d artifacts from %s", len(keys), path)
+    return keys
+
+
+def save_artifacts(path: Path, loaded: frozenset[str] = frozenset()) -> bool:
+    """Write the compile artifacts of everything this process compiled or read from the cache to ``path``, unless
+    the file holds them all already (``loaded``, from :func:`load_artifacts`); returns whether it wrote. Written
+    whole, then renamed into place, so a reader never sees half a file; a failure costs a warning only."""
+    try:
+        saved = torch.compiler.save_cache_artifacts()  # None: nothing went through Inductor
+        if saved is None or {key for keys in saved[1].artifacts.values() for key in keys} <= loaded:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(saved[0])
+        partial.replace(path)
+    except Exception as error:
+        logger.warning("compile cache: could not save %s (%s: %s)", path, type(error).__name__, error)
+        return False
+    logger.info("compile cache: saved %.1f MB of compile artifacts to %s", len(saved[0]) / 1e6, path)
+    return True
 
 
 def precompile(
-    denoiser,
+    spec: dict,
     unet: torch.nn.Module,
-    inputs: tuple,
     run_step: Callable[[], object],
-    backend: str = "inductor",
     workers: int | None = None,
     timeout: float = WORKER_TIMEOUT,
 ) -> int:
     """Compile every block of ``unet`` (:func:`unet_patches.compiled_block_names`, patched and not compiled yet)
-    for these denoiser ``inputs`` (sample, timestep, encoder states, reference sample or None), sharing the work
-    with worker processes; returns how many workers ran (0: none were needed or possible, then nothing is compiled
-    here). ``run_step`` runs one step of the fast path's denoiser at the real inputs; ``denoiser`` is the
-    :class:`~img2mesh.zero123pp.attention.ReferenceUNet` as configured for the fast path."""
+    for the inputs :func:`cache_spec` describes in ``spec``, sharing the work with worker processes; returns how
+    many workers ran (0: none could, then nothing is compiled here). ``run_step`` runs one step of the fast path's
+    denoiser at those inputs."""
     names = unet_patches.compiled_block_names(unet)
-    device = inputs[0].device
     groups = sorted(block_groups(unet, names), key=lambda group: -group[0])
-    workers = worker_count(unet, device, len(groups)) if workers is None else workers
+    if workers is None:
+        workers = worker_count(unet, torch.device(spec["device"]), len(groups))
     if workers < 1:
-        return 0
-    spec = {
-        "unet_class": f"{type(unet).__module__}.{type(unet).__name__}",
-        "unet_config": dict(unet.config),
-        "dtype": str(next(unet.parameters()).dtype).removeprefix("torch."),
-        "inputs": [_describe(t) for t in inputs],
-        "fused_projections": denoiser._cross_stacked is not None,
-        "side_stream": denoiser.bank.stream is not None,
-        "backend": backend,
-        "groups": [members for _, members in groups],
-    }
-    marker = compile_cache_dir() / MARKERS / f"{_marker_key(spec)}.json"
-    if marker.exists():
         return 0
     started = time.perf_counter()
     threads = max(1, _cores() // (workers + 1))
@@ -166,28 +214,28 @@ def precompile(
     }
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-    spec["device"] = str(device)
-    logs = marker.parent / "logs"  # the last precompilation's worker logs (what each compiled, and when)
+    logs = compile_cache_dir() / ARTIFACTS / "logs"  # the last workers' logs (what each compiled, and when)
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("worker*.log"):
         old.unlink()
     processes = []
     with tempfile.TemporaryDirectory(prefix="img2mesh_precompile_") as claims:
+        spec = {**spec, "groups": [members for _, members in groups], "claims": claims, "spawned": time.time()}
         spec_file = Path(claims) / "spec.json"
-        spec_file.write_text(json.dumps({**spec, "claims": claims, "spawned": time.time()}, default=str))
+        spec_file.write_text(json.dumps(spec, default=str))
         for i in range(workers):
             log = open(logs / f"worker{i}.log", "w+")  # noqa: SIM115  (closed by _wait)
             cmd = [sys.executable, "-m", "img2mesh.zero123pp.precompile", str(spec_file)]
             processes.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         try:
-            own = _compile_here(unet, spec["groups"], Path(claims), run_step, processes, started + timeout, backend)
+            own = _compile_here(
+                unet, spec["groups"], Path(claims), run_step, processes, started + timeout, spec["backend"]
+            )
             logger.info("precompile: this process compiled %d of %d block groups itself", own, len(groups))
         finally:
             failed = _wait(processes, started + timeout)
     seconds = time.perf_counter() - started
     logger.info("precompiled %d blocks with %d workers in %.1f s (%d failed)", len(names), workers, seconds, failed)
-    if not failed:
-        marker.write_text(json.dumps({"seconds": seconds, "workers": workers, "blocks": len(names)}))
     return workers
 
 
@@ -272,8 +320,6 @@ def run_worker(spec: dict) -> None:
 
     since_spawn("torch and diffusers imported")
     device = torch.device(spec["device"])
-    if device.type == "cpu":  # the processes share the cores: one thread pool each would oversubscribe them
-        torch.set_num_threads(int(os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1")))
     module, _, name = spec["unet_class"].rpartition(".")
     with torch.device("meta"):
         unet = getattr(importlib.import_module(module), name).from_config(spec["unet_config"])

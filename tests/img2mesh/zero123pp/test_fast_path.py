@@ -1,19 +1,20 @@
 """The Zero123++ fast path on the CPU: mode resolution and fallbacks, and what can run here giving the eager output
 (compiled blocks through torch.compile's "eager" backend, channels-last, the compile-failure fallback, the CUDA-graph
 wrapper's argument plumbing, the shared key/value buffers, the transposed-convolution upsamplers, the compile queue
-of this process and a worker). Budget: ~2 min on 2 cores (the precompile test ~60 s: two worker processes)."""
+of this process and a worker, the compile artifacts a later warm-up starts from). Budget: ~2 min on 2 cores (the
+compile cache test ~60 s: Inductor's C++ backend, a worker process)."""
 
 from __future__ import annotations
 
 import logging
-import re
+import shutil
 import sys
 
 import pytest
 import torch
 
 from img2mesh.testing.random_weights import save_random_zero123pp
-from img2mesh.zero123pp import unet_patches
+from img2mesh.zero123pp import precompile, unet_patches
 from img2mesh.zero123pp.fast_step import (
     BLOCKS_FROM_IMAGES,
     FastDenoiser,
@@ -26,7 +27,7 @@ from img2mesh.zero123pp.fast_step import (
     resolve_mode,
 )
 from img2mesh.zero123pp.pipeline import Zero123PlusPipeline
-from img2mesh.zero123pp.precompile import MARKERS, block_groups, compile_cache_dir, precompile, precompiled_before
+from img2mesh.zero123pp.precompile import block_groups, compile_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,12 @@ def test_auto_compiles_the_blocks_only_for_a_batch_that_repays_the_compile(monke
     assert auto_mode(cuda=True, offload=False, can_compile=False, images=1, cache_filled=False, steps=1) == "off"
     assert auto_mode(cuda=True, offload=False, can_compile=True, images=cached - 1, cache_filled=True) == "graphs"
     assert graphs_repaid(1, 10_000) and not graphs_repaid(1, 1)
-    # The cache counts as filled once a first compilation left its marker there.
+    # The cache counts as filled once a first compilation left its artifacts file there.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    assert not precompiled_before()
-    (tmp_path / MARKERS).mkdir()
-    (tmp_path / MARKERS / "model-and-shapes.json").write_text("{}")
-    assert precompiled_before()
+    assert not precompile.cache_filled()
+    (tmp_path / precompile.ARTIFACTS).mkdir()
+    (tmp_path / precompile.ARTIFACTS / "model-and-shapes.bin").write_bytes(b"")
+    assert precompile.cache_filled()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA fallback")
@@ -250,59 +251,80 @@ def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
     assert sorted(name for m in members for name in m) == sorted(names)
 
 
-def compiled_groups(folder) -> list[int]:
-    """The block groups the workers' logs say they compiled."""
-    logs = sorted((folder / "img2mesh_precompiled" / "logs").glob("worker*.log"))
-    return [int(g) for log in logs for g in re.findall(r"group (\d+) \(\d+ blocks\) compiled", log.read_text())]
-
-
-def test_precompile_workers_and_this_process_share_the_groups_and_leave_a_marker(
+def test_workers_fill_the_cache_once_then_warm_ups_start_from_the_saved_artifacts(
     pipe, tmp_path, monkeypatch, caplog
 ) -> None:
-    """A worker process builds the UNet from its configuration; it and this process take block groups off a
-    shared queue, each compiling its group ("eager" backend here) and running one step at the given shapes. This
-    process starts first, so it takes at least one; every group is compiled exactly once, by one of them; the
-    steps' outputs are unchanged and all blocks are compiled afterwards. A marker skips the workers for the same
-    shapes; a worker that fails costs a warning, this process compiles everything, and no marker is left."""
+    """Inductor for real (the CPU's C++ backend; two block groups, to keep it short). First warm-up, empty cache: a
+    worker process compiles one group, this process the other, then reads the worker's graph from Inductor's cache;
+    the artifacts file saved after that step holds both (torch records cache hits too). After Inductor's cache is
+    wiped, a fresh compiler state (as in a new process) loads the file, starts no worker and compiles nothing
+    (graph cache hits, no miss), and leaves the file as it was. A file torch cannot read (garbage, another encoding
+    version) costs one warning and takes the first-run path (workers; one that dies costs a warning, this process
+    compiles its group), and is rewritten loadable. Every call gives the eager output."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    blocks = ["mid_block.resnets.0", unet_patches.TAIL_NORM]  # one group each
+    monkeypatch.setattr(unet_patches, "compiled_block_names", lambda unet: blocks)
+    spawns = []
+    monkeypatch.setattr(precompile, "worker_count", lambda unet, device, groups: spawns.append(groups) or 1)
+    claim = precompile._claim  # this process takes group 0 only, so the worker compiles group 1
+    monkeypatch.setattr(precompile, "_claim", lambda claims, index: index == 0 and claim(claims, index))
+    pipe.unet.to(memory_format=torch.channels_last)  # as enable_fast_path leaves it (and a worker builds it)
     inputs = denoiser_inputs(pipe)
     with torch.no_grad():
         expected = pipe.denoiser(*inputs)
-    fast = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="eager")
-    outputs = []
 
-    def run_step():
-        with torch.no_grad():
-            outputs.append(fast.step(*inputs))
+    def warm_up() -> tuple[FastDenoiser, int, int]:
+        """A fresh compiler state, then a first call; the denoiser, graph cache hits and misses."""
+        torch.compiler.reset()
+        counters.clear()
+        fast = pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, compile_backend="inductor")
+        try:
+            with torch.no_grad():
+                got = pipe.denoiser(*inputs)
+        finally:
+            disable_fast_path(pipe)
+        assert not fast.failed
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        return fast, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
 
-    def compiled() -> list[bool]:
-        return [getattr(pipe.unet.get_submodule(n), unet_patches.COMPILED, False) for n in compiled_names(pipe)]
+    fast, hits, misses = warm_up()
+    log = (tmp_path / precompile.ARTIFACTS / "logs" / "worker0.log").read_text()
+    assert fast.precompiled[0] == 1 and spawns == [2] and "group 1 (1 blocks) compiled" in log
+    assert misses >= 1 and hits >= 1  # its own group compiled, the worker's read from the cache
+    artifacts = fast.artifacts
+    assert sorted((tmp_path / precompile.ARTIFACTS).glob("*.bin")) == [artifacts] and precompile.cache_filled()
+    saved = artifacts.read_bytes()
+    spec = precompile.cache_spec(pipe.denoiser, pipe.unet, inputs, "inductor")  # other shapes: another file
+    assert precompile.artifacts_file(spec) == artifacts
+    assert (
+        precompile.artifacts_file(
+            precompile.cache_spec(pipe.denoiser, pipe.unet, (inputs[0][:1], *inputs[1:]), "inductor")
+        )
+        != artifacts
+    )
 
-    try:
-        groups = len(block_groups(pipe.unet, compiled_names(pipe)))
-        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a"))
-        with caplog.at_level(logging.INFO, logger="img2mesh.zero123pp.precompile"):
-            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
-        own = int(re.search(r"compiled (\d+) of", caplog.text).group(1))
-        by_worker = compiled_groups(tmp_path / "a")
-        assert own >= 1 and own + len(by_worker) == groups and len(set(by_worker)) == len(by_worker)
-        assert len(outputs) >= own
-        for output in outputs:
-            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
-        assert all(compiled())
-        assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 0
+    for entry in tmp_path.iterdir():  # Inductor's own cache gone, the artifacts file kept
+        if entry.name != precompile.ARTIFACTS:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    fast, hits, misses = warm_up()
+    assert fast.loaded and fast.precompiled == (0, 0.0) and spawns == [2]
+    assert misses == 0 and hits >= 2
+    assert artifacts.read_bytes() == saved
 
-        unet_patches.uninstall(pipe.unet)
-        unet_patches.install(pipe.unet)
-        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "b"))
-        monkeypatch.setattr(sys, "executable", "/bin/false")  # the worker dies at once
+    monkeypatch.setattr(precompile, "_claim", claim)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the worker dies at once
+    for unreadable in (b"not compile artifacts", bytes([saved[0] ^ 0xFF]) + saved[1:]):
+        artifacts.write_bytes(unreadable)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp.precompile"):
-            assert precompile(pipe.denoiser, pipe.unet, inputs, run_step, backend="eager", workers=1) == 1
-        assert sum("worker failed" in r.getMessage() for r in caplog.records) == 1
-        assert all(compiled())
-        assert not list((tmp_path / "b" / MARKERS).glob("*.json"))
-    finally:
-        disable_fast_path(pipe)
+        with caplog.at_level(logging.WARNING, logger="img2mesh.zero123pp"):
+            fast, _, _ = warm_up()
+        ours = [r.getMessage() for r in caplog.records if r.name.startswith("img2mesh")]
+        assert len(ours) == 2 and "ignored" in ours[0] and "worker failed" in ours[1]
+        assert not fast.loaded and fast.precompiled[0] == 1
+        assert torch.compiler.load_cache_artifacts(artifacts.read_bytes()) is not None
+    assert len(spawns) == 3
 
 
 def failing_backend(graph_module, example_inputs):
