@@ -39,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: The compiled mode (the modes are ``MultiviewConfig.compile``'s: "auto", "off", "graphs" and this one).
 COMPILED_MODE = "blocks+graphs"
-#: Dynamo keeps one compiled variant per (block, input shapes); SD2's blocks need dozens in the two passes, more
-#: than dynamo's default limit of 8 per function (process-wide setting, raised, never lowered).
-RECOMPILE_LIMIT = 128
 #: Images per process from which "auto" compiles, with and without a compile cache that a previous run filled:
 #: where the time saved per image repays the longer warm-up (benchmarks/RESULTS.md).
 BLOCKS_FROM_IMAGES = {"cached": 8, "cold": 40}
@@ -217,9 +214,6 @@ class FastDenoiser:
         """Keys of the compile artifacts the first call loaded from :attr:`artifacts` (empty: it compiled)."""
         if self._to_compile:
             precompile.compile_cache_dir()  # before the first compilation, so the cache lands there
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
             unet_patches.install(unet)
 
     def step(self, sample, timestep, encoder_hidden_states, reference_sample, down=None, mid=None):

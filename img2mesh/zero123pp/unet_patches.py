@@ -33,6 +33,9 @@ import torch.nn.functional as F
 TAIL_NORM = "conv_norm_out"
 #: Attributes marking a module whose forward :func:`install` replaced, and one :func:`compile_block` wrapped.
 PATCHED, COMPILED = "_img2mesh_patched", "_img2mesh_compiled"
+#: Compiled variants dynamo may keep per function: one per (block, input shapes), dozens for SD2's blocks in the two
+#: passes, where its default is 8 (beyond which it runs the function eagerly).
+RECOMPILE_LIMIT = 128
 
 
 def group_norm_act(x, norm: torch.nn.GroupNorm, act: bool, shift=None):
@@ -262,10 +265,22 @@ def install(unet: torch.nn.Module) -> int:
 
 def compile_block(block: torch.nn.Module, backend: str | Callable = "inductor") -> None:
     """``torch.compile`` the (patched) forward of ``block`` in place, with static shapes, once; compilation itself
-    happens at its first call per shape."""
+    happens at its first call per shape, in the calling thread (:func:`raise_recompile_limit` is applied there)."""
+    raise_recompile_limit()
     if not getattr(block, COMPILED, False):
         block.forward = torch.compile(block.forward, backend=backend, dynamic=False, fullgraph=False)
         setattr(block, COMPILED, True)
+
+
+def raise_recompile_limit() -> None:
+    """Raise dynamo's per-function limit of compiled variants to :data:`RECOMPILE_LIMIT` (never lower it) in this
+    thread: from torch 2.13 dynamo's settings are per thread, and each compile worker is a process of its own.
+    Through the public ``torch.compiler.config`` where this torch has it (2.10 on), else ``torch._dynamo.config``."""
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "recompile_limit"):
+        from torch._dynamo import config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
 
 
 def uninstall(unet: torch.nn.Module) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import threading
 
 import pytest
 import torch
@@ -226,6 +227,29 @@ def test_upsampler_as_one_transposed_convolution_equals_nearest_upsampling_then_
         assert odd.shape == (2, 6, 11, 15)
         setattr(module, unet_patches.UPSAMPLE_WEIGHT, torch.zeros(8, 6, 4, 4, dtype=torch.float64, device="meta"))
         torch.testing.assert_close(unet_patches.upsample_forward(module, x), expected)
+
+
+def test_compiling_a_block_raises_the_recompile_limit_in_the_compiling_thread() -> None:
+    """Past dynamo's default of 8 compiled variants per function, SD2's blocks would run eagerly. The limit is raised
+    by the call that compiles a block, so wherever compilation happens: this process's compiling thread (from torch
+    2.13 dynamo's settings are per thread: a fresh thread starts from the default) and each compile worker."""
+
+    def limit() -> int:
+        config = getattr(torch.compiler, "config", None)
+        if config is not None and hasattr(config, "recompile_limit"):
+            return config.recompile_limit
+        return getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+
+    seen = []
+
+    def compile_here() -> None:
+        unet_patches.compile_block(torch.nn.Linear(2, 2), "eager")
+        seen.append(limit())
+
+    thread = threading.Thread(target=compile_here)
+    thread.start()
+    thread.join()
+    assert seen and seen[0] >= unet_patches.RECOMPILE_LIMIT
 
 
 def test_blocks_that_compile_alike_are_grouped_for_one_worker() -> None:
