@@ -65,11 +65,8 @@ def warmup_stream(device: torch.device) -> torch.cuda.Stream:
     Each ``torch.cuda.Stream()`` is the next of torch's pool of 32 streams per device, and the first matrix product
     on a stream (the shading's, here) makes cuBLAS a workspace for it (tens of MiB on Hopper), which torch keeps as
     long as the process lives: ``empty_cache`` cannot give it back. With a stream per fitting stage, a long-lived
-    fitting process (the server's, the batch runner's) grew by one workspace per stage per item until the pool came
-    round after ~16 items. That fits the one-off GPU step of both serve_latency runs (RESULTS: +1216 MiB between jobs
-    5 and 20, none from 20 to 30, outside the server's allocator): 13 streams used by job 5 (the warm-up job's and
-    five jobs' two stages, the capture stream), the other 19 by job 20, and 19 x 64 MiB = 1216 MiB; the next run's
-    per-process figures are to confirm it.
+    fitting process (the server's, the batch runner's) would grow by one workspace per stage per item until the pool
+    came round (benchmarks/RESULTS.md, "`img2mesh serve` latency", runs 2 and 4).
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _warmup_stream(index)

@@ -282,8 +282,8 @@ def enable_fast_path(pipe, mode: str = "auto", offload: bool = False, images: in
     pipe.denoiser.fuse_projections()
     if mode == COMPILED_MODE:  # pick the fastest convolution per shape once, at warm-up (the compile workers do too)
         torch.backends.cudnn.benchmark = True
-    # "graphs" keeps cuDNN's heuristics: autotuning cost a cold one-image call 2.7 s (its first step 3.4 s against
-    # 1.7 s) and the 74 replayed steps were no faster (2.9 s against 2.4 s; RESULTS "cold CLI calls", run 3).
+    # "graphs" keeps cuDNN's heuristics: autotuning slowed a cold call's first step and not one replayed step
+    # (benchmarks/RESULTS.md, "cold CLI calls", run 3).
     pipe.denoiser.bank.stream = torch.cuda.Stream(device)
     backend = "inductor" if mode == COMPILED_MODE else None
     pipe.denoiser = FastDenoiser(pipe.denoiser, pipe.unet, backend, graphed=True)

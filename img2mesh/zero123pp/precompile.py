@@ -4,7 +4,7 @@ and shapes, and worker processes that share the first compilation.
 Why. The compiled mode turns a step into ~60 graphs (each distinct block structure at each resolution, transformers
 split around their eager self-attention). Compiling a graph is single-threaded Python (tracing, lowering, code
 generation), so compiled one after the other at the first step they take minutes, while a later run reads them
-back from torch's caches in about 20 s (benchmarks/RESULTS.md).
+back from torch's caches in seconds (benchmarks/RESULTS.md, "Zero123++ fast path").
 
 - The first compilation (:func:`precompile`) is parallel: worker processes build the same UNet (compiled code
   depends on shapes, layouts and dtypes, never on values), and the block groups (blocks that compile to the same

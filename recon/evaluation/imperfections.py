@@ -55,14 +55,13 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from recon.config import ViewsConfig
-from recon.posed_views import BACKGROUND_GRAY, PosedViews, join_grid, to_uint8
+from recon.mesh_grids import GRAY
+from recon.posed_views import PosedViews, join_grid, to_uint8
 from recon.view_refinement import similarity_motions
 
 Family = Literal["misregistration", "inconsistency", "photometric", "detail", "noise", "silhouette"]
 #: Every family, in the order they are applied.
 FAMILIES: tuple[Family, ...] = get_args(Family)
-#: Background of Zero123++ grids (gray 127), the colour warps fill in and halos are measured against.
-GRAY = BACKGROUND_GRAY / 255
 
 
 @dataclass(frozen=True)
