@@ -9,7 +9,9 @@ The length of the decoded vector says how "object" a pixel is (unit inside, ~0 o
 reference post-processing (``examples/matting_postprocess.py`` of the zero123plus repository) turns that into a
 trimap (sure foreground above 0.6, sure background below 0.2, both eroded by a 4x4 square) and solves closed-form
 matting on the colour grid with pymatting, then renormalises the normals. This module does the same on the whole
-grid, as the reference does, and hands the result back per view.
+grid, as the reference does, and hands back the mattes per view and the matted normal grid, which
+:meth:`recon.posed_views.PosedViews.from_grid` splits with the colour grid and renormalises (the one split of each
+grid; the reference's foreground-colour estimate is not made: nothing reads it).
 """
 
 from __future__ import annotations
@@ -29,16 +31,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NormalViews:
-    """Per-view normals and mattes of one generated grid."""
+    """The mattes and the matted normal grid of one generated grid: what :meth:`PosedViews.from_grid` takes (the
+    mattes as masks; the grid, split there with the colour grid, as the views' normal maps)."""
 
-    normals: np.ndarray
-    """Unit normals decoded from the ControlNet's colours (``rgb * 2 - 1``, renormalised), float32 (6, 320, 320, 3)."""
     alpha: np.ndarray
     """Alpha mattes in [0, 1], float32 (6, 320, 320)."""
     normal_grid: PIL.Image.Image
     """The 640x960 normal grid as colours, composited over 0.5 gray with the matte (the reference's normals.png)."""
-    cutout_grid: PIL.Image.Image
-    """The 640x960 colour grid as RGBA: estimated foreground colours with the matte as alpha."""
 
 
 def load_normal_controlnet(
@@ -89,8 +88,8 @@ def matte_from_normals(
     background: float = 0.2,
     erosion: int = 4,
 ) -> NormalViews:
-    """Alpha mattes, foreground colours and unit normals from a colour grid and its normal grid."""
-    from pymatting import estimate_alpha_cf, estimate_foreground_ml
+    """Alpha mattes and the matted normal grid from a colour grid and its normal grid."""
+    from pymatting import estimate_alpha_cf
     from scipy.ndimage import binary_erosion
 
     from img2mesh.zero123pp.pipeline import composite_on_gray
@@ -113,17 +112,9 @@ def matte_from_normals(
         # normal length itself, ramped between the two thresholds, is the best matte there is.
         log.warning("normal grid has no sure %s; using its normal length as the matte", "fg" if sure_bg.any() else "bg")
         alpha = np.clip((length - background) / (foreground - background), 0.0, 1.0)
-    fg_color = estimate_foreground_ml(color, alpha)
-    cutout = np.concatenate([fg_color, alpha[..., None]], axis=-1)
-
     unit = vectors / (length[..., None] + 1e-8)
     shown = (unit * 0.5 + 0.5) * alpha[..., None] + 0.5 * (1 - alpha[..., None])
-    return NormalViews(
-        normals=split_grid(unit.astype(np.float32)),
-        alpha=split_grid(alpha.astype(np.float32)),
-        normal_grid=PIL.Image.fromarray(_to_uint8(shown)),
-        cutout_grid=PIL.Image.fromarray(_to_uint8(cutout), "RGBA"),
-    )
+    return NormalViews(alpha=split_grid(alpha.astype(np.float32)), normal_grid=PIL.Image.fromarray(_to_uint8(shown)))
 
 
 def generate_normals(pipe, controlnet, image: PIL.Image.Image, grid: PIL.Image.Image, **sampling) -> NormalViews:

@@ -61,18 +61,21 @@ def synthetic_grids() -> tuple[PIL.Image.Image, PIL.Image.Image, np.ndarray]:
 
 
 def test_mattes_and_normals_from_a_normal_grid():
+    """The mattes and the matted normal grid, and the posed views made of them as the pipeline makes them (the
+    mattes as masks, the normal grid split with the colour grid)."""
+    from recon.posed_views import PosedViews
+
     color, normal, inside = synthetic_grids()
     views = matte_from_normals(color, normal)
-    assert views.normals.shape == (6, 320, 320, 3) and views.alpha.shape == (6, 320, 320)
+    assert views.alpha.shape == (6, 320, 320) and views.normal_grid.size == (640, 960)
     core = inside & ~_edge(inside, 4)
     outside = ~inside & ~_edge(inside, 4)
     assert views.alpha[:, core].min() > 0.95 and views.alpha[:, outside].max() < 0.05
-    np.testing.assert_allclose(np.linalg.norm(views.normals[:, core], axis=-1), 1.0, atol=1e-4)
-    assert views.normals[0, 160, 160, 2] > 0.99  # the sphere faces the camera at its centre
-    assert views.normal_grid.size == views.cutout_grid.size == (640, 960)
-    assert views.cutout_grid.mode == "RGBA"
     assert abs(np.asarray(views.normal_grid)[5, 5] - 127).max() <= 1  # background: gray
-    assert np.asarray(views.cutout_grid)[5, 5, 3] == 0
+    posed = PosedViews.from_grid(color, masks=views.alpha, normal_grid=views.normal_grid)
+    assert posed.normals is not None and posed.normals.shape == (6, 320, 320, 3)
+    np.testing.assert_allclose(np.linalg.norm(posed.normals[:, core], axis=-1), 1.0, atol=1e-4)
+    assert posed.normals[0, 160, 160, 2] > 0.99  # the sphere faces the camera at its centre
 
 
 def _edge(mask: np.ndarray, width: int) -> np.ndarray:
