@@ -19,6 +19,10 @@ layout conversion before every following convolution and skip concatenation).
 compiles once and is shared by every block like it). All of it is instance attributes, which :func:`uninstall`
 removes. Uncompiled, the patched forwards compute what diffusers' do up to the rounding of a different convolution
 algorithm for the channels-last layout.
+
+The one other change to diffusers' modules is Zero123++'s own, in every mode: the attention processors of
+:mod:`~img2mesh.zero123pp.attention`, installed through diffusers' ``set_attn_processor``, and the projections
+they keep on each ``Attention`` module (``CROSS_KV`` per step, ``FUSED_QKV`` while the fast path stacks weights).
 """
 
 from __future__ import annotations
