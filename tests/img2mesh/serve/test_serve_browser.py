@@ -26,8 +26,8 @@ from img2mesh.testing.oracle_grid import OracleGridPipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 
-#: Flags for a closed network and no GPU (/work/.library/env/machines/python.md): no background connections, no
-#: sandbox (CI runs as root), WebGL on SwiftShader.
+#: Flags for a closed network and no GPU: no background connections, no sandbox (CI runs as root), WebGL on
+#: SwiftShader.
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
