@@ -46,7 +46,7 @@ RAMP_V12 = (
     1.0140161514282227, 1.1983819007873535,
 )  # fmt: skip
 
-#: The first 51 v1.1 coefficients, the only ones the spec could read; random v1.1 models continue with the v1.2
+#: The first 51 v1.1 coefficients, the only ones this project has; random v1.1 models continue with the v1.2
 #: values from position 51 on (both lists track each other closely there), so they are not the real v1.1 ramp.
 RAMP_V11_HEAD = (
     0.0, 0.2060057818889618, 0.18684479594230652, 0.24342191219329834, 0.18507817387580872, 0.1703828126192093,

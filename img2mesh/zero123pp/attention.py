@@ -6,8 +6,8 @@ block's ``norm1``. The *main pass* runs on the sample, and each ``attn1`` append
 layer to its keys and values (queries come from the sample alone; same projections, no mask, no new weights).
 Cross-attention (``attn2``) is untouched.
 
-What the processors skip, without changing a bit of the result (the fidelity test holds them to the spec's
-literal algorithm in fp32 on the CPU):
+What the processors skip, without changing a bit of the result (the fidelity test holds them to a literal
+transcription of SUDO AI's public pipeline in fp32 on the CPU):
 
 - The reference pass keeps the projected keys and values of its tokens rather than the tokens: the main pass would
   project them again with the same weights (``to_k(cat[h, r]) == cat[to_k(h), to_k(r)]`` row by row).
