@@ -12,11 +12,14 @@ being fitted, at most as many fitted items waiting as there are CPU workers), so
 instead of filling memory.
 
 The same loop serves a stream of items that arrive over time (``img2mesh serve``): :meth:`LocalRunner.process`
-takes any iterable, which may block until the next item comes and yields ``None`` when it has nothing at hand; the
-runner then completes and reports everything in flight before it asks again, so the last item never waits for a
-next one. Such an item, alone with nothing behind it, is fitted and written in one go in the fitting process, its
-texture baked on the fitting device: no hand-over of its fields, and the GPU has nothing else to do. ``on_stage``
-hears when an item enters each phase (with the cut-out and grid once they exist), for live progress.
+takes a :class:`Feed`, which says without waiting whether an item is at hand, and is asked to wait for one only
+when nothing is in flight, so the last item never waits for a next one. Whether an item has another behind it is
+asked once its views exist, just before its fit starts (not when it was read: photos sent together arrive one
+request after another, and the first would otherwise look alone). An item alone, with nothing behind it, is fitted
+and written in one go in the fitting process, its texture baked on the fitting device: no hand-over of its fields,
+and the GPU has nothing else to do; then the runner completes and reports everything in flight and waits for the
+next. ``on_stage`` hears when an item enters each phase (with the cut-out and grid once they exist), for live
+progress.
 
 Why the fit runs in a process of its own rather than a thread: each fitting stage captures a CUDA graph, and a
 capture in one thread forbids memory allocation in every other thread of the process (CUDA's default capture mode),
@@ -37,11 +40,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 from img2mesh.batch.inputs import BatchItem
 from img2mesh.batch.manifest import ItemRecord
@@ -73,6 +77,57 @@ PREFETCH = 2
 
 #: Torch CPU threads of the fitting process when it fits on a GPU: the cores are the CPU workers'.
 GPU_FIT_THREADS = 2
+
+
+class Feed(Protocol):
+    """Items that arrive over time (a server's queue), for :meth:`LocalRunner.process`."""
+
+    def take(self, wait: bool) -> BatchItem | None:
+        """The next item; without ``wait``, None when none is at hand now (``wait``: block until one comes).
+        Raises StopIteration when there will be no more (the runner then completes what is in flight)."""
+        ...
+
+
+class _Listed:
+    """A fixed list of items as a :class:`Feed`."""
+
+    def __init__(self, items: Iterable[BatchItem]) -> None:
+        self.items = iter(items)
+
+    def take(self, wait: bool) -> BatchItem:
+        return next(self.items)
+
+
+class _ReadAhead:
+    """The feed's next items, each with its photo being read and cut out (up to ``PREFETCH`` ahead of the one that
+    is diffusing). Asks the feed to wait only through :meth:`pop` with ``wait``."""
+
+    def __init__(self, feed: Feed, read: Callable[[BatchItem], Future]) -> None:
+        self.feed = feed
+        self.read = read
+        self.queue: deque[tuple[BatchItem, Future]] = deque()
+        self.ended = False
+
+    def _top_up(self, wait: bool) -> None:
+        while not self.ended and len(self.queue) <= PREFETCH:
+            try:
+                item = self.feed.take(wait and not self.queue)
+            except StopIteration:
+                self.ended = True
+                return
+            if item is None:
+                return
+            self.queue.append((item, self.read(item)))
+
+    def pop(self, wait: bool) -> tuple[BatchItem, Future] | None:
+        """The next item and its cut-out's future; None when none is at hand (or, with ``wait``, the feed ended)."""
+        self._top_up(wait)
+        return self.queue.popleft() if self.queue else None
+
+    def behind(self) -> Literal["item", "none", "end"]:
+        """What follows now: an item at hand, none at hand (a gap in a stream), or the end of the feed."""
+        self._top_up(False)
+        return "item" if self.queue else "end" if self.ended else "none"
 
 
 def default_cpu_workers() -> int:
@@ -111,12 +166,12 @@ class LocalRunner:
 
     def process(
         self,
-        feed: Iterable[BatchItem | None],
+        feed: Iterable[BatchItem] | Feed,
         report: Report,
         images: int,
         stop: threading.Event | None = None,
     ) -> None:
-        """Process the items of ``feed`` as they come (``None``: nothing at hand now, complete what is in flight).
+        """Process the items of ``feed`` (a list, or a :class:`Feed` of items that arrive over time) as they come.
 
         ``images`` is how many items the model should expect (what ``multiview.compile: auto`` decides on). Once
         ``stop`` is set, items not yet diffusing are left unreported, for the caller to keep for later; those in
@@ -126,21 +181,31 @@ class LocalRunner:
         fit_process: FitProcess | None = None
         writers: WritePool | None = None
         fitting: tuple[BatchItem, Future] | None = None  # the previous item, posed then fitted beside this diffusion
+        alone = False  # whether that item has nothing behind it (then it is seen through before anything else)
+        source = feed if hasattr(feed, "take") else _Listed(feed)
         try:
             with (
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-read") as reader,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-pose") as poser,
                 ThreadPoolExecutor(1, thread_name_prefix="img2mesh-fit") as fitter,
             ):
-                for entry in self._prefetched(pipe, feed, reader):
-                    if entry is None or (stop is not None and stop.is_set()):
-                        if fitting is not None:  # nothing else to diffuse now: complete what is in flight
+                ahead = _ReadAhead(source, lambda item: reader.submit(_timed_cutout, pipe, item, self.cache))
+                while stop is None or not stop.is_set():
+                    entry = None if alone else ahead.pop(wait=False)
+                    if entry is None:  # nothing at hand: complete what is in flight, then wait for the next
+                        if fitting is not None:
                             self._hand_on(fitting, writers, report)
-                            fitting = None
+                            fitting, alone = None, False
                         if writers is not None:
                             writers.drain()
-                        continue
-                    item, cutout, alone = entry
+                        if stop is not None and stop.is_set():
+                            break
+                        entry = ahead.pop(wait=True)
+                        if entry is None:  # the feed ended
+                            break
+                        if stop is not None and stop.is_set():
+                            break
+                    item, cutout = entry
                     try:
                         image, seconds = cutout.result()
                     except Exception as exc:
@@ -160,6 +225,7 @@ class LocalRunner:
                     posed = poser.submit(pose_item, pipe, made)
                     if fitting is not None:
                         self._hand_on(fitting, writers, report)
+                    alone = ahead.behind() == "none"  # asked now that its views exist: what came meanwhile counts
                     fitting = (item, fitter.submit(_fit_posed, fit_process, posed, self.on_stage, alone))
                 if fitting is not None:
                     assert writers is not None
@@ -171,23 +237,6 @@ class LocalRunner:
                 fit_process.shutdown()
             if writers is not None:
                 writers.shutdown()
-
-    def _prefetched(
-        self, pipe: Img2Mesh, feed: Iterable[BatchItem | None], reader: ThreadPoolExecutor
-    ) -> Iterator[tuple[BatchItem, Future, bool] | None]:
-        """Items with their cut-out being read ahead, and whether each is alone (a gap follows it), then gaps."""
-        queue: deque[tuple[BatchItem, Future]] = deque()
-        for item in feed:
-            if item is None:  # a gap in the stream: what was read ahead goes now, the last one alone
-                while queue:
-                    yield (*queue.popleft(), not queue)
-                yield None
-                continue
-            queue.append((item, reader.submit(_timed_cutout, pipe, item, self.cache)))
-            if len(queue) > PREFETCH:
-                yield (*queue.popleft(), False)
-        while queue:
-            yield (*queue.popleft(), False)
 
     def _hand_on(self, fitting: tuple[BatchItem, Future], writers: WritePool, report: Report) -> None:
         """Wait for an item's fit and hand it to the CPU workers (or report why it failed, or its record when the

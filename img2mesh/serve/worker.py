@@ -1,11 +1,12 @@
 """The server's one job runner: the batch runner's machinery fed from a queue, the model loaded and warmed once.
 
-:class:`JobWorker` runs :meth:`img2mesh.batch.local_runner.LocalRunner.process` in a thread of its own over a feed
-of queued jobs, so a server job goes exactly the way of a batch item: the photo read and cut out ahead, the
-Zero123++ views in this process, the fit in the GPU worker process beside the next job's diffusion, the CPU half
-in worker processes, and the folder in ``img2mesh run``'s layout written under a temporary name and renamed when
-complete. Before the first job it runs one warm-up job on a drawn photo, so the fast path's graphs (and compiled
-blocks), the fitting process's graphs and the workers' imports are ready when the first real photo comes.
+:class:`JobWorker` runs :meth:`img2mesh.batch.local_runner.LocalRunner.process` in a thread of its own, feeding it
+the queued jobs (:meth:`JobWorker.take`), so a server job goes exactly the way of a batch item: the photo read and
+cut out ahead, the Zero123++ views in this process, the fit in the GPU worker process beside the next job's
+diffusion, the CPU half in worker processes, and the folder in ``img2mesh run``'s layout written under a temporary
+name and renamed when complete. Before the first job it runs one warm-up job on a drawn photo, so the fast path's
+graphs (and compiled blocks), the fitting process's graphs and the workers' imports are ready when the first real
+photo comes.
 
 While a job runs, its cut-out and grid are written to ``.live/<id>/`` as soon as they exist (the page shows them);
 the job's folder itself appears only when complete. Progress within a stage is estimated from the seconds the
@@ -19,7 +20,6 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class JobWorker:
         self._stage_started: dict[str, float] = {}
         self._shown: dict[str, float] = {}
         self._files = ThreadPoolExecutor(1, thread_name_prefix="img2mesh-live")  # off the diffusion thread
+        self._warm_up_next = warm_up
         self._thread = threading.Thread(target=self._run, name="img2mesh-jobs", daemon=True)
 
     @property
@@ -142,7 +143,7 @@ class JobWorker:
 
         try:
             # A server turns many photos: tell the model as many as repay the compiled blocks, even from cold.
-            self.runner.process(self._feed(), self._report, images=BLOCKS_FROM_IMAGES["cold"], stop=self.stop)
+            self.runner.process(self, self._report, images=BLOCKS_FROM_IMAGES["cold"], stop=self.stop)
         except InputError as exc:
             self.error = str(exc)
             log.error("The model could not be loaded: %s", exc)
@@ -156,28 +157,28 @@ class JobWorker:
             if requeued:
                 log.warning("%d job(s) stay queued for the next start.", requeued)
 
-    def _feed(self) -> Iterator[BatchItem | None]:
-        if self.warm_up:
-            yield self._warm_up_item()
-            yield None  # through to the end before the first real job
-        else:
-            self.ready.set()
-        busy = False
+    def take(self, wait: bool) -> BatchItem | None:
+        """The runner's feed (:class:`img2mesh.batch.local_runner.Feed`): the warm-up job first, alone and through to
+        its end; then the queued jobs in order; None when none is at hand and not ``wait``; StopIteration once
+        stopping."""
+        if self._warm_up_next:
+            self._warm_up_next = False
+            return self._warm_up_item()
+        if not self.warm_up:
+            self.ready.set()  # the runner asks once the model is loaded
+        elif not wait and not self.ready.is_set():
+            return None  # the warm-up job goes alone, through to its end, before the first real one
         while not self.stop.is_set():
             try:
-                job_id = self.queue.get_nowait()
+                job_id = self.queue.get(block=wait)
             except queue.Empty:
-                if busy:
-                    busy = False
-                    yield None  # nothing else waiting: complete what is in flight
-                    continue
-                job_id = self.queue.get()
+                return None
             if job_id is None:
-                return
+                break
             item = self._take(job_id)
             if item is not None:
-                busy = True
-                yield item
+                return item
+        raise StopIteration
 
     def _take(self, job_id: str) -> BatchItem | None:
         """The batch item of a queued job, marked running; None when it was deleted or cannot run."""

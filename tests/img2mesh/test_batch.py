@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -290,6 +291,50 @@ def test_local_runner_reports_failures_and_rerun_does_nothing(
     assert again.records == [] and len(again.plan.already_done) == 1 and len(again.plan.failed_before) == 3
     assert Manifest(out).path.read_text() == lines
     assert (out / spot_key / "run.json").stat().st_mtime_ns == stamp
+
+
+class ArrivalProbePipeline(ExampleViewsPipeline):
+    """Says when the first diffusion started (the runner's diffusion runs in this process)."""
+
+    diffusing = threading.Event()
+
+    def generate_views(self, cutout, seed=None):
+        self.diffusing.set()
+        return super().generate_views(cutout, seed)
+
+
+class ArrivingFeed:
+    """Two photos sent together, as a server receives them: one request after the other, so only the first is at
+    hand when the runner takes it, the second once the first is diffusing; then nothing more."""
+
+    def __init__(self, items: list) -> None:
+        self.items = list(items)
+
+    def take(self, wait: bool):
+        if not self.items and wait:
+            raise StopIteration  # (a server would wait for the next photo)
+        if not self.items or (len(self.items) == 1 and not ArrivalProbePipeline.diffusing.is_set()):
+            return None
+        return self.items.pop(0)
+
+
+def test_an_item_is_alone_only_if_nothing_came_while_it_diffused(config, tmp_path: Path) -> None:
+    # Decided when the item was read, the first photo would be alone: fitted and written by itself before the
+    # second one's diffusion starts. Decided once its views exist, it goes the batch way (fitted beside the next
+    # diffusion, written by a CPU worker), and the second, with nothing behind it, the lone way (fitted and written
+    # in the fitting process).
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(EXAMPLE_PHOTO, folder / name)
+    items = collect_items([str(folder)])
+    ArrivalProbePipeline.diffusing.clear()
+    runner = LocalRunner(config, tmp_path / "out", cpu_workers=1, pipeline=ArrivalProbePipeline)
+    records: list[ItemRecord] = []
+    runner.process(ArrivingFeed(items), records.append, images=2)
+    first, second = sorted(records, key=lambda r: r.key)
+    assert first.status == second.status == "done", (first.error, second.error)
+    assert first.worker != second.worker  # a CPU worker, then the fitting process
 
 
 @pytest.fixture(scope="module")
