@@ -268,7 +268,7 @@ class Img2Mesh:
         cutout.save(folder / "input.png")
         grid.save(folder / "views.png")
         views.save(folder / "views")
-        dataset = write_dataset(views, folder)
+        dataset = write_dataset(views, folder, images_from=folder / "views")  # the same PNGs: copied, not re-encoded
         outputs: dict[str, Any] = {
             "input": "input.png",
             "views_grid": "views.png",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +45,28 @@ SCENE_HALF_EXTENT = 1.0
 FORMAT_VERSION = 1
 
 
-def write_dataset(views: PosedViews, out_dir: str | Path, nerfstudio_masks: bool = False) -> Path:
+def write_dataset(
+    views: PosedViews, out_dir: str | Path, nerfstudio_masks: bool = False, images_from: str | Path | None = None
+) -> Path:
     """Write ``views`` as a dataset folder; returns the path of its ``transforms.json``.
 
     ``transforms.json`` is written last (under a temporary name, then renamed), so a folder that has it is
     complete. ``nerfstudio_masks`` adds ``mask_path`` to every frame; see the module docstring for why it is off.
+    ``images_from``: a folder where :meth:`PosedViews.save` wrote these same views; its ``NN.png`` are the images'
+    exact bytes (the same RGBA arrays, the same encoder), so they are copied rather than encoded a second time.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(exist_ok=True)
     height, width = views.size
-    rgba = views.rgba_uint8()
+    rgba = views.rgba_uint8() if images_from is None else None
     frames = []
     for i in range(len(views)):
         image_path, mask_path = f"images/{i:02d}.png", f"masks/{i:02d}.png"
-        Image.fromarray(rgba[i], "RGBA").save(out_dir / image_path)
+        if rgba is None:
+            shutil.copyfile(Path(images_from) / f"{i:02d}.png", out_dir / image_path)
+        else:
+            Image.fromarray(rgba[i], "RGBA").save(out_dir / image_path)
         Image.fromarray(_mask_to_uint16(views.masks[i])).save(out_dir / mask_path)
         frame = {"file_path": image_path, "transform_matrix": views.cam_to_world[i].tolist()}
         frame["object_mask_path"] = mask_path

@@ -53,6 +53,18 @@ def test_round_trip_is_exact(tmp_path):
     assert not list((tmp_path / "ds").glob(".*"))  # no temporary files left
 
 
+def test_images_copied_from_the_saved_views_are_the_bytes_an_encode_gives(tmp_path):
+    views = make_views()
+    views.save(tmp_path / "views")
+    write_dataset(views, tmp_path / "encoded")
+    write_dataset(views, tmp_path / "copied", images_from=tmp_path / "views")
+    for i in range(len(views)):
+        name = f"images/{i:02d}.png"
+        assert (tmp_path / "copied" / name).read_bytes() == (tmp_path / "encoded" / name).read_bytes()
+    copied, encoded = (tmp_path / name / "transforms.json" for name in ("copied", "encoded"))
+    assert copied.read_text() == encoded.read_text()
+
+
 def test_transforms_keys_for_nerfstudio_and_instant_ngp(tmp_path):
     views = make_views(size=64)
     meta = json.loads(write_dataset(views, tmp_path).read_text())
