@@ -291,6 +291,7 @@ def measure(
         "failed": [f"{r.key}: {r.error}" for r in records if r.status != "done"],
         "wall_s": end - start,
         "first_done_s": first - start,
+        "done_s": [arrival - start for arrival in runner.arrivals],
         "img_per_min": 60 * len(done) / (end - start),
         "steady_img_per_min": 60 * (len(done) - 1) / (last - first) if len(done) > 1 and last > first else None,
         "gpu_busy": sampler.busy(start, end),

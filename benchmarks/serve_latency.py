@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -247,7 +248,16 @@ def throughput(done_at: list[float], wall: float) -> dict:
     n = len(done_at)
     # First done to last done; with fewer than 3 jobs two may finish together, which says nothing of a pace.
     steady = 60 * (n - 1) / (done_at[-1] - done_at[0]) if n > 2 and done_at[-1] > done_at[0] else None
-    return {"jobs": n, "wall_s": wall, "img_per_min": 60 * n / wall, "steady_img_per_min": steady}
+    result = {"jobs": n, "wall_s": wall, "img_per_min": 60 * n / wall, "steady_img_per_min": steady}
+    return result | {"median_gap_s": median_gap(done_at), "done_s": done_at}
+
+
+def median_gap(done_at: list[float]) -> float | None:
+    """Median seconds between consecutive jobs done: the pipeline's pace, less moved than "steady" by how the
+    first and last jobs end (the last two often finish together)."""
+    done_at = sorted(done_at)
+    gaps = [b - a for a, b in itertools.pairwise(done_at)]
+    return statistics.median(gaps) if len(gaps) > 1 else None
 
 
 def serve_phases(args, model: str, clock: Clock, result: dict) -> None:
@@ -477,8 +487,10 @@ def batch_phase(args, model: str, clock: Clock, result: dict) -> None:
         row = json.loads(out.read_text())[0] if out.exists() else None
     except (ValueError, IndexError, KeyError):
         row = None
-    keep = ("items", "done", "wall_s", "first_done_s", "img_per_min", "steady_img_per_min")
-    result["batch"] = {k: row[k] for k in keep} if row else {"error": output[-400:]}
+    keep = ("items", "done", "wall_s", "first_done_s", "img_per_min", "steady_img_per_min", "done_s")
+    result["batch"] = {k: row.get(k) for k in keep} if row else {"error": output[-400:]}
+    if row and row.get("done_s"):
+        result["batch"]["median_gap_s"] = median_gap(row["done_s"])
     print(f"  batch: {json.dumps(result['batch'])} ({seconds:.1f} s with start-up)", flush=True)
 
 
@@ -500,8 +512,8 @@ def table(result: dict) -> str:
     rows = [(name, result[name]) for name in ("first", "burst", "fill", "batch") if isinstance(result.get(name), dict)]
     if rows:
         lines += [
-            "| photos at once | jobs | wall s | img/min | steady img/min |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| photos at once | jobs | wall s | img/min | steady img/min | median s between jobs done |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         labels = {
             "first": "server, its first jobs",
@@ -514,11 +526,11 @@ def table(result: dict) -> str:
                 jobs = row.get("jobs", row.get("done"))
                 lines.append(
                     f"| {labels[name]} | {jobs} | {num(row['wall_s'])} | {num(row['img_per_min'])} "
-                    f"| {num(row['steady_img_per_min'])} |"
+                    f"| {num(row['steady_img_per_min'])} | {num(row.get('median_gap_s'))} |"
                 )
             else:
                 why = f"not run ({row['skipped']})" if "skipped" in row else json.dumps(row)[:200]
-                lines.append(f"| {labels[name]} | {why} | | | |")
+                lines.append(f"| {labels[name]} | {why} | | | | |")
         lines.append("")
     memory = result.get("memory")
     if memory:
