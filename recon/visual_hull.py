@@ -98,12 +98,51 @@ def dilated_masks(masks: np.ndarray, pixels: float) -> np.ndarray:
 
 
 def occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:
-    """Signed Euclidean distance (world units, negative inside) of a boolean volume, exact at voxel precision."""
+    """Signed Euclidean distance (world units, negative inside) of a boolean volume, exact at voxel precision.
+
+    On a GPU it is computed there (:func:`squared_distance_to_zeros`), bit for bit what SciPy's transform gives on
+    the host, without the round trip and the ~0.5 s that SciPy takes on one core at resolution 128."""
+    if occupied.is_cuda and 0 < int(occupied.sum()) < occupied.numel():  # both sides present: all distances defined
+        return torch_occupancy_to_sdf(occupied, voxel)
     occ = occupied.cpu().numpy()
     inside = ndimage.distance_transform_edt(occ)
     outside = ndimage.distance_transform_edt(~occ)
     sdf = (outside - inside + np.where(occ, 0.5, -0.5)) * voxel
     return torch.as_tensor(sdf, dtype=torch.float32, device=occupied.device)
+
+
+def torch_occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor:
+    """:func:`occupancy_to_sdf` on ``occupied``'s device, for a volume with both occupied and empty voxels: the same
+    float64 arithmetic as the SciPy path, so the same float32 result."""
+    inside = squared_distance_to_zeros(occupied).double().sqrt()
+    outside = squared_distance_to_zeros(~occupied).double().sqrt()
+    return ((outside - inside + (occupied.double() - 0.5)) * voxel).float()
+
+
+def squared_distance_to_zeros(mask: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """Exact squared Euclidean distance (int32, in voxels) from each element of ``mask`` to its nearest False element,
+    0 on the False ones: SciPy's ``distance_transform_edt(mask) ** 2`` for a mask with at least one False element.
+
+    The separable form of the exact transform: ``d(x) = min over y of |x - y|² + f(y)``, taken along each axis in
+    turn, starting from f = 0 on the False elements and "infinity" on the others. Each pass compares every pair of
+    elements of a line at once (n² per line: brute force, which a GPU does in milliseconds at n = 128), in chunks of
+    lines of about ``chunk_elements`` pairs. Integer throughout, so the square roots of the result are SciPy's.
+    """
+    far = 1 << 30  # beyond any squared distance in a grid under 2^14 a side; sums of it stay under 2^31
+    dist = torch.where(mask, far, 0).to(torch.int32)
+    for dim in range(mask.dim()):
+        lines = dist.movedim(dim, -1)
+        n = lines.shape[-1]
+        steps = torch.arange(n, device=mask.device, dtype=torch.int32)
+        square = (steps[:, None] - steps[None, :]) ** 2  # [x, y] = |x - y|²
+        flat = lines.reshape(-1, n)
+        out = torch.empty_like(flat)
+        rows = max(1, chunk_elements // (n * n))
+        for start in range(0, flat.shape[0], rows):
+            part = flat[start : start + rows]
+            out[start : start + rows] = (part[:, None, :] + square).amin(dim=-1).clamp_max(far)
+        dist = out.reshape(lines.shape).movedim(-1, dim)
+    return dist
 
 
 def hull_box(occupied: torch.Tensor, bound: float, margin: float) -> Box:
