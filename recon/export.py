@@ -29,10 +29,10 @@ import trimesh
 from PIL import Image
 
 from recon.cameras import WORLD_TO_GLTF, world_to_gltf
-from recon.config import FORMATS, ExportConfig
+from recon.config import ExportConfig
 from recon.errors import InputError
 from recon.normal_map import vertex_normals, vertex_tangents
-from recon.paths import check_writable
+from recon.paths import export_target
 
 #: zlib level of the PNG textures (GLB, OBJ): 1 encodes a 1024² baked texture in about 40% of the time of Pillow's
 #: default 6 (0.07 vs 0.15 CPU s) for a ~20% larger file; textures are recompressed by any game asset pipeline.
@@ -159,21 +159,6 @@ def texel_density(mesh: trimesh.Trimesh, size: int) -> float:
     d1, d2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
     uv_area = 0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).sum() * size**2
     return float(np.sqrt(uv_area / max(mesh.area, 1e-30)))
-
-
-def export_target(path: str | Path, format: str | None = None) -> tuple[Path, str]:
-    """The file that :func:`export_mesh` will write and its format, checked before any work is spent on the mesh: a
-    known format, and a folder that exists and is writable or can be created (:func:`export_mesh` creates it)."""
-    path = Path(path)
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    if fmt not in FORMATS:
-        raise InputError(f"Cannot export {path.name}: unknown mesh format {fmt!r}; use .glb, .obj or .ply.")
-    if path.suffix.lower() != f".{fmt}":
-        path = path.with_suffix(f".{fmt}")
-    if path.is_dir():
-        raise InputError(f"Cannot export to {path}: it is a folder; name a mesh file such as {path / 'mesh.glb'}.")
-    check_writable(path.parent, "export")
-    return path, fmt
 
 
 def gltf_axes(mesh: trimesh.Trimesh, placement: Placement) -> trimesh.Trimesh:

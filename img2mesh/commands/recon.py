@@ -43,7 +43,7 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     import time
 
     from recon.dataset import read_views
-    from recon.export import export_levels, export_target
+    from recon.paths import export_target
 
     fmt = options.get("format") or (export_path.suffix.lstrip(".").lower() or config.export.format)
     target, fmt = export_target(export_path, fmt)
@@ -52,11 +52,16 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
 
     requested_fit_device(config.runtime.device, config.recon.device)  # a missing GPU is said before the fitting
 
-    from recon.asset import finish_asset  # the fitting's imports (torch) only once the inputs are known good
-    from recon.fit import fit_fields
+    from img2mesh.pipeline import import_finishing
+    from recon.fit import fit_fields  # the fitting's imports (torch) only once the inputs are known good
 
     start = time.perf_counter()
-    fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)
+    fields = fit_fields(
+        posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed, meanwhile=import_finishing
+    )
+    from recon.asset import finish_asset
+    from recon.export import export_levels
+
     timings = dict(fields.timings)
     meshes = finish_asset(
         fields, posed, config.mesh, config.texture, config.export, device=fields.device, timings=timings

@@ -68,8 +68,7 @@ def run(
     from img2mesh.cutout import check_background_removal, load_image
     from img2mesh.pipeline import Img2Mesh
     from img2mesh.run_record import is_complete
-    from recon.export import export_target
-    from recon.paths import check_writable
+    from recon.paths import check_writable, export_target
 
     images = collect_inputs(inputs)
     if export_path is not None:

@@ -15,13 +15,13 @@ from recon.errors import InputError
 from recon.export import (
     export_levels,
     export_mesh,
-    export_target,
     place,
     power_of_two,
     texel_density,
     world_to_file,
 )
 from recon.normal_map import vertex_normals
+from recon.paths import export_target
 from recon.texture import unwrap
 
 
