@@ -119,14 +119,15 @@ def torch_occupancy_to_sdf(occupied: torch.Tensor, voxel: float) -> torch.Tensor
     return ((outside - inside + (occupied.double() - 0.5)) * voxel).float()
 
 
-def squared_distance_to_zeros(mask: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+def squared_distance_to_zeros(mask: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
     """Exact squared Euclidean distance (int32, in voxels) from each element of ``mask`` to its nearest False element,
     0 on the False ones: SciPy's ``distance_transform_edt(mask) ** 2`` for a mask with at least one False element.
 
     The separable form of the exact transform: ``d(x) = min over y of |x - y|² + f(y)``, taken along each axis in
     turn, starting from f = 0 on the False elements and "infinity" on the others. Each pass compares every pair of
     elements of a line at once (n² per line: brute force, which a GPU does in milliseconds at n = 128), in chunks of
-    lines of about ``chunk_elements`` pairs. Integer throughout, so the square roots of the result are SciPy's.
+    lines of about ``chunk_elements`` pairs (64 MiB of int32 at the default: a small, reusable block of the
+    allocator's). Integer throughout, so the square roots of the result are SciPy's.
     """
     far = 1 << 30  # beyond any squared distance in a grid under 2^14 a side; sums of it stay under 2^31
     dist = torch.where(mask, far, 0).to(torch.int32)
