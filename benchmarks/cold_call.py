@@ -114,9 +114,8 @@ def timed(name: str, function):
 
 def _patch_recon() -> None:
     """Marks around the hull, each fitting stage (its first step: the warm-up and the graph capture, synchronised;
-    the moment its last step is queued), the finishing stage's imports that the command runs meanwhile, the fit, the
-    meshing and texturing and the export. The stage's end is not synchronised here: the command's own work after the
-    steps are queued (``fit_fields``'s ``meanwhile``) overlaps the device's; ``fit_end`` follows the fit's own sync."""
+    the moment its last step is queued), the fit, the meshing and texturing and the export. The stage's end is not
+    synchronised here (``fit_end`` follows the fit's own sync), so the marks show how far the host runs ahead."""
     import recon.fit
 
     carve, run_steps, fit = recon.fit.Hull.carve.__func__, recon.fit.run_steps, recon.fit.fit_fields
@@ -146,11 +145,9 @@ def _patch_recon() -> None:
         stage[0] += 1
         return out
 
-    def timed_fit(*args, meanwhile=None, **kwargs):
-        if meanwhile is not None:
-            meanwhile = timed("meanwhile", meanwhile)
-        out = timed("fit", fit)(*args, meanwhile=meanwhile, **kwargs)
-        # The command imports these now (if its meanwhile has not): patched where it will look them up.
+    def timed_fit(*args, **kwargs):
+        out = timed("fit", fit)(*args, **kwargs)
+        # The command imports these after the fit: patched where it will look them up.
         import recon.asset
         import recon.export
 

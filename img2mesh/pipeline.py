@@ -205,14 +205,7 @@ class Img2Mesh:
         from recon.fit import fit_fields
 
         recon_device = self._recon_device()
-        return fit_fields(
-            views,
-            self.config.recon,
-            recon_device,
-            self.progress,
-            seed=self.config.runtime.seed,
-            meanwhile=import_finishing,
-        )
+        return fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
 
     def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> list[trimesh.Trimesh]:
         """Fields → clean, decimated, UV-textured meshes in world z-up (the CPU half of reconstruction): the levels of
@@ -379,14 +372,6 @@ class Img2Mesh:
         record.timings[stage] = time.perf_counter() - start
         bar.update(1)
         log.info("%-15s %7.2f s", stage, record.timings[stage])
-
-
-def import_finishing() -> None:
-    """The finishing stage's modules: trimesh and what it brings (networkx, scipy.spatial; 0.3 s of one CPU core),
-    imported while the GPU works through the fit's last steps (``fit_fields``'s ``meanwhile``) rather than on the
-    critical path before the fit or after it."""
-    import recon.asset
-    import recon.export  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ Everything is seeded, so the same views and config give the same fields.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,14 +85,11 @@ def fit_fields(
     device: str = "auto",
     progress: bool = True,
     seed: int = 0,
-    meanwhile: Callable[[], None] | None = None,
 ) -> Fields:
     """Fit SDF and colour grids to posed views (the GPU half of :func:`reconstruct`).
 
     ``seed`` drives ray sampling and background colours: the same views, config and seed give the same fields.
-    ``device`` "auto" defers to ``recon.device``. ``meanwhile``: host work (the next stage's imports, say) run once
-    the last stage's steps are queued on the device and before waiting for them, so that on a GPU it overlaps the
-    device's work instead of following it; on the CPU it runs after the steps.
+    ``device`` "auto" defers to ``recon.device``.
     """
     recon = recon or ReconConfig()
     if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
@@ -153,8 +149,6 @@ def fit_fields(
             grid, rays, schedule, optimiser, weights, recon, 4 * grid.voxel, normals, corrections, learn_cameras
         )
         run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
-        if meanwhile is not None and stage == len(recon.resolutions) - 1:
-            meanwhile()
         done += iterations
         losses = {name: value.item() for name, value in step.terms.items()}
         bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in losses.items()})

@@ -52,14 +52,11 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
 
     requested_fit_device(config.runtime.device, config.recon.device)  # a missing GPU is said before the fitting
 
-    from img2mesh.pipeline import import_finishing
     from recon.fit import fit_fields  # the fitting's imports (torch) only once the inputs are known good
 
     start = time.perf_counter()
-    fields = fit_fields(
-        posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed, meanwhile=import_finishing
-    )
-    from recon.asset import finish_asset
+    fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)
+    from recon.asset import finish_asset  # trimesh and the mesh modules, first needed here
     from recon.export import export_levels
 
     timings = dict(fields.timings)

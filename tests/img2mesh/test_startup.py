@@ -98,52 +98,6 @@ def test_recon_imports_no_diffusion_library_and_skips_the_teardown(tmp_path: Pat
     assert (tmp_path / "spot.glb").stat().st_size > 1000
 
 
-#: The finishing stage's modules, which ``img2mesh recon`` imports only while the GPU runs the fit's last steps.
-FINISHING = ("trimesh", "networkx", "recon.asset", "recon.export", "recon.meshing", "recon.texture")
-
-#: Runs ``img2mesh recon`` and prints which of ``FINISHING`` were imported when the fit started, then when the fit's
-#: ``meanwhile`` (the host's work while the device finishes) started.
-FIT_PROBE = """
-import json, sys
-import recon.fit
-from img2mesh.cli import main
-
-modules = %r
-fit = recon.fit.fit_fields
-
-def loaded(when):
-    print(when, json.dumps(sorted(m for m in modules if m in sys.modules)), flush=True)
-
-def probed(*args, meanwhile, **kwargs):
-    loaded("fit")
-    def probed_meanwhile():
-        loaded("meanwhile")
-        meanwhile()
-    return fit(*args, meanwhile=probed_meanwhile, **kwargs)
-
-recon.fit.fit_fields = probed
-sys.argv[0] = "img2mesh"
-main()
-"""
-
-
-def test_recon_imports_the_mesh_libraries_only_while_the_fit_runs(tmp_path: Path) -> None:
-    """trimesh (with networkx and scipy's spatial modules: 0.3 s on a CPU core) and the finishing stage's modules
-    are not imported before the fit, where they would delay the GPU's start; the command imports them during the
-    fit's last steps (``fit_fields``'s ``meanwhile``), when the host waits for the GPU."""
-    from stage_settings import TINY
-
-    grid = Path(__file__).resolve().parents[2] / "examples" / "spot_views.png"
-    args = ["recon", str(grid), "--config", "cpu", "--export", str(tmp_path / "spot.glb"), "--quiet"]
-    for key, value in TINY.items():
-        if key.startswith(("recon.", "mesh.", "texture.")):
-            args += ["--set", f"{key}={json.dumps(value)}"]
-    result = subprocess.run([sys.executable, "-c", FIT_PROBE % (FINISHING,), *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines() == ["fit []", "meanwhile []"]
-    assert (tmp_path / "spot.glb").stat().st_size > 1000
-
-
 FAST_EXIT_PROBE = """
 import atexit, sys, threading
 from img2mesh.cli import fast_exit
