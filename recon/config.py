@@ -147,8 +147,10 @@ class ReconConfig:
     Bounded per ray, so that the generated maps' errors pull gently rather than dominate the photometric and mask
     terms."""
     edge_band: float = 0.0
-    """Pixels (at ``image_size``) from a mask's edge over which the silhouette and photometric terms fade in; 0: none.
-    Silhouettes that are right only to a pixel or two (misregistered, feathered) then do not dictate the surface."""
+    """Pixels (at ``image_size``) either side of a mask's outline where the silhouette term does not count; 0: every
+    pixel counts. Six misregistered outlines then do not add surface where only one of them asks for it, inside
+    every silhouette, where nothing carves it again (benchmarks/RESULTS.md, "Why the misregistered table falls below
+    its hull")."""
     camera_refinement: bool = False
     """Learn a small rotation and translation per view, held near its given pose; the texture is baked through them.
     Views misregistered against the fixed cameras are then pulled back rather than averaged into blur."""

@@ -4,8 +4,10 @@
   random background, so the background colour cannot be explained by geometry and a few inconsistent pixels of a
   generated view pull no harder than many slightly wrong ones;
 - silhouette: binary cross-entropy of the rendered opacity against the mask;
-- both fade out towards the masks' edges when the rays carry edge weights (a tolerance band for silhouettes that are
-  only right to a pixel or two, :func:`recon.volume_render.edge_weights`);
+- the silhouette term does not count within a few pixels of a mask's outline when the rays carry edge weights (a
+  tolerance band for silhouettes that are only right to a few pixels, :func:`recon.volume_render.edge_weights`); the
+  photometric term counts everywhere (left out there too, it cost clean views' outlines about a dB of novel-view
+  PSNR and gained little);
 - normal: ``1 − cos`` between the rendered and the views' normals (only when the views carry normal maps);
 - the grid's priors (eikonal, Laplacian smoothness, colour total variation, volume and surface area) come from
   :class:`recon.sdf_grid.SdfGrid` and are weighted here.
@@ -82,7 +84,7 @@ def fit_loss(
     ``band``: distance from the surface within which eikonal and smoothness count; ``smoothness_weight`` and
     ``prior_weight`` (0-d tensors) are this step's Laplacian weight and volume/area factor.
     """
-    colour = photometric(out.rgb, composited_target(batch, background), batch.edge_weight)
+    colour = photometric(out.rgb, composited_target(batch, background))
     mask = silhouette(out.opacity, batch.mask, batch.edge_weight)
     eikonal, smooth = grid.eikonal_and_smoothness(band, gradient)
     loss = (

@@ -42,8 +42,8 @@ class RayBatch:
     """(R, 3) target surface normal in world space when the views carry normal maps: the area-average of the unit
     normals the pixel covers, so its length (at most 1) is the share of the pixel that has one, 0 on the background."""
     edge_weight: torch.Tensor | None = None
-    """(R,) weight of the ray in the silhouette and photometric terms, rising from 0 on its mask's edge to 1 at the
-    edge band's width (:func:`edge_weights`); None: every ray counts fully."""
+    """(R,) weight of the ray in the silhouette term: 0 within the edge band of its mask's outline, 1 beyond
+    (:func:`edge_weights`); None: every ray counts fully."""
     pixel: torch.Tensor | None = None
     """(R, 2) the ray's pixel centre (x right, y down) in pixels of its view at the fitted size."""
 
@@ -122,10 +122,15 @@ def pixel_rays(
 
 
 def edge_weights(masks: torch.Tensor, band: float) -> torch.Tensor:
-    """Per pixel (N, s, s): distance from its mask's edge over ``band`` (pixels), capped at 1.
+    """Per pixel (N, s, s): 0 where its centre lies within ``band`` pixels of its mask's outline (on either side),
+    else 1.
 
-    A generated view's silhouette is only right to a pixel or two (misregistered, feathered, haloed): pixels that
-    close to an edge may show object or background, so they pull on the surface less than pixels deep on either side.
+    A generated view's silhouette is only right to a few pixels (misregistered, feathered, haloed), each view off in
+    its own way. Fitted as they are, six outlines that disagree add surface wherever one view asks for it and no
+    other view's silhouette forbids it (a table top's end grown towards the camera that sees it head-on, a dome over
+    the top): space inside every silhouette, which nothing carves again. So a pixel that close to an outline, which
+    may show object or background, does not count. A weight that only ramps up across the band does not do it: the
+    cross-entropy of an empty pixel that the mask calls object stays large at a third of its weight.
     """
     from scipy import ndimage
 
@@ -133,7 +138,7 @@ def edge_weights(masks: torch.Tensor, band: float) -> torch.Tensor:
     weights = []
     for view in inside:
         distance = np.where(view, ndimage.distance_transform_edt(view), ndimage.distance_transform_edt(~view)) - 0.5
-        weights.append(np.clip(distance / band, 0.0, 1.0))
+        weights.append(distance >= band)
     return torch.as_tensor(np.stack(weights), dtype=torch.float32)
 
 
