@@ -4,8 +4,8 @@
 gives both the wall time a user sees and its parts: interpreter start, the imports (done here first, in the order
 the command would do them, so the total is the command's), the CUDA context, the model load, the first denoising
 step (graph capture and its warm-up) and the rest of the views; for ``recon`` the hull, each fitting stage's first
-step and first replayed step, the finishing stage's imports (where the command does them: while the GPU runs the
-fit's last steps), the fit, meshing and texturing, the export. Nothing of the command changes, except with
+step and first replayed step, the fit, meshing and texturing (with the mesh modules' imports, which the command does
+after the fit), the export. Nothing of the command changes, except with
 ``--cudnn-benchmark``, a diagnostic variant: the fast path with cuDNN's per-shape autotuning, which only the compiled
 mode does since run 3 of RESULTS' "cold CLI calls" (there, without it: 1.7 s off the first step, the others no slower).
 
@@ -63,7 +63,7 @@ def main() -> None:
         mark("import_diffusion")
         _patch_views(img2mesh.pipeline.Img2Mesh, zpipe.Zero123PlusPipeline, autotune)
     elif command == "recon":
-        # What the command imports before the fit (the finishing stage's modules come during the fit's last steps).
+        # What the command imports before the fit (the mesh modules come after it).
         import img2mesh.pipeline
         import recon.dataset
         import recon.devices

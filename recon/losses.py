@@ -49,10 +49,9 @@ def composited_target(batch: RayBatch, background: torch.Tensor) -> torch.Tensor
     return batch.rgb * batch.mask[:, None] + background * (1 - batch.mask[:, None])
 
 
-def photometric(rendered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean Charbonnier distance between rendered and target colours (R, 3), each ray weighted by ``weight`` (R,)."""
-    distance = torch.sqrt((rendered - target) ** 2 + 1e-6)
-    return distance.mean() if weight is None else (distance * weight[:, None]).mean()
+def photometric(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Charbonnier distance between rendered and target colours (R, 3)."""
+    return torch.sqrt((rendered - target) ** 2 + 1e-6).mean()
 
 
 def silhouette(opacity: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
