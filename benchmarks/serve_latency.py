@@ -16,7 +16,10 @@ weights draw noise, which nothing can mesh). Phases, in this order (``batch`` li
    timeline: imports, CUDA context, model load, first denoising step, the rest): ``img2mesh recon GRID --export``,
    ``img2mesh views PHOTO``, and with ``--reference`` the public reference pipeline's cold call beside them
    (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and with cuDNN autotuning and
-   recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change).
+   recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change);
+   ``--cold-deps-only`` runs every cold call (the reference's too) in a venv of img2mesh's installed dependencies only,
+   as `pip install img2mesh` would give (``dependency_env.py``: optional packages such as peft and scikit-learn that
+   a shared machine's Python holds cost diffusers' and transformers' imports seconds).
 5. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran.
 6. ``batch``: ``benchmarks/batch_throughput.py`` on ``--burst`` photos with the same weights and config (one process,
    its own model load), for the throughput comparison.
@@ -30,6 +33,7 @@ tells a one-off step from a slope, and where a step lies.
     python benchmarks/serve_latency.py --phases sequential,burst,fill,batch --json out.json   # a CUDA machine
     python benchmarks/serve_latency.py --phases batch,first,burst,fill --set multiview.compile=graphs --json out.json
     python benchmarks/serve_latency.py --phases cold --reference REF_DIR --json cold.json
+    python benchmarks/serve_latency.py --phases cold --reference REF_DIR --cold-deps-only --json cold.json
     python benchmarks/serve_latency.py --size tiny --config cpu --set multiview.steps=2 --sequential 2 --burst 2 \\
         --total 5 --phases sequential,burst,fill
     python benchmarks/serve_latency.py --size tiny --config cpu --set multiview.steps=2 --first 2 --burst 2 \\
@@ -415,8 +419,16 @@ def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) 
 def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
     """One process per call, as a user runs it, each with its timeline (``cold_call.py``), the reference beside."""
     py = sys.executable
-    wrapper = [py, str(REPO / "benchmarks" / "cold_call.py")]
     work = Path(tempfile.mkdtemp(prefix="cold-"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if args.cold_deps_only:  # a user's install: img2mesh's dependencies only, none of this machine's other packages
+        from dependency_env import dependency_env
+
+        python, linked, missing = dependency_env(work / "venv")
+        py, env = str(python), {**os.environ, "PYTHONPATH": str(REPO)}
+        result["cold_env"] = {"linked": linked, "not_installed": sorted(missing)}
+        print(f"  cold calls in {python}: {len(linked)} distributions; not installed: {sorted(missing)}", flush=True)
+    wrapper = [py, str(REPO / "benchmarks" / "cold_call.py")]
     extra = [arg for value in args.cold_set for arg in value.split()]
     views = ["views", str(PHOTOS[0]), "-o", str(work), "--model", model, "-v", *extra]
     calls = [("python -c pass", [py, "-c", "pass"]), ("img2mesh views PHOTO", [*wrapper, *views])]
@@ -437,7 +449,6 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
     if args.cold_variants:
         calls.append(("img2mesh views PHOTO, cuDNN autotune", [*wrapper, "--cudnn-benchmark", *views]))
     rows = []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cold_warm_cache:  # the page cache a user's earlier commands leave: the first call pays no disk reads
         # cuDNN's and cuBLAS's libraries load at their first use, not at import: one fp16 convolution and GEMM.
         touch = "import torch, diffusers, transformers, trimesh, scipy.spatial\n"
@@ -452,8 +463,8 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
             continue
         call_env = env
         if "(baseline)" in name:  # its own img2mesh and recon first on the path
-            paths = [str(args.cold_baseline.resolve()), os.environ.get("PYTHONPATH", "")]
-            call_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+            paths = [str(args.cold_baseline.resolve()), env["PYTHONPATH"].partition(os.pathsep)[2]]
+            call_env = {**env, "PYTHONPATH": os.pathsep.join(paths)}
         seconds, output, timeline = timed(command, env=call_env, cwd=REPO)
         rows.append(
             {"call": name, "seconds": seconds, "timeline": timeline, "output": output.strip().splitlines()[-4:]}
@@ -581,6 +592,9 @@ def table(result: dict) -> str:
             )
             lines.append("")
     if result.get("cold"):
+        if result.get("cold_env"):
+            missing = ", ".join(result["cold_env"]["not_installed"]) or "none"
+            lines += [f"Cold calls in img2mesh's dependencies only (not installed on this machine: {missing}).", ""]
         lines += ["| one cold process | wall s | timeline (s since start) |", "| --- | ---: | --- |"]
         for row in result["cold"]:
             marks = {k: v for k, v in (row.get("timeline") or {}).items() if isinstance(v, float | int)}
@@ -609,6 +623,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--cold-baseline", type=Path, help="another checkout (the code before a change): its recon and views cold too"
+    )
+    parser.add_argument(
+        "--cold-deps-only",
+        action="store_true",
+        help="cold calls in a venv of img2mesh's installed dependencies only (benchmarks/dependency_env.py)",
     )
     parser.add_argument("--first", type=int, default=5, help="the server's first jobs, at once: the memory baseline")
     parser.add_argument("--sequential", type=int, default=10, help="photos one at a time")
