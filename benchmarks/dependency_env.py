@@ -70,10 +70,11 @@ def top_level_entries(dist: metadata.Distribution) -> set[Path]:
     return entries
 
 
-def dependency_env(dest: Path) -> tuple[Path, dict[str, str], set[str]]:
-    """Build the venv at ``dest``: its python, the linked distributions' versions, and the missing requirements."""
+def dependency_env(dest: Path, extra: tuple[str, ...] = ()) -> tuple[Path, dict[str, str], set[str]]:
+    """Build the venv at ``dest``: its python, the linked distributions' versions, and the missing requirements.
+    ``extra``: requirements beside img2mesh's (the reference pipeline's torchvision)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    found, missing = requirement_closure(project["dependencies"])
+    found, missing = requirement_closure([*project["dependencies"], *extra])
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
     site = next(dest.glob("lib/python*/site-packages"))
     for dist in found.values():
@@ -88,8 +89,9 @@ def dependency_env(dest: Path) -> tuple[Path, dict[str, str], set[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dest", type=Path, help="folder of the new virtual environment")
+    parser.add_argument("--extra", nargs="*", default=[], help="requirements beside img2mesh's")
     args = parser.parse_args()
-    python, versions, missing = dependency_env(args.dest)
+    python, versions, missing = dependency_env(args.dest, tuple(args.extra))
     print(python)
     print("linked:", " ".join(f"{name}=={version}" for name, version in versions.items()))
     print("not installed here:", " ".join(sorted(missing)) or "none")

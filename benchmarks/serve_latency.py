@@ -18,8 +18,9 @@ weights draw noise, which nothing can mesh). Phases, in this order (``batch`` li
    (``reference_views.py``); ``--cold-variants`` adds views with ``--compile off`` and with cuDNN autotuning and
    recon without CUDA graphs; ``--cold-baseline DIR`` the recon and views calls of another checkout (before a change);
    ``--cold-deps-only`` runs every cold call (the reference's too) in a venv of img2mesh's installed dependencies only,
-   as `pip install img2mesh` would give (``dependency_env.py``: optional packages such as peft and scikit-learn that
-   a shared machine's Python holds cost diffusers' and transformers' imports seconds).
+   as `pip install img2mesh` would give, and the reference in one of those plus torchvision, which it imports
+   (``dependency_env.py``: optional packages such as peft and scikit-learn that a shared machine's Python holds cost
+   diffusers' and transformers' imports seconds).
 5. ``fill``: more photos, ``--burst`` at a time, until ``--total`` jobs ran.
 6. ``batch``: ``benchmarks/batch_throughput.py`` on ``--burst`` photos with the same weights and config (one process,
    its own model load), for the throughput comparison.
@@ -418,7 +419,7 @@ def timed(command: list[str], env: dict | None = None, cwd: Path | None = None) 
 
 def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
     """One process per call, as a user runs it, each with its timeline (``cold_call.py``), the reference beside."""
-    py = sys.executable
+    py = reference_py = sys.executable
     work = Path(tempfile.mkdtemp(prefix="cold-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cold_deps_only:  # a user's install: img2mesh's dependencies only, none of this machine's other packages
@@ -428,12 +429,14 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
         py, env = str(python), {**os.environ, "PYTHONPATH": str(REPO)}
         result["cold_env"] = {"linked": linked, "not_installed": sorted(missing)}
         print(f"  cold calls in {python}: {len(linked)} distributions; not installed: {sorted(missing)}", flush=True)
+        if args.reference:  # the reference also needs torchvision, which would change what our imports load
+            reference_py = str(dependency_env(work / "venv-reference", ("torchvision",))[0])
     wrapper = [py, str(REPO / "benchmarks" / "cold_call.py")]
     extra = [arg for value in args.cold_set for arg in value.split()]
     views = ["views", str(PHOTOS[0]), "-o", str(work), "--model", model, "-v", *extra]
     calls = [("python -c pass", [py, "-c", "pass"]), ("img2mesh views PHOTO", [*wrapper, *views])]
     if args.reference:  # right after ours: the pair the issue compares, before anything the deadline could cut
-        reference = [py, str(REPO / "benchmarks" / "reference_views.py"), "--pipeline", str(args.reference)]
+        reference = [reference_py, str(REPO / "benchmarks" / "reference_views.py"), "--pipeline", str(args.reference)]
         reference += ["--model", model, "--photo", str(PHOTOS[0]), "--out", str(work / "reference.png")]
         calls.append(("reference pipeline (load, 75 steps, save)", reference))
     recon = ["recon", str(GRID), "--export", str(work / "m.glb"), "-v", *extra]
@@ -456,7 +459,8 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
         touch += "    x = torch.randn(2, 4, 64, 64, device='cuda', dtype=torch.half)\n"
         touch += "    w = torch.randn(8, 4, 3, 3, device='cuda', dtype=torch.half)\n"
         touch += "    (torch.nn.functional.conv2d(x, w, padding=1) @ x[0, 0]).sum().item()\n"
-        subprocess.run([py, "-c", touch], env=env)
+        for python in dict.fromkeys([py, reference_py]):
+            subprocess.run([python, "-c", touch], env=env)
     for name, command in calls:
         if clock.left() < (30 if "views" in name or "reference" in name else 15):
             rows.append({"call": name, "seconds": None, "output": "skipped: deadline"})
@@ -466,10 +470,10 @@ def cold_phase(args, model: str, clock: Clock, result: dict) -> None:
             paths = [str(args.cold_baseline.resolve()), env["PYTHONPATH"].partition(os.pathsep)[2]]
             call_env = {**env, "PYTHONPATH": os.pathsep.join(paths)}
         seconds, output, timeline = timed(command, env=call_env, cwd=REPO)
-        rows.append(
-            {"call": name, "seconds": seconds, "timeline": timeline, "output": output.strip().splitlines()[-4:]}
-        )
-        print(f"  cold {name}: {seconds:.2f} s {json.dumps(timeline)}", flush=True)
+        failed = output.startswith("exit ")
+        lines = output.strip().splitlines()[-4:]
+        rows.append({"call": name, "seconds": seconds, "timeline": timeline, "output": lines, "failed": failed})
+        print(f"  cold {name}: {seconds:.2f} s{' FAILED' if failed else ''} {json.dumps(timeline)}", flush=True)
     result["cold"] = rows
 
 
@@ -599,6 +603,8 @@ def table(result: dict) -> str:
         for row in result["cold"]:
             marks = {k: v for k, v in (row.get("timeline") or {}).items() if isinstance(v, float | int)}
             timeline = ", ".join(f"{k} {v:.2f}" for k, v in marks.items())
+            if row.get("failed"):  # a wall that is not the call's work
+                timeline = f"failed: {row['output'][-1] if row['output'] else ''}"
             lines.append(f"| `{row['call']}` | {num(row['seconds'])} | {timeline} |")
     return "\n".join(lines)
 
