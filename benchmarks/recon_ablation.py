@@ -7,7 +7,7 @@ posed views to textured mesh) of each variant and strength, then every mesh. ``m
 masks with the one-pixel edge band ``recon.masks`` had before its edge band was deepened (for this comparison only).
 
     python benchmarks/recon_ablation.py --device cuda --strengths 1 \\
-        --variant plain --variant "cheap: recon.edge_band=1 recon.hull_dilation=3 recon.colour_compensation=true"
+        --variant plain --variant "robust: recon.hull_dilation=3 recon.colour_compensation=true"
 """
 
 from __future__ import annotations

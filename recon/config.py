@@ -146,11 +146,6 @@ class ReconConfig:
     """Weight of the normal term (1 − cos to the views' normal maps), used only when the views carry them.
     Bounded per ray, so that the generated maps' errors pull gently rather than dominate the photometric and mask
     terms."""
-    edge_band: float = 0.0
-    """Pixels (at ``image_size``) either side of a mask's outline where the silhouette term does not count; 0: every
-    pixel counts. Six misregistered outlines then do not add surface where only one of them asks for it, inside
-    every silhouette, where nothing carves it again (benchmarks/RESULTS.md, "Why the misregistered table falls below
-    its hull")."""
     camera_refinement: bool = False
     """Learn a small rotation and translation per view, held near its given pose; the texture is baked through them.
     Views misregistered against the fixed cameras are then pulled back rather than averaged into blur."""
@@ -231,7 +226,6 @@ class ReconConfig:
             "registration_weight",
             "registration_blur",
             "hull_dilation",
-            "edge_band",
         ):
             check_range(name, getattr(self, name), 0.0)
         check_range("camera_warmup", self.camera_warmup, 0.0, 1.0)

@@ -12,8 +12,8 @@ maps (the normal ControlNet's), a term pulls each ray's rendered normal towards 
 the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
 one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation. For generated
 views that disagree, the fit registers each view's pixels onto the fields (on by default, from half-way through the
-fit) and can also learn per view a camera correction and a colour transform (:mod:`recon.view_refinement`), fade its
-silhouette terms near mask edges and carve its hull from grown masks (``configs/robust.yaml``).
+fit) and can also learn per view a camera correction and a colour transform (:mod:`recon.view_refinement`) and carve
+its hull from grown masks (``configs/robust.yaml``).
 
 Everything is seeded, so the same views and config give the same fields.
 """
@@ -105,9 +105,7 @@ def fit_fields(
         raise InputError("The views' masks share no common volume, so their cameras do not match; check --poses.")
     box = hull.box()
     normals = views.normals is not None and recon.normal_weight > 0
-    rays = pixel_rays(
-        views, recon.image_size, dev, normals=normals, edge_band=recon.edge_band, pixels=recon.registration
-    )
+    rays = pixel_rays(views, recon.image_size, dev, normals=normals, pixels=recon.registration)
     corrections = ViewCorrections.for_views(views, recon, rays)  # every pixel's targets, before the hull drops rays
     rays = clip_to_hull(rays, hull.allowed, hull.cube, recon.hull_resolution, 2 * hull.voxel)
     timings["hull"] = time.perf_counter() - start

@@ -3,11 +3,8 @@
 - photometric: Charbonnier (a smooth L1) between the rendered colour and the view's pixel composited on the step's
   random background, so the background colour cannot be explained by geometry and a few inconsistent pixels of a
   generated view pull no harder than many slightly wrong ones;
-- silhouette: binary cross-entropy of the rendered opacity against the mask;
-- the silhouette term does not count within a few pixels of a mask's outline when the rays carry edge weights (a
-  tolerance band for silhouettes that are only right to a few pixels, :func:`recon.volume_render.edge_weights`); the
-  photometric term counts everywhere (left out there too, it cost clean views' outlines about a dB of novel-view
-  PSNR and gained little);
+- silhouette: binary cross-entropy of the rendered opacity against the mask (whose outline pixels are soft, a
+  tolerance of about a pixel: :mod:`recon.masks`);
 - normal: ``1 − cos`` between the rendered and the views' normals (only when the views carry normal maps);
 - the grid's priors (eikonal, Laplacian smoothness, colour total variation, volume and surface area) come from
   :class:`recon.sdf_grid.SdfGrid` and are weighted here.
@@ -54,9 +51,9 @@ def photometric(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((rendered - target) ** 2 + 1e-6).mean()
 
 
-def silhouette(opacity: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy of rendered opacity (R,) against the mask (R,), each ray weighted by ``weight`` (R,)."""
-    return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), mask, weight=weight)
+def silhouette(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of rendered opacity (R,) against the mask (R,)."""
+    return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), mask)
 
 
 def normal_error(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -84,7 +81,7 @@ def fit_loss(
     ``prior_weight`` (0-d tensors) are this step's Laplacian weight and volume/area factor.
     """
     colour = photometric(out.rgb, composited_target(batch, background))
-    mask = silhouette(out.opacity, batch.mask, batch.edge_weight)
+    mask = silhouette(out.opacity, batch.mask)
     eikonal, smooth = grid.eikonal_and_smoothness(band, gradient)
     loss = (
         colour

@@ -110,7 +110,7 @@ class ColourCompensation(torch.nn.Module):
 
 class ViewWarp(torch.nn.Module):
     """A displacement field per view on a coarse grid of nodes, in pixels of the fitted image: each ray reads its
-    view's targets (colour, mask, edge weight, normal) at its pixel plus the field there, bilinearly.
+    view's targets (colour, mask, normal) at its pixel plus the field there, bilinearly.
 
     The grid is coarse (a few nodes across the view), so the field can follow a shift, rotation, scale or a smooth
     local distortion but not redraw detail; a squared penalty holds it near zero. Bilinear interpolation reproduces
@@ -122,7 +122,7 @@ class ViewWarp(torch.nn.Module):
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
         self.register_buffer("targets", torch.cat([targets, smooth], dim=-1))
-        """(N, s, s, 2C) the views' targets at the fitted size (RGB, mask, then edge weight and normal if present),
+        """(N, s, s, 2C) the views' targets at the fitted size (RGB, mask, then the normal if present),
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
         self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
@@ -164,11 +164,7 @@ class ViewWarp(torch.nn.Module):
         """
         read = bilinear(self.targets, rays.view, rays.pixel + self.displacement(rays.view, rays.pixel) - 0.5)
         sharp, smooth = read.split(self.channels, -1)
-        read = with_target_values(rays, sharp.detach() + smooth - smooth.detach())
-        if read.edge_weight is None:
-            return read
-        # A weight of the loss terms, not a target to match: the fields must not learn to shrink it.
-        return dataclasses.replace(read, edge_weight=read.edge_weight.detach())
+        return with_target_values(rays, sharp.detach() + smooth - smooth.detach())
 
     def penalty(self) -> torch.Tensor:
         """Mean squared displacement per node, pixels²."""
@@ -216,10 +212,8 @@ def similarity_motions(k: np.ndarray, cam_to_world: np.ndarray, pixels: np.ndarr
 
 
 def target_values(rays: RayBatch) -> torch.Tensor:
-    """(R, C) each ray's targets side by side: RGB, mask, then edge weight and normal where the rays carry them."""
+    """(R, C) each ray's targets side by side: RGB, mask, then the normal where the rays carry one."""
     values = [rays.rgb, rays.mask[:, None]]
-    if rays.edge_weight is not None:
-        values.append(rays.edge_weight[:, None])
     if rays.normal is not None:
         values.append(rays.normal)
     return torch.cat(values, dim=-1)
@@ -227,12 +221,8 @@ def target_values(rays: RayBatch) -> torch.Tensor:
 
 def with_target_values(rays: RayBatch, values: torch.Tensor) -> RayBatch:
     """``rays`` with their targets replaced by ``values`` (R, C), laid out as :func:`target_values` lays them out."""
-    rest = values[:, 4:]
-    edge = None
-    if rays.edge_weight is not None:
-        edge, rest = rest[:, 0], rest[:, 1:]
-    normal = rest if rays.normal is not None else None
-    return dataclasses.replace(rays, rgb=values[:, :3], mask=values[:, 3], edge_weight=edge, normal=normal)
+    normal = values[:, 4:] if rays.normal is not None else None
+    return dataclasses.replace(rays, rgb=values[:, :3], mask=values[:, 3], normal=normal)
 
 
 def field_at(offset: torch.Tensor, view: torch.Tensor, node: torch.Tensor) -> torch.Tensor:

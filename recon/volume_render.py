@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,9 +40,6 @@ class RayBatch:
     normal: torch.Tensor | None = None
     """(R, 3) target surface normal in world space when the views carry normal maps: the area-average of the unit
     normals the pixel covers, so its length (at most 1) is the share of the pixel that has one, 0 on the background."""
-    edge_weight: torch.Tensor | None = None
-    """(R,) weight of the ray in the silhouette term: 0 within the edge band of its mask's outline, 1 beyond
-    (:func:`edge_weights`); None: every ray counts fully."""
     pixel: torch.Tensor | None = None
     """(R, 2) the ray's pixel centre (x right, y down) in pixels of its view at the fitted size."""
 
@@ -84,14 +80,13 @@ def pixel_rays(
     size: int,
     device: torch.device,
     normals: bool = False,
-    edge_band: float = 0.0,
     pixels: bool = False,
 ) -> RayBatch:
     """One ray through the centre of every pixel of every view at side ``size``, with near = far = 0 for now, in
     view-major, row-major order.
 
     ``normals`` (views with :attr:`PosedViews.normals` only) also gives each ray its target normal in world space;
-    ``edge_band`` > 0 gives each ray its :attr:`RayBatch.edge_weight`; ``pixels`` its :attr:`RayBatch.pixel`.
+    ``pixels`` its :attr:`RayBatch.pixel`.
     """
     images, masks, k = resized_views(views, size)
     c2w = torch.as_tensor(views.cam_to_world, dtype=torch.float32)
@@ -115,31 +110,9 @@ def pixel_rays(
         masks.reshape(-1),
         torch.cat(view),
         world_normals(views, size, c2w).reshape(-1, 3) if normals else None,
-        edge_weights(masks, edge_band).reshape(-1) if edge_band > 0 else None,
         torch.stack([i, j], dim=-1).reshape(-1, 2).repeat(len(views), 1) if pixels else None,
     )
     return rays.to(device)
-
-
-def edge_weights(masks: torch.Tensor, band: float) -> torch.Tensor:
-    """Per pixel (N, s, s): 0 where its centre lies within ``band`` pixels of its mask's outline (on either side),
-    else 1.
-
-    A generated view's silhouette is only right to a few pixels (misregistered, feathered, haloed), each view off in
-    its own way. Fitted as they are, six outlines that disagree add surface wherever one view asks for it and no
-    other view's silhouette forbids it (a table top's end grown towards the camera that sees it head-on, a dome over
-    the top): space inside every silhouette, which nothing carves again. So a pixel that close to an outline, which
-    may show object or background, does not count. A weight that only ramps up across the band does not do it: the
-    cross-entropy of an empty pixel that the mask calls object stays large at a third of its weight.
-    """
-    from scipy import ndimage
-
-    inside = masks.numpy() > 0.5
-    weights = []
-    for view in inside:
-        distance = np.where(view, ndimage.distance_transform_edt(view), ndimage.distance_transform_edt(~view)) - 0.5
-        weights.append(distance >= band)
-    return torch.as_tensor(np.stack(weights), dtype=torch.float32)
 
 
 def world_normals(views: PosedViews, size: int, cam_to_world: torch.Tensor) -> torch.Tensor:

@@ -39,14 +39,14 @@ from recon.view_refinement import (
     warp_images,
 )
 from recon.visual_hull import Hull
-from recon.volume_render import Rendered, edge_weights, pixel_rays
+from recon.volume_render import Rendered, pixel_rays
 
 MESHES = Path(__file__).resolve().parents[1] / "data" / "meshes"
 CPU = load_config("cpu")
 ROBUST = load_config("robust")
 #: The CPU preset with every remedy off, so that each test below measures one remedy alone.
 PLAIN = dataclasses.replace(
-    CPU.recon, camera_refinement=False, colour_compensation=False, edge_band=0.0, hull_dilation=0.0, registration=False
+    CPU.recon, camera_refinement=False, colour_compensation=False, hull_dilation=0.0, registration=False
 )
 
 
@@ -125,27 +125,6 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     registered = iou(dataclasses.replace(PLAIN, registration=True, registration_warmup=0.05), moved)
     assert clean - unregistered > 0.004  # the shift does cost the shape, so this test tells
     assert registered - unregistered > 0.5 * (clean - unregistered), (clean, unregistered, registered)
-
-
-def test_registration_with_an_edge_band_fits(spot):
-    # The edge weights are read through the fields too, as a weight of the loss (no gradient to the fields).
-    _, views = spot
-    recon = dataclasses.replace(PLAIN, registration=True, edge_band=1.0, iterations=[10, 10])
-    fields = fit_fields(views, recon, device="cpu", progress=False)
-    assert np.isfinite(fields.view_warps).all() and np.abs(fields.view_warps).max() > 0
-
-
-def test_edge_band_drops_the_pixels_near_each_outline_on_both_sides():
-    # A misregistered outline must not pull at all: pixels whose centres lie within the band of the outline weigh 0
-    # (object and background side alike), the rest 1; a weight that only ramps up across the band left the table's
-    # grown ends in place (benchmarks/RESULTS.md).
-    masks = torch.zeros(1, 20, 20)
-    masks[0, 5:15, 5:15] = 1
-    weights = edge_weights(masks, 2.0)[0]
-    row = weights[10].tolist()  # columns 3 and 4 lie 1.5 and 0.5 px outside the outline, 5 and 6 inside
-    assert row[:3] == [1.0, 1.0, 1.0] and row[3:7] == [0.0, 0.0, 0.0, 0.0] and row[7:10] == [1.0, 1.0, 1.0], row
-    assert weights[10, 13:17].tolist() == [0.0, 0.0, 0.0, 0.0] and weights[10, 17] == 1.0
-    assert set(weights.unique().tolist()) == {0.0, 1.0}
 
 
 def test_registered_views_read_through_the_field():
