@@ -173,7 +173,11 @@ class ReconConfig:
     registration_learning_rate: float = 0.05
     """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit."""
     registration_weight: float = 0.0001
-    """Weight of the mean squared displacement (pixels²) that holds each view near where it was given."""
+    """Weight of the fields' penalty (``registration_penalty``) that holds each view near where it was given."""
+    registration_penalty: Literal["squared", "length"] = "squared"
+    """The fields' penalty: each node's squared displacement (pixels²) or its length (pixels), averaged. The length
+    pulls a small displacement back as hard as a large one: the small moves that fields learn on views that were
+    right go back to zero, while a view that is really off still moves."""
     colour_compensation: bool = False
     """Learn an affine colour transform per view (exposure, white balance), undone on the views before baking.
     It is applied to what the fit renders for the view, so the colour field holds what the views agree on."""

@@ -253,7 +253,9 @@ class ViewCorrections:
         colours = ColourCompensation(len(views), device) if recon.colour_compensation else None
         warps = None
         if recon.registration:
-            warps = ViewWarp.for_rays(rays, views, recon.registration_cells, recon.registration_blur)
+            warps = ViewWarp.for_rays(
+                rays, views, recon.registration_cells, recon.registration_blur, recon.registration_penalty
+            )
         return cls(cameras, colours, warps)
 
     def parameter_groups(

@@ -113,11 +113,11 @@ class ViewWarp(torch.nn.Module):
     view's targets (colour, mask, normal) at its pixel plus the field there, bilinearly.
 
     The grid is coarse (a few nodes across the view), so the field can follow a shift, rotation, scale or a smooth
-    local distortion but not redraw detail; a squared penalty holds it near zero. Bilinear interpolation reproduces
-    any affine field, so a misregistration by a similarity is represented exactly.
+    local distortion but not redraw detail; a penalty (``recon.registration_penalty``) holds it near zero. Bilinear
+    interpolation reproduces any affine field, so a misregistration by a similarity is represented exactly.
     """
 
-    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor):
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str = "squared"):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
@@ -126,12 +126,14 @@ class ViewWarp(torch.nn.Module):
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
         self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
+        self.penalty_kind = penalty
+        """"squared" or "length" (:meth:`penalty`)."""
         self.register_buffer("gauge", gauge)
         """(G, N·cells·cells·2) orthonormal rows: the joint fields that a move of the whole object would explain
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
     @classmethod
-    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float) -> ViewWarp:
+    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str = "squared") -> ViewWarp:
         """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`).
 
         The gauge is taken at the views' own size: scaling every pixel coordinate alike spans the same fields."""
@@ -139,7 +141,7 @@ class ViewWarp(torch.nn.Module):
         values = target_values(rays)
         size = round((len(rays) // count) ** 0.5)
         gauge = gauge_basis(views.intrinsics, views.cam_to_world, views.size[1], cells).to(values.device)
-        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge)
+        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge, penalty)
 
     def free_offset(self) -> torch.Tensor:
         """:attr:`offset` less its part along :attr:`gauge`.
@@ -167,8 +169,10 @@ class ViewWarp(torch.nn.Module):
         return with_target_values(rays, sharp.detach() + smooth - smooth.detach())
 
     def penalty(self) -> torch.Tensor:
-        """Mean squared displacement per node, pixels²."""
-        return (self.free_offset() ** 2).sum(-1).mean()
+        """Mean squared displacement per node (pixels²), or its mean length (pixels, smoothed within 0.01 px of
+        zero so that its gradient is defined there)."""
+        squared = (self.free_offset() ** 2).sum(-1)
+        return torch.sqrt(squared + 1e-4).mean() if self.penalty_kind == "length" else squared.mean()
 
     def fields(self) -> np.ndarray:
         """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""

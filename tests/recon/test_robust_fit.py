@@ -34,6 +34,7 @@ from recon.sdf_grid import sample_grid
 from recon.view_refinement import (
     ColourCompensation,
     PoseRefinement,
+    ViewWarp,
     gauge_basis,
     undo_colour,
     warp_images,
@@ -210,3 +211,21 @@ def test_hull_keeps_a_thin_part_missing_from_one_mask(misregistered):
 
     assert kept(ROBUST.recon.hull_min_views, ROBUST.recon.hull_dilation) >= 0.97
     assert kept(6, 0.0) < 0.05  # every view's vote: the one bad mask deletes the legs
+
+
+@pytest.mark.parametrize("kind", ["squared", "length"])
+def test_registration_penalty_kinds(kind):
+    # The length penalty pulls a small displacement back as hard as a large one (the small moves that fields learn
+    # on views that were right go back to zero); the squared one's pull fades with the displacement.
+    warp = ViewWarp(torch.zeros(6, 8, 8, 4), 2, 0.0, torch.zeros(0, 6 * 2 * 2 * 2), kind)
+    pulls = []
+    for size in (0.1, 2.0):
+        with torch.no_grad():
+            warp.offset.copy_(torch.tensor([0.6, 0.8]) * size)  # every node moved by ``size`` pixels
+        warp.offset.grad = None
+        warp.penalty().backward()
+        pulls.append(float(warp.offset.grad.norm(dim=-1).mean()))
+        expected = size**2 if kind == "squared" else (size**2 + 1e-4) ** 0.5
+        assert float(warp.penalty()) == pytest.approx(expected, rel=1e-5)
+    ratio = pulls[1] / pulls[0]
+    assert ratio == pytest.approx(20.0 if kind == "squared" else 1.0, rel=0.01), pulls
