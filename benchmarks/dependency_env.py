@@ -48,13 +48,10 @@ def requirement_closure(requirements: list[str]) -> tuple[dict[str, metadata.Dis
             missing.add(name)
             continue
         found[name] = dist
-        queue += [Requirement(text) for text in dist.requires or []]
+        requires = [Requirement(text) for text in dist.requires or []]
+        queue += requires
         for extra in requirement.extras:  # rembg[cpu]: what the extra adds
-            queue += [
-                Requirement(text)
-                for text in dist.requires or []
-                if Requirement(text).marker is not None and Requirement(text).marker.evaluate({"extra": extra})
-            ]
+            queue += [r for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})]
     return found, missing
 
 
