@@ -28,31 +28,34 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def requirement_closure(requirements: list[str]) -> tuple[dict[str, metadata.Distribution], set[str]]:
-    """The installed distributions ``requirements`` reach, transitively (markers evaluated without extras), by
-    canonical name, and the names of those that are not installed."""
+    """The installed distributions ``requirements`` reach, transitively (each one's markers read with the extras
+    asked of it, as pip reads them), by canonical name, and the names of those that are not installed."""
     installed: dict[str, metadata.Distribution] = {}
     for dist in metadata.distributions():  # first on sys.path wins, as for an import
         installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist)
     found: dict[str, metadata.Distribution] = {}
+    extras_done: dict[str, set[str]] = {}
     missing: set[str] = set()
-    queue = [Requirement(text) for text in requirements]
+    queue = [r for r in map(Requirement, requirements) if _applies(r, "")]
     while queue:
         requirement = queue.pop()
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
         name = canonicalize_name(requirement.name)
-        if name in found or name in missing:
-            continue
         dist = installed.get(name)
         if dist is None:
             missing.add(name)
             continue
+        extras = {"", *requirement.extras} - extras_done.setdefault(name, set())
+        if not extras:
+            continue
         found[name] = dist
-        requires = [Requirement(text) for text in dist.requires or []]
-        queue += requires
-        for extra in requirement.extras:  # rembg[cpu]: what the extra adds
-            queue += [r for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})]
+        extras_done[name] |= extras
+        queue += [r for r in map(Requirement, dist.requires or []) if any(_applies(r, e) for e in extras)]
     return found, missing
+
+
+def _applies(requirement: Requirement, extra: str) -> bool:
+    """Whether ``requirement`` holds on this machine for a distribution installed with ``extra`` ("": none)."""
+    return requirement.marker is None or requirement.marker.evaluate({"extra": extra})
 
 
 def top_level_entries(dist: metadata.Distribution) -> set[Path]:

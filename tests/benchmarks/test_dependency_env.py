@@ -20,6 +20,13 @@ def test_closure_follows_requirements_and_names_what_is_missing():
     assert "peft" not in found  # diffusers does not require it, though it imports it when present
 
 
+def test_closure_follows_what_an_extra_adds():
+    # rembg[cpu] adds onnxruntime (rembg alone does not require it), also when rembg was reached without it first
+    assert "onnxruntime" not in requirement_closure(["rembg"])[0]
+    assert "onnxruntime" in requirement_closure(["rembg", "rembg[cpu]"])[0]
+    assert "onnxruntime" in requirement_closure(["rembg[cpu]", "rembg"])[0]
+
+
 def test_env_holds_the_dependencies_and_not_the_optional_packages_this_machine_has(tmp_path):
     metadata.version("peft")  # installed here by the test extra: what the venv must hide
     python, linked, missing = dependency_env(tmp_path / "venv")
