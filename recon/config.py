@@ -162,9 +162,9 @@ class ReconConfig:
     registration: bool = True
     """Learn a smooth displacement field per view through which its pixels are read (a registration onto the fit).
     Views shifted, rotated, scaled or locally distorted by a few pixels then agree; the texture is baked through it."""
-    registration_warmup: float = 0.5
+    registration_warmup: float = 0.3
     """Share of all steps before the displacement fields unlock. Unlocked early, they also bend clean views towards
-    a shape that is still wrong (thin and recessed parts), and keep them there."""
+    a shape that is still wrong (thin and recessed parts); the length penalty pulls those moves back."""
     registration_cells: int = 2
     """Nodes of each view's displacement field along a side (2 follows shift, rotation, scale and shear; more bend)."""
     registration_blur: float = 2.0
@@ -172,9 +172,9 @@ class ReconConfig:
     views'. A sharp edge pulls only within a pixel of it; the blur reaches as far as the views are off."""
     registration_learning_rate: float = 0.05
     """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit."""
-    registration_weight: float = 0.0001
+    registration_weight: float = 0.001
     """Weight of the fields' penalty (``registration_penalty``) that holds each view near where it was given."""
-    registration_penalty: Literal["squared", "length"] = "squared"
+    registration_penalty: Literal["squared", "length"] = "length"
     """The fields' penalty: each node's squared displacement (pixels²) or its length (pixels), averaged. The length
     pulls a small displacement back as hard as a large one: the small moves that fields learn on views that were
     right go back to zero, while a view that is really off still moves."""
