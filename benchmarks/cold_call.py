@@ -127,7 +127,7 @@ def _patch_recon() -> None:
         mark("hull")
         return out
 
-    def timed_run_steps(step, count, device, graphs=True, after_step=None):
+    def timed_run_steps(step, count, device, graphs=True, after_step=None, on_replay=None):
         done = [0]
 
         def after() -> None:
@@ -140,7 +140,7 @@ def _patch_recon() -> None:
                 _synchronize()
                 mark(f"stage{stage[0]}_step{done[0]}")
 
-        out = run_steps(step, count, device, graphs, after)
+        out = run_steps(step, count, device, graphs, after, on_replay)
         mark(f"stage{stage[0]}_queued")
         stage[0] += 1
         return out

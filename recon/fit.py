@@ -20,7 +20,10 @@ Everything is seeded, so the same views and config give the same fields.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,11 +88,16 @@ def fit_fields(
     device: str = "auto",
     progress: bool = True,
     seed: int = 0,
+    meanwhile: Callable[[], object] | None = None,
 ) -> Fields:
     """Fit SDF and colour grids to posed views (the GPU half of :func:`reconstruct`).
 
     ``seed`` drives ray sampling and background colours: the same views, config and seed give the same fields.
-    ``device`` "auto" defers to ``recon.device``.
+    ``device`` "auto" defers to ``recon.device``. ``meanwhile``: host work (a one-shot command's imports of what
+    follows the fit) run in a daemon thread once the first stage's steps replay as a CUDA graph: the host then only
+    waits for the device, without holding Python's lock. Not run at all without a graph (on the CPU the steps are
+    Python's own work, and a thread beside them slows them more than it saves); it must not touch CUDA, since a
+    later stage's graph capture forbids other threads' CUDA calls.
     """
     recon = recon or ReconConfig()
     if len(recon.resolutions) != len(recon.iterations) or not recon.resolutions:
@@ -146,7 +154,8 @@ def fit_fields(
         step = FitStep(
             grid, rays, schedule, optimiser, weights, recon, 4 * grid.voxel, normals, corrections, learn_cameras
         )
-        run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1))
+        on_replay = _in_thread(meanwhile) if stage == 0 and meanwhile is not None else None
+        run_steps(step, iterations, dev, recon.cuda_graphs, lambda: bar.update(1), on_replay)
         done += iterations
         losses = {name: value.item() for name, value in step.terms.items()}
         bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in losses.items()})
@@ -351,6 +360,17 @@ def stage_schedule(
             "registration_lr": (recon.registration_learning_rate * fields_unlocked * 0.1**progress).float(),
         }
     )
+
+
+def _in_thread(work: Callable[[], object]) -> Callable[[], None]:
+    """A function that starts ``work`` in a daemon thread."""
+
+    def quietly() -> None:
+        # Errors are the caller's to meet: its own import of the same modules afterwards raises them again.
+        with contextlib.suppress(Exception):
+            work()
+
+    return lambda: threading.Thread(target=quietly, daemon=True).start()
 
 
 def _progress(total: int, enabled: bool):

@@ -30,11 +30,12 @@ def run_steps(
     device: torch.device,
     graphs: bool = True,
     after_step: Callable[[], None] | None = None,
+    on_replay: Callable[[], None] | None = None,
 ) -> bool:
     """Run ``step`` ``count`` times (as a CUDA graph after a few eager steps when ``graphs`` and on CUDA).
 
-    ``after_step`` runs on the host after each step (a progress bar; it must not read device values). Returns whether
-    a graph was used.
+    ``after_step`` runs on the host after each step (a progress bar; it must not read device values); ``on_replay``
+    once, after the first replay is queued (never without a graph). Returns whether a graph was used.
     """
     after = after_step or (lambda: None)
     if not graphs or device.type != "cuda" or count <= WARMUP_STEPS:
@@ -53,9 +54,11 @@ def run_steps(
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):  # records only: the captured step has not run yet
         step()
-    for _ in range(count - WARMUP_STEPS):
+    for index in range(count - WARMUP_STEPS):
         graph.replay()
         after()
+        if index == 0 and on_replay is not None:
+            on_replay()
     return True
 
 

@@ -55,8 +55,11 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
     from recon.fit import fit_fields  # the fitting's imports (torch) only once the inputs are known good
 
     start = time.perf_counter()
-    fields = fit_fields(posed, config.recon, config.runtime.device, not quiet, seed=config.runtime.seed)
-    from recon.asset import finish_asset  # trimesh and the mesh modules, first needed here
+    # The mesh modules (trimesh, scipy, xatlas: about a second) are imported while the device replays the fit.
+    fields = fit_fields(
+        posed, config.recon, config.runtime.device, not quiet, config.runtime.seed, meanwhile=_import_finishing
+    )
+    from recon.asset import finish_asset
     from recon.export import export_levels
 
     timings = dict(fields.timings)
@@ -71,3 +74,9 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
         click.echo(f"Mesh of {faces} faces written to {names} in {timings['total']:.1f} s.")
         if verbose:
             click.echo("  " + "  ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+
+
+def _import_finishing() -> None:
+    """Import what follows the fit: the mesh, texture and export modules."""
+    import recon.asset
+    import recon.export  # noqa: F401

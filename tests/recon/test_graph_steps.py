@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from recon.graph_steps import ScheduledAdam
@@ -65,3 +66,41 @@ def test_warm_up_steps_share_one_side_stream_per_device(monkeypatch) -> None:
         assert made == [torch.device("cuda", 0), torch.device("cuda", 1)]
     finally:
         graph_steps._warmup_stream.cache_clear()
+
+
+def test_on_replay_never_runs_without_a_graph() -> None:
+    """A one-shot command's imports start in a thread only when the host merely waits for replays: on the CPU the
+    steps are Python's own work, which a thread beside them would slow."""
+    from recon.graph_steps import run_steps
+
+    counts = {"steps": 0, "after": 0, "replay": 0}
+
+    def step() -> None:
+        counts["steps"] += 1
+
+    graph = run_steps(
+        step,
+        6,
+        torch.device("cpu"),
+        True,
+        lambda: counts.update(after=counts["after"] + 1),
+        lambda: counts.update(replay=counts["replay"] + 1),
+    )
+    assert (graph, counts) == (False, {"steps": 6, "after": 6, "replay": 0})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_on_replay_runs_once_right_after_the_first_replay() -> None:
+    from recon.graph_steps import WARMUP_STEPS, run_steps
+
+    device = torch.device("cuda")
+    x = torch.zeros(1, device=device)
+    events: list[str] = []
+
+    def step() -> None:
+        x.add_(1)
+
+    graph = run_steps(step, 8, device, True, lambda: events.append("after"), lambda: events.append("replay"))
+    torch.cuda.synchronize()
+    assert graph and x.item() == 8
+    assert events.count("replay") == 1 and events.index("replay") == WARMUP_STEPS + 1
