@@ -117,7 +117,7 @@ class ViewWarp(torch.nn.Module):
     interpolation reproduces any affine field, so a misregistration by a similarity is represented exactly.
     """
 
-    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str = "squared"):
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
@@ -133,7 +133,7 @@ class ViewWarp(torch.nn.Module):
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
     @classmethod
-    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str = "squared") -> ViewWarp:
+    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str) -> ViewWarp:
         """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`).
 
         The gauge is taken at the views' own size: scaling every pixel coordinate alike spans the same fields."""
