@@ -263,7 +263,12 @@ class ViewCorrections:
         warps = None
         if recon.registration:
             warps = ViewWarp.for_rays(
-                rays, views, recon.registration_cells, recon.registration_blur, recon.registration_penalty
+                rays,
+                views,
+                recon.registration_cells,
+                recon.registration_blur,
+                recon.registration_penalty,
+                recon.registration_motion,
             )
         return cls(cameras, colours, warps)
 
