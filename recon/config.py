@@ -165,10 +165,6 @@ class ReconConfig:
     registration_warmup: float = 0.3
     """Share of all steps before the displacement fields unlock. Unlocked early, they also bend clean views towards
     a shape that is still wrong (thin and recessed parts); the length penalty pulls those moves back."""
-    registration_motion: Literal["field", "similarity"] = "field"
-    """What each view's displacement may be: ``similarity``, a shift, a turn and a scale (how a generated view sits
-    off its camera as a whole); ``field``, any displacement bilinear over ``registration_cells`` nodes (shear and
-    local bends too, which also let a view follow a shape that is still wrong)."""
     registration_cells: int = 2
     """Nodes of each view's displacement field along a side (2 follows shift, rotation, scale and shear; more bend)."""
     registration_blur: float = 2.0

@@ -263,12 +263,7 @@ class ViewCorrections:
         warps = None
         if recon.registration:
             warps = ViewWarp.for_rays(
-                rays,
-                views,
-                recon.registration_cells,
-                recon.registration_blur,
-                recon.registration_penalty,
-                recon.registration_motion,
+                rays, views, recon.registration_cells, recon.registration_blur, recon.registration_penalty
             )
         return cls(cameras, colours, warps)
 

@@ -117,23 +117,15 @@ class ViewWarp(torch.nn.Module):
     interpolation reproduces any affine field, so a misregistration by a similarity is represented exactly.
     """
 
-    def __init__(
-        self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str, motion: str = "field"
-    ):
+    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
         self.register_buffer("targets", torch.cat([targets, smooth], dim=-1))
         """(N, s, s, 2C) the views' targets at the fitted size (RGB, mask, then the normal if present),
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
-        count, device = targets.shape[0], targets.device
-        self.register_buffer("motions", similarity_basis(cells, device) if motion == "similarity" else None)
-        """(4, cells, cells, 2) for ``similarity``: each node's displacement per unit of a shift along x, along y, a
-        turn and a scale about the view's centre (the last two in pixels at half the side); None for ``field``."""
-        shape = (count, 4) if motion == "similarity" else (count, cells, cells, 2)
-        self.offset = torch.nn.Parameter(torch.zeros(shape, device=device))
-        """``field``: (N, cells, cells, 2) displacement (x right, y down) at each node in pixels, node (0, 0) at the
-        top left; ``similarity``: (N, 4) the amounts of :attr:`motions` (pixels)."""
+        self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
+        """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
         self.penalty_kind = penalty
         """"squared" or "length" (:meth:`penalty`)."""
         self.register_buffer("gauge", gauge)
@@ -141,9 +133,7 @@ class ViewWarp(torch.nn.Module):
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
 
     @classmethod
-    def for_rays(
-        cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str, motion: str = "field"
-    ) -> ViewWarp:
+    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str) -> ViewWarp:
         """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`).
 
         The gauge is taken at the views' own size: scaling every pixel coordinate alike spans the same fields."""
@@ -151,7 +141,7 @@ class ViewWarp(torch.nn.Module):
         values = target_values(rays)
         size = round((len(rays) // count) ** 0.5)
         gauge = gauge_basis(views.intrinsics, views.cam_to_world, views.size[1], cells).to(values.device)
-        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge, penalty, motion)
+        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge, penalty)
 
     def free_offset(self) -> torch.Tensor:
         """:attr:`offset` less its part along :attr:`gauge`.
@@ -161,14 +151,12 @@ class ViewWarp(torch.nn.Module):
         away from where the given cameras put it (on clean views that lost ~3 dB of texture PSNR), so the fields may
         only disagree with one another, never move together.
         """
-        nodes = self.offset if self.motions is None else torch.einsum("nk,kyxc->nyxc", self.offset, self.motions)
-        flat = nodes.reshape(-1)
-        return (flat - (self.gauge @ flat) @ self.gauge).reshape(nodes.shape)
+        flat = self.offset.reshape(-1)
+        return (flat - (self.gauge @ flat) @ self.gauge).reshape(self.offset.shape)
 
     def displacement(self, view: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
         """(R, 2) the field of each ray's view at its pixel (R, 2), pixels."""
-        free = self.free_offset()
-        return field_at(free, view, pixel * ((free.shape[1] - 1) / self.targets.shape[1]))
+        return field_at(self.free_offset(), view, pixel * ((self.offset.shape[1] - 1) / self.targets.shape[1]))
 
     def apply(self, rays: RayBatch) -> RayBatch:
         """The rays with their targets read through their views' fields.
@@ -189,16 +177,6 @@ class ViewWarp(torch.nn.Module):
     def fields(self) -> np.ndarray:
         """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""
         return (self.free_offset().detach() / self.targets.shape[1]).cpu().numpy()
-
-
-def similarity_basis(cells: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(4, cells, cells, 2) displacement (x, y) at each node of a ``cells`` x ``cells`` grid over a view, per unit of
-    a shift along x, along y, a turn and a scale about the view's centre; the turn and scale in pixels at half the
-    side, so that all four move the view's edge alike. First order: the moves are a few pixels."""
-    ticks = torch.linspace(-1.0, 1.0, cells, device=device)
-    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    return torch.stack([torch.stack(pair, -1) for pair in ((one, zero), (zero, one), (-y, x), (x, y))])
 
 
 def gauge_basis(intrinsics: np.ndarray, cam_to_world: np.ndarray, size: int, cells: int) -> torch.Tensor:
