@@ -171,7 +171,8 @@ class ReconConfig:
     """Gaussian sigma (pixels of the fitted image) of the blurred views whose slopes steer the fields; 0: the sharp
     views'. A sharp edge pulls only within a pixel of it; the blur reaches as far as the views are off."""
     registration_learning_rate: float = 0.2
-    """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit."""
+    """Adam step of the displacement fields, pixels of the fitted image, falling to a tenth over the fit. Smaller
+    steps leave the fields behind the shape, which meanwhile takes up part of each view's error (RESULTS.md)."""
     registration_weight: float = 0.001
     """Weight of the fields' penalty (``registration_penalty``) that holds each view near where it was given."""
     registration_penalty: Literal["squared", "length"] = "length"
