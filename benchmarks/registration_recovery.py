@@ -70,13 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     config = ImperfectionConfig(strength=args.strength, families=tuple(args.families))
     clean = oracle_views(gt, device=args.device).views
     views = as_user_views(imperfect_views(clean, config, args.seed), settings.views)
-    count, size, cells = len(views), views.size[1], settings.recon.registration_cells
-    truth = true_fields(config, args.seed, count, size, cells)
+    count, size = len(views), views.size[1]
     if args.oracle:
+        truth = true_fields(config, args.seed, count, size, settings.recon.registration_cells)
         views.images = warp_images(views.images, truth / size)
         views.masks = warp_images(views.masks[..., None], truth / size)[..., 0]
     fields = fit_fields(views, settings.recon, device=args.device, progress=False, seed=settings.runtime.seed)
     mesh = finish_mesh(fields, views, settings.mesh, settings.texture, device=fields.device)
+    # The fit's last fields may have more nodes than its first (``recon.registration_refined_cells``).
+    cells = settings.recon.registration_cells if fields.view_warps is None else fields.view_warps.shape[1]
+    truth = true_fields(config, args.seed, count, size, cells)
     learnt = np.zeros_like(truth) if fields.view_warps is None else fields.view_warps * size
 
     gauge = gauge_basis(views.intrinsics, views.cam_to_world, size, cells).double().numpy()

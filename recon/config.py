@@ -167,6 +167,16 @@ class ReconConfig:
     a shape that is still wrong (thin and recessed parts); the length penalty pulls those moves back."""
     registration_cells: int = 2
     """Nodes of each view's displacement field along a side (2 follows shift, rotation, scale and shear; more bend)."""
+    registration_bend_cells: int = 3
+    """Nodes along a side of a finer field added to each view's once the fields show that the views disagree
+    (``registration_bend_above``); no more than ``registration_cells``: none. Such a field bends, and so follows the
+    local inconsistency of generated views; on views that agree it would only bend them towards a shape still wrong."""
+    registration_bend_above: float = 0.3
+    """Root-mean-square displacement of the fields' nodes (pixels of the fitted image, the joint move excluded) from
+    which the views count as disagreeing. Views that agree stay near 0.03 px (the length penalty holds them at zero);
+    generated ones are off by pixels."""
+    registration_bend_delay: float = 0.1
+    """Share of all steps, after the fields unlock, at which their displacement decides on the bend."""
     registration_blur: float = 2.0
     """Gaussian sigma (pixels of the fitted image) of the blurred views whose slopes steer the fields; 0: the sharp
     views'. A sharp edge pulls only within a pixel of it; the blur reaches as far as the views are off."""
@@ -237,6 +247,9 @@ class ReconConfig:
         check_range("registration_warmup", self.registration_warmup, 0.0, 1.0)
         check_range("camera_stages", self.camera_stages, 0)
         check_range("registration_cells", self.registration_cells, 2, 64)
+        check_range("registration_bend_cells", self.registration_bend_cells, 0, 64)
+        check_range("registration_bend_above", self.registration_bend_above, 0.0)
+        check_range("registration_bend_delay", self.registration_bend_delay, 0.0, 1.0)
         for name in ("camera_learning_rate", "colour_compensation_learning_rate", "registration_learning_rate"):
             check(getattr(self, name) > 0, name, getattr(self, name), "use a positive step")
         check(

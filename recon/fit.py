@@ -198,6 +198,8 @@ class FitStep:
         batch = self.rays[now["index"]]
         cameras, colours, warps = self.corrections.cameras, self.corrections.colours, self.corrections.warps
         if warps is not None:
+            if warps.bend is not None:
+                warps.decide(now["bend_decide"])
             batch = warps.apply(batch)
         if cameras is not None:
             # Held fixed, the corrections send no gradient through the samples' positions (the costly part).
@@ -263,7 +265,13 @@ class ViewCorrections:
         warps = None
         if recon.registration:
             warps = ViewWarp.for_rays(
-                rays, views, recon.registration_cells, recon.registration_blur, recon.registration_penalty
+                rays,
+                views,
+                recon.registration_cells,
+                recon.registration_blur,
+                recon.registration_penalty,
+                recon.registration_bend_cells,
+                recon.registration_bend_above,
             )
         return cls(cameras, colours, warps)
 
@@ -278,6 +286,8 @@ class ViewCorrections:
             groups.append((self.colours.affine, schedule.values["colour_transform_lr"]))
         if self.warps is not None:
             groups.append((self.warps.offset, schedule.values["registration_lr"]))
+            if self.warps.bend is not None:
+                groups.append((self.warps.bend, schedule.values["registration_lr"]))
         return groups
 
     def learnt(self, views: PosedViews) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -329,7 +339,7 @@ def stage_schedule(
     its end over all stages; ``smoothness_weight`` and the SDF, colour and light learning rates, falling to a tenth
     over the stage; ``prior_weight``, the volume and area factor, falling from 1 to 0 over all stages;
     ``camera_lr`` and ``registration_lr``, 0 during their warm-ups, and ``colour_transform_lr``, all three falling to
-    a tenth over all stages.
+    a tenth over all stages; ``bend_decide``, 1 at the step where the registration decides on its bend, else 0.
     """
     dev = generator.device
     index = torch.randint(ray_count, (steps, rays), device=dev, generator=generator)
@@ -344,6 +354,7 @@ def stage_schedule(
     step = done + it
     cameras_unlocked = (step >= recon.camera_warmup * total).double()
     fields_unlocked = (step >= recon.registration_warmup * total).double()
+    bend_decide = (step == round((recon.registration_warmup + recon.registration_bend_delay) * total)).float()
     return StepSchedule(
         {
             "index": index,
@@ -358,6 +369,7 @@ def stage_schedule(
             "camera_lr": (recon.camera_learning_rate * cameras_unlocked * 0.1**progress).float(),
             "colour_transform_lr": (recon.colour_compensation_learning_rate * 0.1**progress).float(),
             "registration_lr": (recon.registration_learning_rate * fields_unlocked * 0.1**progress).float(),
+            "bend_decide": bend_decide,
         }
     )
 

@@ -115,33 +115,72 @@ class ViewWarp(torch.nn.Module):
     The grid is coarse (a few nodes across the view), so the field can follow a shift, rotation, scale or a smooth
     local distortion but not redraw detail; a penalty (``recon.registration_penalty``) holds it near zero. Bilinear
     interpolation reproduces any affine field, so a misregistration by a similarity is represented exactly.
+
+    Optionally a second, finer field per view (:attr:`bend`) adds a bend, but only once :meth:`decide` has found the
+    coarse fields moved (the views disagree): on views that agree a field that bends would only bend them towards a
+    shape still wrong, while generated views also disagree locally, which the coarse field cannot follow.
     """
 
-    def __init__(self, targets: torch.Tensor, cells: int, blur: float, gauge: torch.Tensor, penalty: str):
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        cells: int,
+        blur: float,
+        gauge: torch.Tensor,
+        penalty: str,
+        bend_gauge: torch.Tensor | None = None,
+        bend_above: float = 0.0,
+    ):
         super().__init__()
         self.channels = targets.shape[-1]
         smooth = blurred(targets, blur) if blur > 0 else targets
         self.register_buffer("targets", torch.cat([targets, smooth], dim=-1))
         """(N, s, s, 2C) the views' targets at the fitted size (RGB, mask, then the normal if present),
         then the same blurred, whose slopes steer the fields (:meth:`apply`)."""
-        self.offset = torch.nn.Parameter(torch.zeros(targets.shape[0], cells, cells, 2, device=targets.device))
+        count = targets.shape[0]
+        self.offset = torch.nn.Parameter(torch.zeros(count, cells, cells, 2, device=targets.device))
         """(N, cells, cells, 2) displacement (x right, y down) at each node in pixels; node (0, 0) is the top left."""
         self.penalty_kind = penalty
         """"squared" or "length" (:meth:`penalty`)."""
         self.register_buffer("gauge", gauge)
         """(G, N·cells·cells·2) orthonormal rows: the joint fields that a move of the whole object would explain
         (:func:`gauge_basis`), projected out of :attr:`offset`."""
+        self.bend: torch.nn.Parameter | None = None
+        """(N, b, b, 2) the finer fields added to the coarse ones once the bend is open, or None (no bend)."""
+        if bend_gauge is not None:
+            bend_cells = round((bend_gauge.shape[1] // (2 * count)) ** 0.5)
+            self.bend = torch.nn.Parameter(torch.zeros(count, bend_cells, bend_cells, 2, device=targets.device))
+        self.register_buffer("bend_gauge", bend_gauge)
+        """(G, N·b·b·2) :attr:`gauge` for the finer node grid."""
+        self.register_buffer("bend_open", torch.zeros((), device=targets.device))
+        """1 once :meth:`decide` found the views disagreeing, else 0: the bend's weight (at 0 it gets no gradient)."""
+        self.bend_above = bend_above
+        """Root-mean-square coarse displacement (pixels) above which :meth:`decide` opens the bend."""
 
     @classmethod
-    def for_rays(cls, rays: RayBatch, views: PosedViews, cells: int, blur: float, penalty: str) -> ViewWarp:
-        """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`).
+    def for_rays(
+        cls,
+        rays: RayBatch,
+        views: PosedViews,
+        cells: int,
+        blur: float,
+        penalty: str,
+        bend_cells: int = 0,
+        bend_above: float = 0.0,
+    ) -> ViewWarp:
+        """The fields of ``views`` over the targets of ``rays``, one per pixel of each (:func:`pixel_rays`), with a
+        bend of ``bend_cells`` nodes a side when that is more than ``cells``.
 
         The gauge is taken at the views' own size: scaling every pixel coordinate alike spans the same fields."""
         count = len(views)
         values = target_values(rays)
         size = round((len(rays) // count) ** 0.5)
         gauge = gauge_basis(views.intrinsics, views.cam_to_world, views.size[1], cells).to(values.device)
-        return cls(values.reshape(count, size, size, values.shape[-1]), cells, blur, gauge, penalty)
+        bend_gauge = None
+        if bend_cells > cells:
+            bend_gauge = gauge_basis(views.intrinsics, views.cam_to_world, views.size[1], bend_cells).to(values.device)
+        targets = values.reshape(count, size, size, values.shape[-1])
+        return cls(targets, cells, blur, gauge, penalty, bend_gauge, bend_above)
 
     def free_offset(self) -> torch.Tensor:
         """:attr:`offset` less its part along :attr:`gauge`.
@@ -151,12 +190,19 @@ class ViewWarp(torch.nn.Module):
         away from where the given cameras put it (on clean views that lost ~3 dB of texture PSNR), so the fields may
         only disagree with one another, never move together.
         """
-        flat = self.offset.reshape(-1)
-        return (flat - (self.gauge @ flat) @ self.gauge).reshape(self.offset.shape)
+        return without_gauge(self.offset, self.gauge)
+
+    def free_bend(self) -> torch.Tensor:
+        """:attr:`bend` less its part along :attr:`bend_gauge`, weighted by :attr:`bend_open`."""
+        return self.bend_open * without_gauge(self.bend, self.bend_gauge)
 
     def displacement(self, view: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
         """(R, 2) the field of each ray's view at its pixel (R, 2), pixels."""
-        return field_at(self.free_offset(), view, pixel * ((self.offset.shape[1] - 1) / self.targets.shape[1]))
+        side = self.targets.shape[1]
+        moved = field_at(self.free_offset(), view, pixel * ((self.offset.shape[1] - 1) / side))
+        if self.bend is not None:
+            moved = moved + field_at(self.free_bend(), view, pixel * ((self.bend.shape[1] - 1) / side))
+        return moved
 
     def apply(self, rays: RayBatch) -> RayBatch:
         """The rays with their targets read through their views' fields.
@@ -168,15 +214,43 @@ class ViewWarp(torch.nn.Module):
         sharp, smooth = read.split(self.channels, -1)
         return with_target_values(rays, sharp.detach() + smooth - smooth.detach())
 
+    def decide(self, now: torch.Tensor) -> None:
+        """Open the bend if ``now`` (1 at the deciding step, else 0) and the coarse fields have moved by more than
+        :attr:`bend_above` (root mean square over every node); once open it stays open. On the device, no sync."""
+        with torch.no_grad():
+            moved = ((self.free_offset() ** 2).sum(-1).mean().sqrt() > self.bend_above).to(now.dtype)
+            self.bend_open.copy_(torch.maximum(self.bend_open, now * moved))
+
     def penalty(self) -> torch.Tensor:
         """Mean squared displacement per node (pixels²), or its mean length (pixels, smoothed within 0.01 px of
-        zero so that its gradient is defined there)."""
-        squared = (self.free_offset() ** 2).sum(-1)
+        zero so that its gradient is defined there); the bend's nodes add theirs once it is open."""
+        total = self._node_penalty(self.free_offset())
+        if self.bend is not None:
+            total = total + self.bend_open * self._node_penalty(self.free_bend())
+        return total
+
+    def _node_penalty(self, nodes: torch.Tensor) -> torch.Tensor:
+        squared = (nodes**2).sum(-1)
         return torch.sqrt(squared + 1e-4).mean() if self.penalty_kind == "length" else squared.mean()
 
     def fields(self) -> np.ndarray:
-        """(N, cells, cells, 2) the learnt fields in units of the view's side (so they apply at any resolution)."""
-        return (self.free_offset().detach() / self.targets.shape[1]).cpu().numpy()
+        """(N, c, c, 2) the learnt fields in units of the view's side (so they apply at any resolution): the coarse
+        ones, or with an open bend the sum on the bend's finer nodes (exact: a bilinear field is bilinear per cell)."""
+        field = self.free_offset().detach()
+        if self.bend is not None and bool(self.bend_open):
+            count, cells = self.bend.shape[:2]
+            ticks = torch.arange(cells, device=field.device, dtype=field.dtype) * ((field.shape[1] - 1) / (cells - 1))
+            y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+            node = torch.stack([x, y], -1).reshape(-1, 2).repeat(count, 1)
+            view = torch.arange(count, device=field.device).repeat_interleave(cells * cells)
+            field = field_at(field, view, node).reshape(self.bend.shape) + self.free_bend().detach()
+        return (field / self.targets.shape[1]).cpu().numpy()
+
+
+def without_gauge(offset: torch.Tensor, gauge: torch.Tensor) -> torch.Tensor:
+    """Node displacements ``offset`` less their part along the orthonormal rows of ``gauge`` (:func:`gauge_basis`)."""
+    flat = offset.reshape(-1)
+    return (flat - (gauge @ flat) @ gauge).reshape(offset.shape)
 
 
 def gauge_basis(intrinsics: np.ndarray, cam_to_world: np.ndarray, size: int, cells: int) -> torch.Tensor:

@@ -7,7 +7,8 @@
   ones cast and take no gradient (learnt in the CPU preset's coarse first stage only, right views moved by more than
   0.5 px: benchmarks/RESULTS.md).
 - Registration: one view shifted by a few pixels costs the fitted shape (occupancy IoU against the mesh) less than
-  half of what it costs unregistered.
+  half of what it costs unregistered; the fields then also bend (a finer field opens), where for views that agree
+  they do not.
 - Colour compensation: one view with doubled exposure leaves the fitted albedo as the clean views give it (measured
   on spot with the CPU preset: mean difference 0.023 with compensation, 0.041 without).
 - The tolerant hull: a mask that misses a thin part (the table's legs) in one view does not delete that part from the
@@ -35,6 +36,7 @@ from recon.view_refinement import (
     ColourCompensation,
     PoseRefinement,
     ViewWarp,
+    field_at,
     gauge_basis,
     undo_colour,
     warp_images,
@@ -114,8 +116,11 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     points = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)
     inside = occupancy(gt, points)
 
+    cells = {}
+
     def iou(recon, fitted_views) -> float:
         fields = fit_fields(fitted_views, recon, device="cpu", progress=False)
+        cells[id(fitted_views), recon.registration] = None if fields.view_warps is None else fields.view_warps.shape[1]
         occupied = (fields.grid.signed_distance(torch.as_tensor(points, dtype=torch.float32)) < 0).numpy()
         return (occupied & inside).sum() / (occupied | inside).sum()
 
@@ -123,9 +128,46 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     clean, unregistered = iou(PLAIN, views), iou(PLAIN, moved)
     # Unlocked early: the CPU preset's few steps leave a late-unlocked field too little time (measured with the
     # default penalty: clean 0.9349, shifted 0.9278, registered from 5 % of the steps 0.9329, from 50 % 0.9281).
-    registered = iou(dataclasses.replace(PLAIN, registration=True, registration_warmup=0.05), moved)
+    early = dataclasses.replace(PLAIN, registration=True, registration_warmup=0.05)
+    registered = iou(early, moved)
     assert clean - unregistered > 0.004  # the shift does cost the shape, so this test tells
     assert registered - unregistered > 0.5 * (clean - unregistered), (clean, unregistered, registered)
+    # The fields bend only when they show, early on, that the views disagree.
+    iou(early, views)
+    assert cells[id(moved), True] == early.registration_bend_cells == 3
+    assert cells[id(views), True] == early.registration_cells == 2
+
+
+def test_the_bend_opens_at_its_step_only_for_fields_that_moved():
+    size, count = 32, 6
+    no_gauge = torch.zeros(0, count * 2 * 2 * 2), torch.zeros(0, count * 3 * 3 * 2)
+    warp = ViewWarp(torch.rand(count, size, size, 4), 2, 0.0, no_gauge[0], "length", no_gauge[1], bend_above=0.3)
+    pixel = torch.rand(300, 2, generator=torch.Generator().manual_seed(1)) * size
+    view = torch.arange(300) % count
+
+    def bend_gradient() -> float:
+        warp.offset.grad = warp.bend.grad = None
+        (warp.displacement(view, pixel).sum() + warp.penalty()).backward()
+        return float(warp.bend.grad.abs().sum())
+
+    with torch.no_grad():
+        warp.offset.fill_(0.1)  # views that agree: their fields stay near zero
+    warp.decide(torch.tensor(1.0))
+    assert not warp.bend_open and bend_gradient() == 0.0 and warp.fields().shape == (count, 2, 2, 2)
+    with torch.no_grad():
+        warp.offset.copy_(torch.randn(count, 2, 2, 2, generator=torch.Generator().manual_seed(0)))
+    warp.decide(torch.tensor(0.0))  # not the deciding step
+    assert not warp.bend_open
+    warp.decide(torch.tensor(1.0))
+    assert warp.bend_open and bend_gradient() > 0
+    warp.decide(torch.tensor(0.0))
+    assert warp.bend_open  # stays open
+    with torch.no_grad():
+        warp.bend.copy_(torch.randn(count, 3, 3, 2, generator=torch.Generator().manual_seed(2)))
+    # The fields baked with are the coarse and the fine summed on the fine nodes, exactly (bilinear per cell).
+    summed = torch.as_tensor(warp.fields()) * size
+    cells = torch.tensor([2 / size, 2 / size])
+    torch.testing.assert_close(field_at(summed, view, pixel * cells), warp.displacement(view, pixel), atol=1e-4, rtol=0)
 
 
 def test_registered_views_read_through_the_field():
