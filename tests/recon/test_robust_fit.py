@@ -128,14 +128,23 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     clean, unregistered = iou(PLAIN, views), iou(PLAIN, moved)
     # Unlocked early: the CPU preset's few steps leave a late-unlocked field too little time (measured with the
     # default penalty: clean 0.9349, shifted 0.9278, registered from 5 % of the steps 0.9329, from 50 % 0.9281).
-    early = dataclasses.replace(PLAIN, registration=True, registration_warmup=0.05)
+    # The coarse fields alone: a bend opened this early in the CPU preset's coarse grids follows a shape still crude
+    # (IoU 0.84 here); in the default preset it gains on this case (benchmarks/RESULTS.md, run I).
+    early = dataclasses.replace(PLAIN, registration=True, registration_warmup=0.05, registration_bend_cells=0)
     registered = iou(early, moved)
     assert clean - unregistered > 0.004  # the shift does cost the shape, so this test tells
     assert registered - unregistered > 0.5 * (clean - unregistered), (clean, unregistered, registered)
-    # The fields bend only when they show, early on, that the views disagree.
-    iou(early, views)
-    assert cells[id(moved), True] == early.registration_bend_cells == 3
-    assert cells[id(views), True] == early.registration_cells == 2
+    assert cells[id(moved), True] == 2
+
+
+def test_the_fields_bend_only_for_views_that_disagree(spot):
+    # The bend's threshold is in pixels of the fitted image (128 px here): one view 9.4 px off at the views' 320 px
+    # moves the coarse fields by 0.89 px root mean square over all views' nodes, the views as given by 0.09 px.
+    _, views = spot
+    registered = dataclasses.replace(PLAIN, registration=True)
+    for fitted, cells in ((shifted(views, 2, 8, -5), 3), (views, 2)):
+        fields = fit_fields(fitted, registered, device="cpu", progress=False)
+        assert fields.view_warps.shape[1] == cells
 
 
 def test_the_bend_opens_at_its_step_only_for_fields_that_moved():
