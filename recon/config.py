@@ -173,8 +173,8 @@ class ReconConfig:
     local inconsistency of generated views; on views that agree it would only bend them towards a shape still wrong."""
     registration_bend_above: float = 0.4
     """Root-mean-square displacement of the fields' nodes (pixels of the fitted image, the joint move excluded) from
-    which the views count as disagreeing. Views that agree stay below 0.35 px (most near 0.03: the length penalty holds
-    them at zero); views off by half the benchmark's mild imperfections move 0.45 px and more (benchmarks/RESULTS.md)."""
+    which the views count as disagreeing. Views that agree stay below 0.35 px (most near 0.03: the length penalty
+    holds them at zero); views off by half the benchmark's mild imperfections move 0.45 px and more (RESULTS.md)."""
     registration_bend_delay: float = 0.1
     """Share of all steps, after the fields unlock, at which their displacement decides on the bend."""
     registration_blur: float = 2.0

@@ -12,8 +12,9 @@ maps (the normal ControlNet's), a term pulls each ray's rendered normal towards 
 the hull: the masks bound it, and this forbids floaters in space no ray ever checks. On CUDA each step runs as
 one CUDA graph (:mod:`recon.graph_steps`), so the step must stay free of host synchronisation. For generated
 views that disagree, the fit registers each view's pixels onto the fields (on by default, from 30 % of the way
-through the fit) and can also learn per view a camera correction and a colour transform
-(:mod:`recon.view_refinement`) and carve its hull from grown masks (``configs/robust.yaml``).
+through the fit, with fields that may also bend once they show the views disagree) and can also learn per view a
+camera correction and a colour transform (:mod:`recon.view_refinement`) and carve its hull from grown masks
+(``configs/robust.yaml``).
 
 Everything is seeded, so the same views and config give the same fields.
 """

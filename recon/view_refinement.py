@@ -9,7 +9,8 @@ near identity by a Charbonnier penalty, so that the views that agree set the fie
 takes its own transform). A registration (:class:`ViewWarp`) does on the image side what the pose correction does on
 the rays: each view's targets are read through a smooth displacement field of its own, so a view whose content sits
 a few pixels off (shifted, rotated, scaled, locally distorted) is registered onto what the other views agree on,
-without the cost of sending gradients through the samples' positions. The fields may not move all views together
+without the cost of sending gradients through the samples' positions; a finer field that bends joins it only when the
+views turn out to disagree. The fields may not move all views together
 (:func:`gauge_basis`): that would only move the object away from where the given cameras put it. All are undone
 for baking: the texture is projected through the corrected cameras from the views registered and with their colour
 transforms inverted (:func:`corrected_views`).
