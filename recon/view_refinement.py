@@ -10,10 +10,9 @@ takes its own transform). A registration (:class:`ViewWarp`) does on the image s
 the rays: each view's targets are read through a smooth displacement field of its own, so a view whose content sits
 a few pixels off (shifted, rotated, scaled, locally distorted) is registered onto what the other views agree on,
 without the cost of sending gradients through the samples' positions; a finer field that bends joins it only when the
-views turn out to disagree. The fields may not move all views together
-(:func:`gauge_basis`): that would only move the object away from where the given cameras put it. All are undone
-for baking: the texture is projected through the corrected cameras from the views registered and with their colour
-transforms inverted (:func:`corrected_views`).
+views turn out to disagree. The fields may not move all views together (:func:`gauge_basis`): that would only move
+the object away from where the given cameras put it. All are undone for baking: the texture is projected through the
+corrected cameras from the views registered and with their colour transforms inverted (:func:`corrected_views`).
 
 Pose corrections are in pixels of the fitted image, so their learning rate and penalty read the same at any
 resolution: a rotation of ``p`` about an axis across the view moves the image by ``p`` pixels, a translation of
