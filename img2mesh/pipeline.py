@@ -205,7 +205,15 @@ class Img2Mesh:
         from recon.fit import fit_fields
 
         recon_device = self._recon_device()
-        return fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
+        fields = fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
+        if fields.registration_rms is not None:
+            nodes = fields.registration_summary()["nodes"]
+            log.info(
+                "registration: the views disagreed by %.2f px, fields of %d nodes a side",
+                fields.registration_rms,
+                nodes,
+            )
+        return fields
 
     def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> list[trimesh.Trimesh]:
         """Fields → clean, decimated, UV-textured meshes in world z-up (the CPU half of reconstruction): the levels of
@@ -293,6 +301,7 @@ class Img2Mesh:
         under ``timed(stage)``, their entries into ``record.outputs`` and the asset's into ``record.export``; returns
         the levels of detail of :meth:`finish`. ``device``: see :meth:`finish`. With :meth:`save_views`, what ``run``
         and ``batch`` share, so their folders cannot drift."""
+        record.registration = fields.registration_summary()
         with timed("finish"):
             meshes = self.finish(fields, views, device)
         with timed("export"):

@@ -62,6 +62,9 @@ class RunRecord:
     export: dict[str, Any] = field(default_factory=dict)
     """The exported asset: height in metres, origin, axes, base colour (sRGB), and per level of detail its faces,
     texture side and texel density (:func:`recon.export.export_record`)."""
+    registration: dict[str, float | int] = field(default_factory=dict)
+    """How far the generated views disagreed, as the fit registered them: ``disagreement_px`` and ``nodes``
+    (``Fields.registration_summary`` in :mod:`recon.fit`); empty without registration."""
     versions: dict[str, str | None] = field(default_factory=lambda: package_versions())
     """Versions of Python and of the recorded packages."""
     started: str = field(default_factory=lambda: now())

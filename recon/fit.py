@@ -60,6 +60,17 @@ class Fields:
     """(N, 3, 4) each view's learnt colour transform, ``A - I`` and ``b`` (``colour_compensation``), else None."""
     view_warps: np.ndarray | None = None
     """(N, c, c, 2) each view's learnt displacement field in units of its side (``registration``), else None."""
+    registration_rms: float | None = None
+    """Root-mean-square displacement of those fields at their nodes, pixels of the fitted image (the joint move
+    excluded): how far the views disagreed. None without registration."""
+
+    def registration_summary(self) -> dict[str, float | int]:
+        """How far the views disagreed, for ``run.json``: ``disagreement_px`` (:attr:`registration_rms`) and
+        ``nodes`` along a side of the fields (more than ``recon.registration_cells`` when they bent); empty without
+        registration."""
+        if self.view_warps is None or self.registration_rms is None:
+            return {}
+        return {"disagreement_px": round(self.registration_rms, 3), "nodes": int(self.view_warps.shape[1])}
 
 
 def check_views(views: PosedViews) -> None:
@@ -169,7 +180,8 @@ def fit_fields(
     cpu_grid = SdfGrid(grid.sdf.detach().cpu(), grid.colour.detach().cpu(), box.to(torch.device("cpu")), light)
     cpu_grid.requires_grad_(False)
     timings["fit"] = time.perf_counter() - start
-    return Fields(cpu_grid, timings, losses, str(dev), *corrections.learnt(views))
+    rms = None if corrections.warps is None else corrections.warps.rms()
+    return Fields(cpu_grid, timings, losses, str(dev), *corrections.learnt(views), registration_rms=rms)
 
 
 class FitStep:

@@ -233,6 +233,10 @@ class ViewWarp(torch.nn.Module):
         squared = (nodes**2).sum(-1)
         return torch.sqrt(squared + 1e-4).mean() if self.penalty_kind == "length" else squared.mean()
 
+    def rms(self) -> float:
+        """Root-mean-square displacement of :meth:`fields` at their nodes, pixels (reads the device)."""
+        return float(np.sqrt(((self.fields() * self.targets.shape[1]) ** 2).sum(-1).mean()))
+
     def fields(self) -> np.ndarray:
         """(N, c, c, 2) the learnt fields in units of the view's side (so they apply at any resolution): the coarse
         ones, or with an open bend the sum on the bend's finer nodes (exact: a bilinear field is bilinear per cell)."""

@@ -74,6 +74,11 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
         click.echo(f"Mesh of {faces} faces written to {names} in {timings['total']:.1f} s.")
         if verbose:
             click.echo("  " + "  ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+            if fields.registration_rms is not None:
+                nodes = fields.registration_summary()["nodes"]
+                click.echo(
+                    f"  the views disagreed by {fields.registration_rms:.2f} px (fields of {nodes} nodes a side)"
+                )
 
 
 def _import_finishing() -> None:

@@ -145,6 +145,10 @@ def test_the_fields_bend_only_for_views_that_disagree(spot):
     for fitted, cells in ((shifted(views, 2, 8, -5), 3), (views, 2)):
         fields = fit_fields(fitted, registered, device="cpu", progress=False)
         assert fields.view_warps.shape[1] == cells
+        # What run.json reports: how far the views disagreed, and whether their fields bent.
+        summary = fields.registration_summary()
+        assert summary["nodes"] == cells
+        assert (summary["disagreement_px"] > registered.registration_bend_above) == (cells == 3), summary
 
 
 def test_the_bend_opens_at_its_step_only_for_fields_that_moved():
