@@ -207,12 +207,7 @@ class Img2Mesh:
         recon_device = self._recon_device()
         fields = fit_fields(views, self.config.recon, recon_device, self.progress, seed=self.config.runtime.seed)
         if fields.registration_rms is not None:
-            nodes = fields.registration_summary()["nodes"]
-            log.info(
-                "registration: the views disagreed by %.2f px, fields of %d nodes a side",
-                fields.registration_rms,
-                nodes,
-            )
+            log.info("registration: %s", fields.registration_sentence())
         return fields
 
     def finish(self, fields: Fields, views: PosedViews, device: str | None = None) -> list[trimesh.Trimesh]:

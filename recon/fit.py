@@ -72,6 +72,13 @@ class Fields:
             return {}
         return {"disagreement_px": round(self.registration_rms, 3), "nodes": int(self.view_warps.shape[1])}
 
+    def registration_sentence(self) -> str | None:
+        """:meth:`registration_summary` for a person to read; None without registration."""
+        summary = self.registration_summary()
+        if not summary:
+            return None
+        return f"the views disagreed by {self.registration_rms:.2f} px (fields of {summary['nodes']} nodes a side)"
+
 
 def check_views(views: PosedViews) -> None:
     """Refuse views that cannot give a mesh, with one sentence each."""

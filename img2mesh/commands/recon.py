@@ -75,10 +75,7 @@ def recon(views: Path, export_path: Path, quiet: bool, verbose: bool, **options)
         if verbose:
             click.echo("  " + "  ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
             if fields.registration_rms is not None:
-                nodes = fields.registration_summary()["nodes"]
-                click.echo(
-                    f"  the views disagreed by {fields.registration_rms:.2f} px (fields of {nodes} nodes a side)"
-                )
+                click.echo(f"  {fields.registration_sentence()}")
 
 
 def _import_finishing() -> None:

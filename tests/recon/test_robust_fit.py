@@ -149,6 +149,7 @@ def test_the_fields_bend_only_for_views_that_disagree(spot):
         summary = fields.registration_summary()
         assert summary["nodes"] == cells
         assert (summary["disagreement_px"] > registered.registration_bend_above) == (cells == 3), summary
+        assert f"of {cells} nodes a side" in fields.registration_sentence()
 
 
 def test_the_bend_opens_at_its_step_only_for_fields_that_moved():
