@@ -116,11 +116,8 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     points = np.stack(np.meshgrid(*ticks, indexing="ij"), -1).reshape(-1, 3)
     inside = occupancy(gt, points)
 
-    cells = {}
-
     def iou(recon, fitted_views) -> float:
         fields = fit_fields(fitted_views, recon, device="cpu", progress=False)
-        cells[id(fitted_views), recon.registration] = None if fields.view_warps is None else fields.view_warps.shape[1]
         occupied = (fields.grid.signed_distance(torch.as_tensor(points, dtype=torch.float32)) < 0).numpy()
         return (occupied & inside).sum() / (occupied | inside).sum()
 
@@ -134,7 +131,6 @@ def test_registration_undoes_most_of_what_a_shifted_view_costs_the_shape(spot):
     registered = iou(early, moved)
     assert clean - unregistered > 0.004  # the shift does cost the shape, so this test tells
     assert registered - unregistered > 0.5 * (clean - unregistered), (clean, unregistered, registered)
-    assert cells[id(moved), True] == 2
 
 
 def test_the_fields_bend_only_for_views_that_disagree(spot):
