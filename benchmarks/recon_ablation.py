@@ -5,6 +5,8 @@ is, as in ``recon_robustness.py``) are made once and fitted with every ``--varia
 overrides of ``--config``; the table gives the mean Chamfer, F@0.02, F@0.05, novel-view PSNR and seconds (warm,
 posed views to textured mesh) of each variant and strength, then every mesh. ``masks=old`` in a variant derives the
 masks with the one-pixel edge band ``recon.masks`` had before its edge band was deepened (for this comparison only).
+``--registered`` reads every view through the inverse of its true displacement first (``registered_views``): what a
+perfect registration would give, the upper bound of any registration.
 
     python benchmarks/recon_ablation.py --device cuda --strengths 1 \\
         --variant plain --variant "robust: recon.hull_dilation=3 recon.colour_compensation=true"
@@ -29,7 +31,13 @@ from mesh_set import MESHES, machine, mesh_paths, score  # noqa: E402
 import recon.masks  # noqa: E402
 from img2mesh.commands.options import parse_set_values  # noqa: E402
 from img2mesh.config import load_config  # noqa: E402
-from recon.evaluation.imperfections import FAMILIES, ImperfectionConfig, as_user_views, imperfect_views  # noqa: E402
+from recon.evaluation.imperfections import (  # noqa: E402
+    FAMILIES,
+    ImperfectionConfig,
+    as_user_views,
+    imperfect_views,
+    registered_views,
+)
 from recon.evaluation.oracle import load_mesh, oracle_views  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None)
     parser.add_argument("--variant", action="append", required=True, help='"name: key=value ..." (masks=old|new)')
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--registered", action="store_true", help="undo each view's true displacement first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
@@ -81,11 +90,14 @@ def main(argv: list[str] | None = None) -> None:
         gt = load_mesh(path)
         clean = oracle_views(gt, device=args.device).views
         for strength in args.strengths:
-            imperfect = imperfect_views(clean, ImperfectionConfig(strength=strength, families=families), args.seed)
+            imperfection = ImperfectionConfig(strength=strength, families=families)
+            imperfect = imperfect_views(clean, imperfection, args.seed)
             for name, masks, overrides in variants:
                 settings = load_config(args.config, overrides)
                 recon.masks._soft_edges = one_pixel_edges if masks == "old" else new_edges
                 views = as_user_views(imperfect, settings.views)
+                if args.registered:
+                    views = registered_views(views, imperfection, args.seed)
                 recon.masks._soft_edges = new_edges
                 config = (settings.recon, settings.mesh, settings.texture)
                 if not warm:
@@ -96,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = time.perf_counter() - start
                 row = {**score(mesh, gt, args.device), "seconds": seconds}
                 rows[name, strength, path.stem] = row
-                print(name, strength, path.stem, {k: round(row[k], 4) for k in METRICS}, flush=True)
-    print(f"\n{machine(args.device)}, torch {torch.__version__}, families {' '.join(families)}\n")
+                shown = (*METRICS, "precision@0.02", "recall@0.02")
+                print(name, strength, path.stem, {k: round(row[k], 4) for k in shown}, flush=True)
+    registered = ", views registered through the truth" if args.registered else ""
+    print(f"\n{machine(args.device)}, torch {torch.__version__}, families {' '.join(families)}{registered}\n")
     print("| variant | strength | meshes | Chamfer | F@0.02 | F@0.05 | PSNR dB | s |\n" + "|" + " --- |" * 8)
     for name, strength in dict.fromkeys((n, s) for n, s, _ in rows):
         group = [r for (n, s, _), r in rows.items() if (n, s) == (name, strength)]

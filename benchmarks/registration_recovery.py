@@ -6,7 +6,8 @@ registration grid and compared with the learnt fields, both less their common pa
 explains (``gauge_basis``, which the fit projects out too). Printed: the RMS of the truth, of the learnt fields and
 of their difference (pixels of the 320-px view, at the nodes: the view's corners on the default 2 x 2 grid, where a
 turn or scale moves the view most), per view and in all, then the mesh's scores. ``--oracle`` reads the views
-through the truth before the fit (registration off): what a perfect registration would give.
+through the truth before the fit (``registered_views``, registration off): what a perfect registration would give.
+The second table splits each view's field, true / learnt, into the similarity nearest it and what is left.
 
     python benchmarks/registration_recovery.py --mesh wooden_table --families misregistration \\
         --set recon.rays=2048 --set recon.samples=48 --set recon.device=cpu
@@ -32,12 +33,13 @@ from recon.evaluation.imperfections import (
     ImperfectionConfig,
     as_user_views,
     imperfect_views,
+    registered_views,
     view_displacement,
 )
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.fit import fit_fields
 from recon.reconstruct import finish_mesh
-from recon.view_refinement import gauge_basis, warp_images
+from recon.view_refinement import gauge_basis
 
 
 def true_fields(config: ImperfectionConfig, seed: int, count: int, size: int, cells: int) -> np.ndarray:
@@ -48,6 +50,19 @@ def true_fields(config: ImperfectionConfig, seed: int, count: int, size: int, ce
         offset = view_displacement(config, seed, view, size, size)  # (rows, cols): the view shows pixel + offset
         fields[view] = -offset[::-1][:, ticks][:, :, ticks].transpose(1, 2, 0)  # read back at pixel - offset
     return fields
+
+
+def similarity_parts(field: np.ndarray, size: int) -> list[float]:
+    """A view's field (c, c, 2) as the similarity nearest it (shift x, y in pixels, turn in degrees and scale in %
+    about the view's centre: the field's own sense) and the RMS of what is left, pixels."""
+    cells = field.shape[0]
+    ticks = np.arange(cells) * size / (cells - 1) - size / 2
+    y, x = (a.reshape(-1) for a in np.meshgrid(ticks, ticks, indexing="ij"))
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    basis = np.stack([np.stack(p, -1).reshape(-1) for p in ((one, zero), (zero, one), (-y, x), (x, y))], -1)
+    params, *_ = np.linalg.lstsq(basis, field.reshape(-1), rcond=None)
+    left = field.reshape(-1) - basis @ params
+    return [params[0], params[1], np.rad2deg(params[2]), 100 * params[3], float(np.sqrt((left**2).mean() * 2))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     views = as_user_views(imperfect_views(clean, config, args.seed), settings.views)
     count, size = len(views), views.size[1]
     if args.oracle:
-        truth = true_fields(config, args.seed, count, size, settings.recon.registration_cells)
-        views.images = warp_images(views.images, truth / size)
-        views.masks = warp_images(views.masks[..., None], truth / size)[..., 0]
+        views = registered_views(views, config, args.seed)
     fields = fit_fields(views, settings.recon, device=args.device, progress=False, seed=settings.runtime.seed)
     mesh = finish_mesh(fields, views, settings.mesh, settings.texture, device=fields.device)
     # The fit's last fields may have more nodes than its first (``recon.registration_refined_cells``).
@@ -96,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     for view in range(count):
         print(f"| {view} | {rms(truth[view]):.2f} | {rms(learnt[view]):.2f} | {rms(truth[view] - learnt[view]):.2f} |")
     print(f"| all | {rms(truth):.2f} | {rms(learnt):.2f} | {rms(truth - learnt):.2f} |")
+    print("\n| view | shift x px | shift y px | turn deg | scale % | off-similarity px |\n" + "|" + " --- |" * 6)
+    for view in range(count):
+        cells_row = [similarity_parts(field[view], size) for field in (truth, learnt)]
+        row = [f"{t:+.2f} / {v:+.2f}" for t, v in zip(*cells_row, strict=True)]
+        print(f"| {view} | " + " | ".join(row) + " |")
     scores = score(mesh, gt, args.device)
     print({k: round(scores[k], 4) for k in ("chamfer", "fscore@0.02", "fscore@0.05", "psnr")})
 

@@ -47,6 +47,7 @@ like the mattes the normal ControlNet gives), not what a user's grid carries.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -189,6 +190,29 @@ def view_displacement(config: ImperfectionConfig, seed: int, index: int, height:
         rng = np.random.default_rng([seed, index, FAMILIES.index("inconsistency")])
         displacement += _smooth_field(rng, config.warp_cells, (2, height, width)) * (config.warp_px * k / np.sqrt(2))
     return displacement
+
+
+def registered_views(views: PosedViews, config: ImperfectionConfig, seed: int = 0) -> PosedViews:
+    """``views`` (imperfect, e.g. as a user's grid reads back) each read through the inverse of its true
+    displacement (:func:`view_displacement`, dense): what a perfect registration of every view would give the fit,
+    the upper bound of any registration. The other families' damage stays."""
+    count, height, width = views.images.shape[:3]
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    images, masks = np.empty_like(views.images), np.empty_like(views.masks)
+    for index in range(count):
+        offset = view_displacement(config, seed, index, height, width)
+        source_rows, source_cols = rows, cols
+        for _ in range(3):  # the pixel p showing q is p = q - offset(p): a few fixed-point steps (smooth, small)
+            at = [source_rows, source_cols]
+            source_rows = rows - ndimage.map_coordinates(offset[0], at, order=1, mode="nearest")
+            source_cols = cols - ndimage.map_coordinates(offset[1], at, order=1, mode="nearest")
+        at = [source_rows, source_cols]
+        for channel in range(images.shape[-1]):
+            images[index, ..., channel] = ndimage.map_coordinates(
+                views.images[index, ..., channel], at, order=1, mode="nearest"
+            )
+        masks[index] = ndimage.map_coordinates(views.masks[index], at, order=1, mode="nearest")
+    return dataclasses.replace(views, images=images, masks=masks)
 
 
 def implied_placement(views: PosedViews, config: ImperfectionConfig, seed: int = 0) -> np.ndarray:

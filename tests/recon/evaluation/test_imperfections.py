@@ -15,6 +15,7 @@ from recon.evaluation.imperfections import (
     as_user_views,
     imperfect_views,
     implied_placement,
+    registered_views,
 )
 from recon.evaluation.oracle import load_mesh, oracle_views
 from recon.posed_views import PosedViews, to_uint8
@@ -111,6 +112,20 @@ def test_inconsistency_bends_details_but_keeps_the_object_in_place(oracle):
     np.testing.assert_allclose(out.masks.sum(axis=(1, 2)), clean.masks.sum(axis=(1, 2)), rtol=0.03)
     changed = np.abs(out.images - clean.images).mean(axis=(1, 2, 3))
     assert changed.min() > 1e-3 and len(set(np.round(changed, 6))) == 6
+
+
+def test_registered_views_undo_misregistration_and_inconsistency_only(oracle):
+    clean = oracle.views
+    warped = ImperfectionConfig(families=("misregistration", "inconsistency"))
+    out = imperfect_views(clean, warped, seed=3)
+    back = registered_views(out, warped, seed=3)
+    before, after = (np.abs(v.masks - clean.masks).mean(axis=(1, 2)) for v in (out, back))
+    assert (after < 0.25 * before).all(), (before, after)  # what is left is resampling at the outline
+    assert np.abs(back.images - clean.images).mean() < 0.3 * np.abs(out.images - clean.images).mean()
+    wrong_seed = registered_views(out, warped, seed=4)
+    assert (np.abs(wrong_seed.masks - clean.masks).mean(axis=(1, 2)) > 0.5 * before).all()
+    shaded = imperfect_views(clean, only("photometric"), seed=3)
+    assert np.array_equal(registered_views(shaded, only("photometric"), seed=3).images, shaded.images)
 
 
 def test_lost_detail_is_the_same_for_every_seed_and_softens(oracle):
