@@ -297,6 +297,10 @@ class TextureConfig:
     frontal_softness: float = 0.0
     """> 0: a texel takes its most frontal view, blended with views within about this much cosine; 0: an average.
     Inconsistent views then do not average into ghosts, and seams between views still blend."""
+    gain_cells: int = 2
+    """> 1: before blending, each view's colours are matched to the other views' where they overlap, by a smooth gain
+    per colour channel on a grid of this many nodes a side over the view (generated views differ in exposure, white
+    balance and shading, view by view; 2 nodes: a gain and a gradient across the view); 0: the views as they are."""
     unwrap_pieces: int = 16
     """Compact pieces of equal face count the mesh is cut into before xatlas charts it (1: whole).
     Chart growing costs superlinearly in a piece's faces, and xatlas charts pieces on parallel threads."""
@@ -309,6 +313,7 @@ class TextureConfig:
         check(self.depth_tolerance > 0, "depth_tolerance", self.depth_tolerance, "use a positive distance")
         check_range("mask_erosion", self.mask_erosion, 0, 64)
         check_range("frontal_softness", self.frontal_softness, 0.0, 2.0)
+        check(self.gain_cells == 0 or 2 <= self.gain_cells <= 16, "gain_cells", self.gain_cells, "use 0 or 2 to 16")
         check_range("unwrap_pieces", self.unwrap_pieces, 1, 1024)
 
 

@@ -4,7 +4,9 @@ The views hold far more colour detail than any field fitted to them, so the text
 read from the colour grid: each texel's surface point is projected into every view, kept where that view sees it
 (its depth agrees with the mesh's own depth map from :func:`recon.render.rasterize`) and inside the view's eroded
 mask (silhouette pixels mix in background), and weighted by ``cos(angle to the camera) ** angle_power`` so the most
-frontal views dominate and grazing, stretched pixels barely count. Texels no view sees (a cavity, the underside)
+frontal views dominate and grazing, stretched pixels barely count. Before blending, each view's colours are matched to
+the other views' where they overlap (:func:`matched_colours`): generated views each have their own exposure, so the
+most frontal view's would otherwise show as patches. Texels no view sees (a cavity, the underside)
 take the fitted colour field's value. Finally every texel outside the charts takes the colour of its nearest
 texel inside, so bilinear filtering and mip-maps never pull background colour across a seam.
 
@@ -205,7 +207,7 @@ def project_views(
     if config.mask_erosion > 0:
         k = 2 * config.mask_erosion + 1
         masks = -F.max_pool2d(-masks[:, None], k, stride=1, padding=config.mask_erosion)[:, 0]
-    weights, colours, cosines = [], [], []
+    weights, colours, cosines, pixels = [], [], [], []
     for i in range(len(views)):
         uv, depth = project_points(points, views.intrinsics[i], views.cam_to_world[i])
         seen_depth = sample_image(fragments.depth[i][None], uv, mode="nearest")[:, 0]
@@ -219,18 +221,81 @@ def project_views(
         cosines.append(cosine)
         image = torch.as_tensor(views.images[i], dtype=torch.float32, device=device).permute(2, 0, 1)
         colours.append(sample_image(image, uv))
+        pixels.append(uv)
     weight = torch.stack(weights)
+    colours = torch.stack(colours)
+    if config.gain_cells > 1:
+        colours = matched_colours(colours, weight, torch.stack(pixels) / torch.tensor([w, h], device=device), config)
     if config.frontal_softness > 0:
         # The most frontal seeing view dominates; others fade with their cosine's shortfall, continuously, so the
         # switch from one view to the next along the surface is a blend rather than a seam.
         cosine = torch.stack(cosines)
         best = torch.where(weight > 1e-4, cosine, torch.zeros_like(cosine)).amax(0)
         weight = weight * torch.exp(-(best - cosine).clamp_min(0) / config.frontal_softness)
-    total = (torch.stack(colours) * weight[..., None]).sum(0)
+    total = (colours * weight[..., None]).sum(0)
     weight = weight.sum(0)
     seen = weight > 1e-4
     colour = torch.where(seen[:, None], total / weight.clamp_min(1e-8)[:, None], torch.zeros_like(total))
     return colour.clamp(0, 1), seen
+
+
+#: Rounds of gain matching; each moves every view half way to the others (the others move too).
+GAIN_ROUNDS = 4
+#: Points the gains are fitted on, at most (a stride through them).
+GAIN_POINTS = 1 << 16
+#: Log-colour RMS disagreement (~10 %) at which a view counts half in the others' mean: an outlier view is matched to
+#: the rest, the rest are not pulled towards it.
+GAIN_OUTLIER = 0.1
+
+
+def matched_colours(
+    colours: torch.Tensor, weights: torch.Tensor, at: torch.Tensor, config: TextureConfig
+) -> torch.Tensor:
+    """Colours (V, N, 3) of N surface points in V views, each view's multiplied by a smooth gain per channel so that
+    it agrees with the other views' weighted mean where both see the point (``weights`` (V, N), 0 where unseen).
+
+    The gain is bilinear over ``config.gain_cells`` nodes a side of the view (``at`` (V, N, 2): the points' image
+    positions in units of the side), fitted in log colour by weighted least squares against the other views (a ridge
+    keeps nodes that see no overlap at gain 1). Every view moves half way in each round, so the common colour is the
+    views' average; a view that disagrees with the rest from the start counts less in it (:data:`GAIN_OUTLIER`).
+    The gains are fitted on at most :data:`GAIN_POINTS` of the points (they are smooth), then applied to all.
+    """
+    cells = config.gain_cells
+    dark = 4 / 255  # the log of nearly black pixels is mostly noise
+    every = slice(None, None, max(1, colours.shape[1] // GAIN_POINTS))
+    logs = colours[:, every].clamp_min(dark).log()
+    weights = weights[:, every] * (colours[:, every].mean(-1) > dark)
+    basis = gain_basis(at[:, every], cells)
+    gains = torch.zeros(len(colours), cells * cells, 3, device=colours.device)
+    eye = torch.eye(cells * cells, device=colours.device)
+    trust = torch.ones(len(colours), 1, device=colours.device)
+    for round in range(GAIN_ROUNDS + 1):  # the first round only weighs the views
+        matched = logs - basis @ gains
+        total_weight = (trust * weights).sum(0)
+        total = (trust[..., None] * weights[..., None] * matched).sum(0)
+        steps, spread = [], []
+        for view in range(len(colours)):
+            own = trust[view] * weights[view]
+            others_weight = total_weight - own
+            residual = matched[view] - (total - own[:, None] * matched[view]) / others_weight.clamp_min(1e-6)[:, None]
+            pair = weights[view] * others_weight
+            normal = basis[view].T @ (pair[:, None] * basis[view])
+            ridge = 0.01 * pair.sum() / (cells * cells) + 1e-6
+            steps.append(torch.linalg.solve(normal + ridge * eye, basis[view].T @ (pair[:, None] * residual)))
+            spread.append((pair[:, None] * residual**2).sum() / (3 * pair.sum()).clamp_min(1e-12))
+        if round == 0:
+            trust = 1 / (1 + torch.stack(spread)[:, None] / GAIN_OUTLIER**2)
+        else:
+            gains = gains + 0.5 * torch.stack(steps)
+    matched = colours * (-(gain_basis(at, cells) @ gains)).exp()
+    return matched.where(colours > dark, colours).clamp(0, 1)
+
+
+def gain_basis(at: torch.Tensor, cells: int) -> torch.Tensor:
+    """(V, N, cells²) bilinear weights of a grid of ``cells`` nodes a side at image positions ``at`` (V, N, 2)."""
+    ticks = torch.linspace(0, 1, cells, device=at.device)
+    tent = (1 - (at[..., None] - ticks).abs() * (cells - 1)).clamp_min(0)  # (V, N, 2, cells)
+    return (tent[:, :, 1, :, None] * tent[:, :, 0, None, :]).flatten(2)
 
 
 def fill_outside(image: np.ndarray, covered: np.ndarray) -> np.ndarray:

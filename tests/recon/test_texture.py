@@ -91,6 +91,31 @@ def test_bake_projects_the_views_colours_onto_the_surface(sphere):
         assert (image[inside][:, 1] > 0.5).mean() < 0.03
 
 
+def test_gain_matching_evens_out_the_views_exposures_and_leaves_agreeing_views_alone(sphere):
+    views = sphere_views(sphere, (30, 90, 150, 210, 270, 330), (20, -10, 20, -10, 20, -10))
+    plain = trimesh.Trimesh(sphere.vertices, sphere.faces)
+    field = lambda p: np.tile(GREEN, (len(p), 1))  # noqa: E731
+    exposed = views.images.copy()
+    for view, gain in enumerate((1.15, 0.85, 1.1, 0.9, 1.15, 0.85)):  # each object's exposure, the gray as it was
+        exposed[view] *= 1 + (gain - 1) * views.masks[view, ..., None]
+    exposed = PosedViews(exposed.clip(0, 1), views.masks, views.intrinsics, views.cam_to_world)
+
+    def error(baked: trimesh.Trimesh) -> float:
+        errors = []
+        for azimuth, elevation in ((0, 0), (60, 5), (120, 0), (180, 0), (240, 5), (300, 0)):  # between the views
+            truth, alpha = rendered(sphere, azimuth, elevation)
+            image, _ = rendered(baked, azimuth, elevation)
+            errors.append(np.abs(image[alpha > 0.99] - truth[alpha > 0.99]).mean())
+        return float(np.mean(errors))
+
+    plain_bake, matched = (bake_texture(plain, exposed, field, TextureConfig(size=256, gain_cells=c)) for c in (0, 3))
+    assert error(plain_bake) > 0.03
+    assert error(matched) < 0.5 * error(plain_bake)
+    untouched = bake_texture(plain, views, field, TextureConfig(size=256, gain_cells=3))
+    reference = bake_texture(plain, views, field, TextureConfig(size=256))
+    assert abs(error(untouched) - error(reference)) < 0.005
+
+
 def test_texels_no_view_sees_take_the_colour_field(sphere):
     views = sphere_views(sphere, (0,), (0,))  # one view from +X: the -X half is never seen
     plain = trimesh.Trimesh(sphere.vertices, sphere.faces)
