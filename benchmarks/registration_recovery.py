@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         views = registered_views(views, config, args.seed)
     fields = fit_fields(views, settings.recon, device=args.device, progress=False, seed=settings.runtime.seed)
     mesh = finish_mesh(fields, views, settings.mesh, settings.texture, device=fields.device)
-    # The fit's last fields may have more nodes than its first (``recon.registration_refined_cells``).
+    # The fields have more nodes than ``recon.registration_cells`` once their bend opened (``registration_bend_cells``).
     cells = settings.recon.registration_cells if fields.view_warps is None else fields.view_warps.shape[1]
     truth = true_fields(config, args.seed, count, size, cells)
     learnt = np.zeros_like(truth) if fields.view_warps is None else fields.view_warps * size

@@ -4,11 +4,11 @@ The views hold far more colour detail than any field fitted to them, so the text
 read from the colour grid: each texel's surface point is projected into every view, kept where that view sees it
 (its depth agrees with the mesh's own depth map from :func:`recon.render.rasterize`) and inside the view's eroded
 mask (silhouette pixels mix in background), and weighted by ``cos(angle to the camera) ** angle_power`` so the most
-frontal views dominate and grazing, stretched pixels barely count. Before blending, each view's colours are matched to
-the other views' where they overlap (:func:`matched_colours`): generated views each have their own exposure, so the
-most frontal view's would otherwise show as patches. Texels no view sees (a cavity, the underside)
-take the fitted colour field's value. Finally every texel outside the charts takes the colour of its nearest
-texel inside, so bilinear filtering and mip-maps never pull background colour across a seam.
+frontal views dominate and grazing, stretched pixels barely count. Before blending, each view's colours are matched
+to the other views' where they overlap (:func:`matched_colours`): generated views each have their own exposure, so
+the most frontal view's would otherwise show as patches. Texels no view sees (a cavity, the underside) take the
+fitted colour field's value. Finally every texel outside the charts takes the colour of its nearest texel inside, so
+bilinear filtering and mip-maps never pull background colour across a seam.
 
 Texel ↔ surface: the unwrapped mesh is rasterised in UV space (one texel per pixel centre, deterministic
 ``scatter_reduce`` to settle shared edges), giving each texel a face and barycentrics, hence a position and normal.
@@ -269,7 +269,7 @@ def matched_colours(
     gains = torch.zeros(len(colours), cells * cells, 3, device=colours.device)
     eye = torch.eye(cells * cells, device=colours.device)
     trust = torch.ones(len(colours), 1, device=colours.device)
-    for round in range(GAIN_ROUNDS + 1):  # the first round only weighs the views
+    for step in range(GAIN_ROUNDS + 1):  # the first round only weighs the views
         matched = logs - basis @ gains
         total_weight = (trust * weights).sum(0)
         total = (trust[..., None] * weights[..., None] * matched).sum(0)
@@ -283,7 +283,7 @@ def matched_colours(
             ridge = 0.01 * pair.sum() / (cells * cells) + 1e-6
             steps.append(torch.linalg.solve(normal + ridge * eye, basis[view].T @ (pair[:, None] * residual)))
             spread.append((pair[:, None] * residual**2).sum() / (3 * pair.sum()).clamp_min(1e-12))
-        if round == 0:
+        if step == 0:
             trust = 1 / (1 + torch.stack(spread)[:, None] / GAIN_OUTLIER**2)
         else:
             gains = gains + 0.5 * torch.stack(steps)
