@@ -3,10 +3,9 @@
 For each test mesh and strength, the imperfect views (``recon.evaluation.imperfections``, read back as a user's grid
 is, as in ``recon_robustness.py``) are made once and fitted with every ``--variant``, each a name and ``--set``-style
 overrides of ``--config``; the table gives the mean Chamfer, F@0.02, F@0.05, novel-view PSNR and seconds (warm,
-posed views to textured mesh) of each variant and strength, then every mesh. ``masks=old`` in a variant derives the
-masks with the one-pixel edge band ``recon.masks`` had before its edge band was deepened (for this comparison only).
-``--registered`` reads every view through the inverse of its true displacement first (``registered_views``): what a
-perfect registration would give, the upper bound of any registration.
+posed views to textured mesh) of each variant and strength, then every mesh. ``--registered`` reads every view through
+the inverse of its true displacement first (``registered_views``): what a perfect registration would give, the upper
+bound of any registration.
 
     python benchmarks/recon_ablation.py --device cuda --strengths 1 \\
         --variant plain --variant "robust: recon.hull_dilation=3 recon.colour_compensation=true"
@@ -21,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mesh_set import MESHES, machine, mesh_paths, score  # noqa: E402
 
-import recon.masks  # noqa: E402
 from img2mesh.commands.options import parse_set_values  # noqa: E402
 from img2mesh.config import load_config  # noqa: E402
 from recon.evaluation.imperfections import (  # noqa: E402
@@ -44,30 +41,10 @@ from recon.reconstruct import reconstruct  # noqa: E402
 METRICS = ("chamfer", "fscore@0.02", "fscore@0.05", "psnr", "seconds")
 
 
-def one_pixel_edges(image: np.ndarray, hard: np.ndarray, background: np.ndarray, tolerance: float) -> np.ndarray:
-    """``recon.masks``'s soft edges before its band was deepened: one pixel either side of the outline, unmixed
-    against the nearest pixel two pixels inside."""
-    alpha = hard.astype(np.float32)
-    edge = hard ^ ndimage.binary_erosion(hard, iterations=1, border_value=1)
-    edge |= ndimage.binary_dilation(hard, iterations=1) & ~hard
-    inner = ndimage.binary_erosion(hard, iterations=2, border_value=1)
-    if not edge.any() or not inner.any():
-        return alpha
-    _, (rows, cols) = ndimage.distance_transform_edt(~inner, return_indices=True)
-    ys, xs = np.nonzero(edge)
-    span = image[rows[ys, xs], cols[ys, xs]] - background
-    contrast = np.einsum("ij,ij->i", span, span)
-    unmixed = np.einsum("ij,ij->i", image[ys, xs] - background, span) / np.maximum(contrast, 1e-12)
-    alpha[ys, xs] = np.where(contrast > (3 * tolerance) ** 2, np.clip(unmixed, 0.0, 1.0), alpha[ys, xs])
-    return alpha
-
-
-def parse_variant(text: str) -> tuple[str, str, dict]:
-    """``"name: key=value key=value"`` → (name, mask mode, overrides)."""
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"name: key=value key=value"`` → (name, overrides)."""
     name, _, rest = text.partition(":")
-    items = rest.split()
-    masks = next((i.split("=", 1)[1] for i in items if i.startswith("masks=")), "new")
-    return name.strip(), masks, parse_set_values([i for i in items if not i.startswith("masks=")])
+    return name.strip(), parse_set_values(rest.split())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,14 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strengths", nargs="+", type=float, default=[1.0])
     parser.add_argument("--families", nargs="+", choices=FAMILIES)
     parser.add_argument("--config", default=None)
-    parser.add_argument("--variant", action="append", required=True, help='"name: key=value ..." (masks=old|new)')
+    parser.add_argument("--variant", action="append", required=True, help='"name: key=value ..."')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--registered", action="store_true", help="undo each view's true displacement first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     families = tuple(args.families) if args.families else FAMILIES
-    new_edges = recon.masks._soft_edges
     rows: dict[tuple[str, float, str], dict[str, float]] = {}
     warm = not args.device.startswith("cuda")
     for path in mesh_paths(args.meshes, MESHES):
@@ -92,13 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         for strength in args.strengths:
             imperfection = ImperfectionConfig(strength=strength, families=families)
             imperfect = imperfect_views(clean, imperfection, args.seed)
-            for name, masks, overrides in variants:
+            for name, overrides in variants:
                 settings = load_config(args.config, overrides)
-                recon.masks._soft_edges = one_pixel_edges if masks == "old" else new_edges
                 views = as_user_views(imperfect, settings.views)
                 if args.registered:
                     views = registered_views(views, imperfection, args.seed)
-                recon.masks._soft_edges = new_edges
                 config = (settings.recon, settings.mesh, settings.texture)
                 if not warm:
                     reconstruct(views, *config, device=args.device, progress=False)
