@@ -225,7 +225,8 @@ def project_views(
     weight = torch.stack(weights)
     colours = torch.stack(colours)
     if config.gain_cells > 1:
-        colours = matched_colours(colours, weight, torch.stack(pixels) / torch.tensor([w, h], device=device), config)
+        at = torch.stack(pixels) / torch.tensor([w, h], device=device)
+        colours = matched_colours(colours, weight, at, config.gain_cells)
     if config.frontal_softness > 0:
         # The most frontal seeing view dominates; others fade with their cosine's shortfall, continuously, so the
         # switch from one view to the next along the surface is a blend rather than a seam.
@@ -248,19 +249,16 @@ GAIN_POINTS = 1 << 16
 GAIN_OUTLIER = 0.1
 
 
-def matched_colours(
-    colours: torch.Tensor, weights: torch.Tensor, at: torch.Tensor, config: TextureConfig
-) -> torch.Tensor:
+def matched_colours(colours: torch.Tensor, weights: torch.Tensor, at: torch.Tensor, cells: int) -> torch.Tensor:
     """Colours (V, N, 3) of N surface points in V views, each view's multiplied by a smooth gain per channel so that
     it agrees with the other views' weighted mean where both see the point (``weights`` (V, N), 0 where unseen).
 
-    The gain is bilinear over ``config.gain_cells`` nodes a side of the view (``at`` (V, N, 2): the points' image
+    The gain is bilinear over ``cells`` nodes a side of the view (``at`` (V, N, 2): the points' image
     positions in units of the side), fitted in log colour by weighted least squares against the other views (a ridge
     keeps nodes that see no overlap at gain 1). Every view moves half way in each round, so the common colour is the
     views' average; a view that disagrees with the rest from the start counts less in it (:data:`GAIN_OUTLIER`).
     The gains are fitted on at most :data:`GAIN_POINTS` of the points (they are smooth), then applied to all.
     """
-    cells = config.gain_cells
     dark = 4 / 255  # the log of nearly black pixels is mostly noise
     every = slice(None, None, max(1, colours.shape[1] // GAIN_POINTS))
     logs = colours[:, every].clamp_min(dark).log()

@@ -198,7 +198,8 @@ def registered_views(views: PosedViews, config: ImperfectionConfig, seed: int = 
     the upper bound of any registration. The other families' damage stays."""
     count, height, width = views.images.shape[:3]
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    images, masks = np.empty_like(views.images), np.empty_like(views.masks)
+    planes = np.concatenate([views.images, views.masks[..., None]], axis=-1)  # colour and mask move together
+    moved = np.empty_like(planes)
     for index in range(count):
         offset = view_displacement(config, seed, index, height, width)
         source_rows, source_cols = rows, cols
@@ -206,12 +207,11 @@ def registered_views(views: PosedViews, config: ImperfectionConfig, seed: int = 
             at = [source_rows, source_cols]
             source_rows = rows - ndimage.map_coordinates(offset[0], at, order=1, mode="nearest")
             source_cols = cols - ndimage.map_coordinates(offset[1], at, order=1, mode="nearest")
-        at = [source_rows, source_cols]
-        for channel in range(images.shape[-1]):
-            images[index, ..., channel] = ndimage.map_coordinates(
-                views.images[index, ..., channel], at, order=1, mode="nearest"
+        for channel in range(planes.shape[-1]):
+            moved[index, ..., channel] = ndimage.map_coordinates(
+                planes[index, ..., channel], [source_rows, source_cols], order=1, mode="nearest"
             )
-        masks[index] = ndimage.map_coordinates(views.masks[index], at, order=1, mode="nearest")
+    images, masks = moved[..., :3], moved[..., 3]
     return dataclasses.replace(views, images=images, masks=masks)
 
 

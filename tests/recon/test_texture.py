@@ -123,7 +123,7 @@ def test_gain_matching_brings_an_outlier_view_to_the_rest_not_the_rest_to_it():
     colours = truth.repeat(6, 1, 1)
     colours[1] *= 0.6  # one view far darker than the five that agree
     at = torch.rand(6, 4000, 2, generator=generator)
-    ratio = (matched_colours(colours, torch.ones(6, 4000), at, TextureConfig(gain_cells=2)) / truth).mean((1, 2))
+    ratio = (matched_colours(colours, torch.ones(6, 4000), at, cells=2) / truth).mean((1, 2))
     np.testing.assert_allclose(ratio[[0, 2, 3, 4, 5]], 1.0, atol=0.02)  # a plain mean would darken them ~8 %
     assert abs(ratio[1] - 1.0) < 0.06
 
