@@ -23,14 +23,17 @@ Choices, stated once:
   of the views and compared over the union of the two alphas (pixels where either shows the object), so the
   background cannot inflate the score while missing or extra geometry still costs; SSIM is computed on the full
   images and its map averaged over that union. PSNR and SSIM are averaged over the 12 views.
+- **Unseen surface** (:func:`unseen_share`): the share of a mesh's surface, sampled as the geometry metrics sample it,
+  that none of a set of cameras sees. Those samples still count in every recall and Chamfer above, so it bounds what a
+  reconstruction from those views can score (a model's inside faces, a recess no view looks into).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from recon.cameras import DEFAULT_RADIUS, intrinsics, orbit_cam_to_world
-from recon.render import Lighting, render_views, world_geometry, world_parts
+from recon.cameras import DEFAULT_RADIUS, intrinsics, orbit_cam_to_world, project_points
+from recon.render import Lighting, prepare_mesh, rasterize, render_views, world_geometry, world_parts
 
 #: F-score thresholds, in units of the longest bounding-box side.
 FSCORE_THRESHOLDS = (0.02, 0.05)
@@ -192,3 +195,34 @@ def novel_view_metrics(
         _, ssim_map = structural_similarity(a, b, channel_axis=2, data_range=1.0, full=True)
         ssim.append(float(ssim_map[union].mean()))
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+
+
+def unseen_share(
+    mesh, intrinsics, cam_to_world, size: int, samples: int = 20_000, tolerance: float = 0.01, seed: int = 0
+) -> float:
+    """Share of ``mesh``'s surface (``samples`` points drawn uniformly by area, seeded) that none of the cameras
+    (``intrinsics`` (B, 3, 3) for ``size`` x ``size`` images, ``cam_to_world`` (B, 4, 4)) sees.
+
+    A point counts as seen by a camera when it lies in the image and no more than ``tolerance`` (world units) behind
+    the nearest surface at its pixel or at any of the pixel's eight neighbours, which leans towards "seen" where the
+    depth changes within a pixel (edges, grazing faces): the share is a lower bound.
+    """
+    import torch
+    from trimesh.sample import sample_surface
+
+    points, _ = sample_surface(world_geometry(mesh), samples, seed=seed)
+    depth = rasterize(prepare_mesh(mesh), intrinsics, cam_to_world, size, size).depth.numpy()
+    depth = np.where(depth > 0, depth, np.inf)  # empty pixels hide nothing
+    padded = np.pad(depth, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
+    farthest = np.max(
+        [padded[:, 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0
+    )
+    pixels, distances = project_points(torch.as_tensor(points, dtype=torch.float64), intrinsics, cam_to_world)
+    pixels, distances = pixels.numpy(), distances.numpy()
+    seen = np.zeros(len(points), dtype=bool)
+    for view in range(len(depth)):
+        x, y = np.floor(pixels[view]).astype(np.int64).T
+        inside = (x >= 0) & (x < size) & (y >= 0) & (y < size) & (distances[view] > 0)
+        behind = farthest[view, y.clip(0, size - 1), x.clip(0, size - 1)]
+        seen |= inside & (distances[view] <= behind + tolerance)
+    return float(1 - seen.mean())

@@ -101,3 +101,17 @@ def test_novel_views_score_identity_perfectly_and_rank_shifted_copies_lower(blob
         scores.append(novel_view_metrics(moved, blob, size=64, pred_lighting="lit"))
     assert scores[1]["psnr"] < scores[0]["psnr"] < same["psnr"]
     assert scores[1]["ssim"] < scores[0]["ssim"] < same["ssim"]
+
+
+def test_a_box_hidden_inside_another_is_the_unseen_share():
+    # Outer cube of side 0.8 (area 3.84), a cube of side 0.4 (area 0.96) inside it: no camera sees the inner one, and
+    # the six views see every face of the outer one, so a fifth of the area is unseen; alone, the outer cube is seen.
+    from recon.cameras import zero123pp_cameras
+
+    outer = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    inner = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    k, c2w = zero123pp_cameras("v1.2", image_size=320)
+    nested = metrics.unseen_share(trimesh.util.concatenate([outer, inner]), k, c2w, 320)
+    assert nested == pytest.approx(0.96 / 4.8, abs=0.01)
+    assert metrics.unseen_share(outer, k, c2w, 320) < 0.002
+    assert metrics.unseen_share(outer, k[:1], c2w[:1], 320) > 0.4  # one view sees at most three of six faces
