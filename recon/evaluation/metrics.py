@@ -24,8 +24,8 @@ Choices, stated once:
   background cannot inflate the score while missing or extra geometry still costs; SSIM is computed on the full
   images and its map averaged over that union. PSNR and SSIM are averaged over the 12 views.
 - **Unseen surface** (:func:`unseen_share`): the share of a mesh's surface, sampled as the geometry metrics sample it,
-  that none of a set of cameras sees. Those samples still count in every recall and Chamfer above, so it bounds what a
-  reconstruction from those views can score (a model's inside faces, a recess no view looks into).
+  that none of a set of cameras sees. Those samples still count in every recall and Chamfer above: a reconstruction
+  from those views can only guess that part of what it is scored on (a model's inside faces, a recess no view sees).
 """
 
 from __future__ import annotations
