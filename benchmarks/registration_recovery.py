@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| all | {rms(truth):.2f} | {rms(learnt):.2f} | {rms(truth - learnt):.2f} |")
     print("\n| view | shift x px | shift y px | turn deg | scale % | off-similarity px |\n" + "|" + " --- |" * 6)
     for view in range(count):
-        cells_row = [similarity_parts(field[view], size) for field in (truth, learnt)]
-        row = [f"{t:+.2f} / {v:+.2f}" for t, v in zip(*cells_row, strict=True)]
+        parts = [similarity_parts(field[view], size) for field in (truth, learnt)]
+        row = [f"{t:+.2f} / {v:+.2f}" for t, v in zip(*parts, strict=True)]
         print(f"| {view} | " + " | ".join(row) + " |")
     scores = score(mesh, gt, args.device)
     print({k: round(scores[k], 4) for k in ("chamfer", "fscore@0.02", "fscore@0.05", "psnr")})

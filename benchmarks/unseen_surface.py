@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=20_000, help="surface points per mesh")
     parser.add_argument("--tolerance", type=float, default=0.01, help="depth slack, world units")
     args = parser.parse_args(argv)
+    if args.samples < 1 or args.tolerance < 0:
+        parser.error("--samples must be at least 1 and --tolerance at least 0")
     size = 2 * VIEW_SIZE
     cameras = {version: zero123pp_cameras(version, image_size=size) for version in VERSIONS}
     print(f"share of the surface no view sees ({args.samples} points, tolerance {args.tolerance}, {size} px)\n")

@@ -31,6 +31,7 @@ Choices, stated once:
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recon.cameras import DEFAULT_RADIUS, intrinsics, orbit_cam_to_world, project_points
 from recon.render import Lighting, prepare_mesh, rasterize, render_views, world_geometry, world_parts
@@ -207,7 +208,6 @@ def unseen_share(
     the nearest surface at its pixel or at any of the pixel's eight neighbours, which leans towards "seen" where the
     depth changes within a pixel (edges, grazing faces): the share is a lower bound.
     """
-    import torch
     from trimesh.sample import sample_surface
 
     points, _ = sample_surface(world_geometry(mesh), samples, seed=seed)
